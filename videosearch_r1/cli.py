@@ -1,0 +1,60 @@
+"""`vsr1`: one console script, one subcommand per module; each module exposes `main(argv) -> int`.
+
+    vsr1 quickstart                    build the synthetic world, train + index the engine, evaluate it
+    vsr1 synth [key=value ...]         build the synthetic fine-grained VCMR world
+    vsr1 engine train [key=value ...]  contrastive training of the synthetic search engine
+    vsr1 index DATASET                 embed a corpus and build its FAISS index (resumable)
+    vsr1 serve                         HTTP search service around the same engine
+    vsr1 infer DATASET --checkpoint P  run the agent (or a baseline) on a split
+    vsr1 report RUN.jsonl              metric table, result JSON and plots
+    vsr1 evaluate PRED.jsonl           score predictions (paper view and TVR view)
+
+Every subcommand takes `--config FILE.yaml` and dotted overrides such as `agent.max_turns=2`.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "quickstart": "videosearch_r1.quickstart",
+    "synth": "videosearch_r1.synth.build",
+    "engine": {"train": "videosearch_r1.engine.train"},
+    "index": "videosearch_r1.engine.index",
+    "serve": "videosearch_r1.engine.server",
+    "infer": "videosearch_r1.agent.infer",
+    "report": "videosearch_r1.agent.report",
+    "evaluate": "videosearch_r1.eval.evaluate",
+}
+
+
+def _usage() -> str:
+    return (__doc__ or "").strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from videosearch_r1 import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    target = COMMANDS.get(name)
+    if isinstance(target, dict):
+        if not rest or rest[0] not in target:
+            print(f"usage: vsr1 {name} {{{','.join(target)}}} ...", file=sys.stderr)
+            return 2
+        target, rest = target[rest[0]], rest[1:]
+    if target is None:
+        print(f"vsr1: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(target)
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""One typed config tree for every command: dataclasses, loaded from YAML plus dotted overrides.
+
+    cfg = load_config("configs/default.yaml", ["agent.max_turns=2", "dataset=synth"])
+    save_config(cfg, run_dir)          # every run directory gets its resolved config.yaml
+
+The tree mirrors `videosearch_r1/configs/default.yaml`. A dataset is an entry under `datasets`, not a
+script. The only environment variable read anywhere is VSR1_HOME (the workspace root: a machine
+fact). Each section belongs to one part of the system; add fields to your own section.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_WORKSPACE = "~/.cache/videosearch_r1"
+
+
+def default_workspace() -> str:
+    """The workspace root: $VSR1_HOME, else ~/.cache/videosearch_r1 (machine fact, not behaviour)."""
+    return os.path.expanduser(os.environ.get("VSR1_HOME", DEFAULT_WORKSPACE))
+
+
+# --------------------------------------------------------------------------------------- video
+@dataclass
+class VideoConfig:
+    """How every consumer (indexing, SFT, GRPO, inference) samples and sizes frames. Shared."""
+
+    fps: float = 1.0  # target sampling rate in frames per second of real time
+    max_frames: int = 64  # cap; when it binds, frames are spread uniformly over the whole video
+    min_frames: int = 2  # Qwen3-VL needs at least one 2-frame temporal patch
+    min_pixels: int = 128 * 28 * 28  # per-frame pixel bounds (the reference's budget)
+    max_pixels: int = 256 * 28 * 28
+    backend: str = "pyav"
+
+
+# --------------------------------------------------------------------------------------- data
+@dataclass
+class DatasetConfig:
+    """One dataset in the raw VERIFIED layout: <root>/videos/<id><ext>, <root>/annotations/<file>."""
+
+    root: str = ""  # empty: <workspace>/data/<name>/raw
+    video_dir: str = "videos"
+    video_ext: str = ".mp4"
+    annotation_dir: str = "annotations"
+    splits: dict[str, str] = field(default_factory=dict)  # split name -> JSONL file name
+    query_field: str = "fig_desc"  # the query evaluated (fine-grained)
+
+
+def _builtin_datasets() -> dict[str, DatasetConfig]:
+    return {
+        "charades": DatasetConfig(splits={"train": "charades_fig_train.jsonl", "test": "charades_fig_test.jsonl"}),
+        "didemo": DatasetConfig(splits={"train": "didemo_fig_train.jsonl", "val": "didemo_fig_val.jsonl",
+                                        "test": "didemo_fig_test.jsonl"}),
+        # ActivityNet Captions has no public test: val_1 serves as val, val_2 as test.
+        "activitynet": DatasetConfig(splits={"train": "activitynet_fig_train.jsonl",
+                                             "val": "activitynet_fig_val_1.jsonl",
+                                             "test": "activitynet_fig_val_2.jsonl"}),
+        "synth": DatasetConfig(splits={"train": "synth_fig_train.jsonl", "val": "synth_fig_val.jsonl",
+                                       "test": "synth_fig_test.jsonl"}),
+    }
+
+
+# --------------------------------------------------------------------------------------- synth
+@dataclass
+class SynthConfig:
+    """The synthetic fine-grained VCMR world (`vsr1 synth`). Default builds in < 2 min on 2 cores."""
+
+    preset: str = "default"  # "default" | "large" (GPU training) | "tiny" (tests)
+    seed: int = 0
+    families: dict[str, int] = field(default_factory=lambda: {"train": 60, "val": 10, "test": 30})
+    variants_per_family: int = 4  # near-duplicate videos per family (differ in 1-2 details)
+    queries_per_video: int = 2
+    min_duration: float = 8.0  # seconds
+    max_duration: float = 40.0
+    long_fraction: float = 0.1  # share of videos longer than 64 s
+    long_duration: tuple[float, float] = (66.0, 90.0)
+    width: int = 96
+    height: int = 64
+    fps: int = 4  # of the written mp4 files
+    noise: float = 4.0  # pixel noise std (uint8 units)
+    sheet_families: int = 4  # families on the contact sheet
+
+
+# --------------------------------------------------------------------------------------- engine
+@dataclass
+class EngineConfig:
+    """The embedding model behind the search engine (Qwen3-VL-Embedding or a tiny same-arch one)."""
+
+    model: str = ""  # hub id or local path; empty: <workspace>/models/synth-engine
+    instruction: str = "Represent the user's input."
+    dtype: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    device: str = "auto"
+    batch_size: int = 32
+    max_query_tokens: int = 128
+    soft_insert: str = "before_tail"  # where latents go: "before_tail" (after the user text) | "reference"
+    dim: int = 0  # Matryoshka truncation; 0 = full hidden size
+
+
+@dataclass
+class EngineTrainConfig:
+    """`vsr1 engine train`: contrastive training of a small embedder on the synthetic world."""
+
+    size: str = "small"  # tiny-model size preset (see models/tiny.py)
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-4
+    warmup: int = 30
+    temperature: float = 0.05
+    fine_caption_prob: float = 0.5  # share of captions with the fine details (real engines: coarse)
+    seed: int = 0
+    output: str = ""  # empty: <workspace>/models/synth-engine
+
+
+@dataclass
+class IndexConfig:
+    """`vsr1 index`: FAISS factory string, search options, hard negatives for training queries."""
+
+    factory: str = "Flat"  # "Flat" (exact IP), "IVF64,Flat", "HNSW32", ...
+    use_gpu: bool = False
+    nprobe: int = 16
+    ef_search: int = 256
+    shard_size: int = 64  # videos embedded per resumable shard
+    hard_negatives: int = 50
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 8765
+    max_batch: int = 256
+    max_k: int = 1000
+
+
+# --------------------------------------------------------------------------------------- agent
+@dataclass
+class AgentConfig:
+    """The policy and the multi-turn loop: retrieve -> verify -> refine (SQR) or ground."""
+
+    checkpoint: str = ""  # policy: hub id or local path
+    method: str = "sqr"  # "sqr" | "engine" (top-1 only) | "zeroshot" (next candidate) | "hqr" (text rewrite)
+    max_turns: int = 3
+    n_latents: int = 8
+    refine_mode: str = "replace"  # "replace": original text + this turn's latents; "accumulate": all turns'
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    temperature: float = 0.0
+    kv_cache: bool = True  # SQR rollout with a KV cache (False: the reference's full forward per step)
+    reference_layout: bool = False  # load the authors' checkpoint layout and quirks
+
+
+@dataclass
+class EvalConfig:
+    iou_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)
+    recall_ks: tuple[int, ...] = (1, 5, 10, 100)
+
+
+# --------------------------------------------------------------------------------------- root
+@dataclass
+class Config:
+    workspace: str = field(default_factory=default_workspace)
+    dataset: str = "synth"
+    split: str = "test"
+    run_name: str = ""  # empty: derived from command + time
+    seed: int = 0
+    datasets: dict[str, DatasetConfig] = field(default_factory=_builtin_datasets)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    engine_train: EngineTrainConfig = field(default_factory=EngineTrainConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    # ---- derived paths (one place, so every command agrees on the workspace layout)
+    def dataset_cfg(self, name: str | None = None) -> DatasetConfig:
+        name = name or self.dataset
+        if name not in self.datasets:
+            raise ConfigError(f"unknown dataset {name!r}; known: {sorted(self.datasets)}")
+        return self.datasets[name]
+
+    def dataset_root(self, name: str | None = None) -> Path:
+        name = name or self.dataset
+        root = self.dataset_cfg(name).root
+        return Path(root).expanduser() if root else Path(self.workspace).expanduser() / "data" / name / "raw"
+
+    def prepared_dir(self, name: str | None = None) -> Path:
+        return Path(self.workspace).expanduser() / "data" / (name or self.dataset) / "prepared"
+
+    def engine_model(self) -> str:
+        return self.engine.model or str(Path(self.workspace).expanduser() / "models" / "synth-engine")
+
+    def index_dir(self, name: str | None = None) -> Path:
+        tag = Path(self.engine_model().rstrip("/")).name
+        return Path(self.workspace).expanduser() / "indexes" / (name or self.dataset) / tag
+
+    def runs_dir(self) -> Path:
+        return Path(self.workspace).expanduser() / "runs"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# --------------------------------------------------------------------------------------- loading
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type `tp` (dataclasses, dicts, tuples, scalars)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if origin is dict:
+        _, vt = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if origin in (tuple, list):
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        elem = args[0] if args else Any
+        out = [_coerce(v, elem, where) for v in value]
+        return tuple(out) if origin is tuple else out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        try:
+            out = tp(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"{where}: expected int, got {value!r}")
+        return out
+    if tp is str:
+        return "" if value is None else str(value)
+    return value
+
+
+def _build(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    def conv(x):
+        if dataclasses.is_dataclass(x):
+            return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+        if isinstance(x, dict):
+            return {k: conv(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [conv(v) for v in x]
+        return x
+
+    return conv(cfg)
+
+
+def _merge(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """`a.b.c=value` -> {"a": {"b": {"c": parsed value}}}; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- dotted overrides, type-checked against the dataclasses."""
+    data = to_dict(Config())
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        data = _merge(data, loaded)
+    for item in overrides or []:
+        data = _merge(data, parse_override(item))
+    return _build(Config, data, "")
+
+
+def save_config(cfg: Config, run_dir: str | Path) -> Path:
+    """Write the resolved config to <run_dir>/config.yaml atomically."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / "config.yaml"
+    tmp = out.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, out)
+    return out
