@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -51,6 +51,7 @@ class DatasetConfig:
     annotation_dir: str = "annotations"
     splits: dict[str, str] = field(default_factory=dict)  # split name -> JSONL file name
     query_field: str = "fig_desc"  # the query evaluated (fine-grained)
+    video: Optional[VideoConfig] = None  # per-dataset sampling budget; None: the global `video`
 
 
 def _builtin_datasets() -> dict[str, DatasetConfig]:
@@ -62,8 +63,10 @@ def _builtin_datasets() -> dict[str, DatasetConfig]:
         "activitynet": DatasetConfig(splits={"train": "activitynet_fig_train.jsonl",
                                              "val": "activitynet_fig_val_1.jsonl",
                                              "test": "activitynet_fig_val_2.jsonl"}),
+        # Tiny frames for the tiny models: the world is drawn at 96x64, sampled at 1 fps.
         "synth": DatasetConfig(splits={"train": "synth_fig_train.jsonl", "val": "synth_fig_val.jsonl",
-                                       "test": "synth_fig_test.jsonl"}),
+                                       "test": "synth_fig_test.jsonl"},
+                               video=VideoConfig(fps=1.0, max_frames=32, min_pixels=32 * 32, max_pixels=96 * 64)),
     }
 
 
@@ -185,6 +188,10 @@ class Config:
         if name not in self.datasets:
             raise ConfigError(f"unknown dataset {name!r}; known: {sorted(self.datasets)}")
         return self.datasets[name]
+
+    def video_cfg(self, name: str | None = None) -> VideoConfig:
+        """The sampling budget for a dataset: its own `video` entry, else the global one."""
+        return self.dataset_cfg(name).video or self.video
 
     def dataset_root(self, name: str | None = None) -> Path:
         name = name or self.dataset
