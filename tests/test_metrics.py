@@ -1,0 +1,159 @@
+"""Metrics against hand-computed figures, with every edge case (definitions: docs/metrics.md)."""
+import math
+
+import pytest
+
+from videosearch_r1.data import Query
+from videosearch_r1.eval import GT, Pred, Turn, evaluate_rows, paper_metrics, temporal_iou, tvr_metrics
+from videosearch_r1.eval.metrics import iou_hit, valid_span, verification_correct
+
+
+@pytest.mark.parametrize("pred,gt,iou", [
+    ((1.0, 4.0), (2.0, 5.0), 0.5),        # overlap 2, union 4
+    ((2.0, 3.0), (0.0, 10.0), 0.1),       # contained
+    ((0.0, 10.0), (2.0, 3.0), 0.1),       # symmetric
+    ((0, 1), (1, 2), 0.0),                # touching
+    ((0.0, 1.0), (5.0, 6.0), 0.0),        # disjoint
+    ((2.0, 5.0), (2.0, 5.0), 1.0),
+    ((3.0, 3.0), (2.0, 5.0), 0.0),        # zero-length prediction
+    ((5.0, 2.0), (2.0, 5.0), 0.0),        # reversed prediction: invalid (a swap would give 1.0)
+    ((2.0, 5.0), (4.0, 4.0), 0.0),        # zero-length ground truth
+    (None, (2.0, 5.0), 0.0),
+    ((None, 4.0), (2.0, 5.0), 0.0),       # unparsed start
+    ((float("nan"), 4.0), (2.0, 5.0), 0.0),
+    ((1.0, float("inf")), (2.0, 5.0), 0.0),
+    ((True, 4.0), (2.0, 5.0), 0.0),       # bools are not times
+])
+def test_temporal_iou(pred, gt, iou):
+    assert temporal_iou(pred, gt) == pytest.approx(iou)
+
+
+def test_span_threshold_and_verification_rules():
+    assert valid_span(0, 1) and not valid_span(1, 1) and not valid_span(2, 1) and not valid_span("0", 1)
+    assert iou_hit(0.5, 0.5) and iou_hit(0.7 - 1e-12, 0.7) and not iou_hit(0.69, 0.7)
+    assert verification_correct("a", "matched", "a") and verification_correct("b", "not_matched", "a")
+    assert not verification_correct("a", "not_matched", "a") and not verification_correct("b", "matched", "a")
+    assert not verification_correct("a", None, "a") and not verification_correct("a", "match", "a")
+    assert not verification_correct(None, "not_matched", "a")  # nothing was verified
+
+
+def P(qid, video, answer, span, turns, stop="matched", text=10, latent=0, ranked=None):
+    s, e = span if span else (None, None)
+    return Pred(qid, video, answer, s, e, [Turn(v, a) for v, a in turns], stop, text, latent, ranked)
+
+
+# (pred, gt): every edge case once; q9 has no prediction.
+CASES = [
+    (P("1", "v1", "matched", (0, 8), [("v2", "not_matched"), ("v1", "matched")], text=50, latent=8),
+     GT("v1", 0, 10)),                                                                        # iou .8
+    (P("2", "v3", "matched", (0, 10), [("v3", "matched")], text=20), GT("v2", 0, 10)),         # wrong video
+    (P("3", "v3", "not_matched", None, [("v9", "not_matched"), ("v3", "not_matched")], "max_turns", 60, 16),
+     GT("v3", 2, 4)),                                                                         # unmatched on GT
+    (P("4", "v4", "matched", None, [("v4", "matched")]), GT("v4", 1, 3)),                      # unparseable span
+    (P("5", "v5", "matched", (6, 2), [("v5", "matched")]), GT("v5", 2, 6)),                    # reversed span
+    (P("6", "v6", "matched", (3, 3), [("v6", "matched")]), GT("v6", 2, 4)),                    # zero-length span
+    (P("7", "v7", None, None, [("v7", None)], "malformed"), GT("v7", 0, 5)),                   # unparseable answer
+    (P("8", "v8", "matched", (0, 4), [("v8", "matched")]), GT("v8", 0, 10)),                   # iou .4
+    (None, GT("v9", 0, 10)),                                                                  # missing
+    (P("10", "v10", "matched", (0, 6), [("v10", "matched")]), GT("v10", 0, 10)),               # iou .6
+]
+
+
+def test_paper_metrics_hand_computed():
+    preds, gts = zip(*CASES)
+    m = paper_metrics(preds, gts, (0.3, 0.5, 0.7))
+    assert m["n"] == 10
+    assert m["vcmr_r1"] == pytest.approx({"0.3": 30.0, "0.5": 20.0, "0.7": 10.0})  # q1,q8,q10 / q1,q10 / q1
+    assert m["miou"] == pytest.approx((0.8 + 0.4 + 0.6) / 10 * 100)
+    assert m["ver_acc"] == pytest.approx(60.0)                   # q1 q4 q5 q6 q8 q10
+    assert m["turns_verified"] == 11
+    assert m["ver_acc_per_turn"] == pytest.approx(100 * 8 / 11)  # wrong: q2, q3 turn 2, q7
+    assert m["vr_r1"] == pytest.approx(80.0)                     # all but q2 and the missing q9
+    assert m["vr_r1_turn1"] == pytest.approx(60.0)               # q1 and q3 saw another video first
+    assert m["mean_turns"] == pytest.approx(11 / 9)
+    assert m["text_tokens_per_query"] == pytest.approx((50 + 20 + 60 + 6 * 10) / 9)
+    assert m["latent_tokens_per_query"] == pytest.approx(24 / 9)
+    assert m["stop_reasons"] == {"(missing)": 1, "malformed": 1, "matched": 7, "max_turns": 1}
+
+
+def test_paper_metrics_empty_and_all_missing():
+    m = paper_metrics([None, None], [GT("a", 0, 1), GT("b", 0, 1)])
+    assert m["vcmr_r1"]["0.5"] == 0.0 and m["ver_acc"] == 0.0 and m["vr_r1"] == 0.0
+    assert m["ver_acc_per_turn"] is None and m["mean_turns"] is None and m["stop_reasons"] == {"(missing)": 2}
+    assert paper_metrics([], [])["ver_acc"] is None
+
+
+def test_tvr_metrics_hand_computed():
+    ranked = [
+        [("b", 0, 10, .9), ("a", 20, 30, .8), ("b", 1, 2, .7), ("a", 0, 6, .6), ("a", 0, 9, .5)],  # GT a 0-10
+        [("c", 0, 4, 1.0)],                                                                    # GT c 0-4
+        None,                                                                                  # no list
+        [("e", 4, 2, .5)],                                                                     # reversed span
+    ]
+    gts = [GT("a", 0, 10), GT("c", 0, 4), GT("d", 0, 1), GT("e", 2, 4)]
+    m = tvr_metrics(ranked, gts, (0.5, 0.7), (1, 4, 5))
+    assert m["n"] == 4 and m["with_ranked"] == 3
+    # q1: first hit at .5 is rank 4 (iou .6), at .7 rank 5 (iou .9); its video order is b, a -> VR rank 2
+    assert m["vcmr"]["0.5"] == pytest.approx({"1": 25.0, "4": 50.0, "5": 50.0})
+    assert m["vcmr"]["0.7"] == pytest.approx({"1": 25.0, "4": 25.0, "5": 50.0})
+    assert m["vr"] == pytest.approx({"1": 50.0, "4": 75.0, "5": 75.0})
+
+
+def row(qid, video="v1", answer="matched", span=(0.0, 8.0), gt=("v1", 0.0, 10.0), **kw):
+    r = {"qid": qid, "query": "q", "gt_video": gt[0], "gt_start": gt[1], "gt_end": gt[2], "duration": 30.0,
+         "method": "sqr", "turns": [{"turn": 1, "video": video, "answer": answer}],
+         "final": {"video": video, "answer": answer, "start": span[0] if span else None,
+                   "end": span[1] if span else None},
+         "stop_reason": "matched", "text_tokens": 40, "latent_tokens": 0}
+    r.update(kw)
+    return r
+
+
+def test_evaluate_rows_with_ground_truth_counts_everything():
+    gt = [Query(str(i), i, f"v{i}", "fine", "coarse", 0.0, 10.0, 30.0, i, False) for i in (1, 2, 3)]
+    no_final = row("3", gt=("v3", 0, 10))
+    del no_final["final"]
+    rows = [row("1", gt=("WRONG", 50, 60)),             # row's gt ignored: scored against v1 0-10 -> hit
+            row("2", video="v2", span=(0, 4), gt=("v2", 0, 10)),   # iou .4 on v2
+            row("2", video="v2", span=(0, 10), gt=("v9", 0, 10)),  # duplicate: first kept
+            row("99"),                                  # unknown qid
+            "bad JSON (JSONDecodeError: ...)",          # an unreadable line
+            no_final,                                   # missing field -> query 3 missing
+            ["not", "an", "object"]]
+    r = evaluate_rows(rows, gt, (0.3, 0.5), (1,))
+    c = r["counts"]
+    assert (r["n"], c["rows"], c["scored"], c["missing"], c["unscorable"], c["gt_disagree"]) == (3, 7, 2, 1, 5, 1)
+    assert c["unscorable_by_reason"] == {"bad_json": 1, "duplicate_qid": 1, "missing_field": 1,
+                                         "not_object": 1, "unknown_qid": 1}
+    assert r["paper"]["vcmr_r1"] == pytest.approx({"0.3": 200 / 3, "0.5": 100 / 3})
+    assert r["paper"]["ver_acc"] == pytest.approx(200 / 3) and r["paper"]["stop_reasons"]["(missing)"] == 1
+    assert r["tvr"] is None
+    msgs = "\n".join(r["messages"])
+    for needle in ("row 3: duplicate_qid", "row 4: unknown_qid", "row 5: bad_json", "row 6: missing_field: 'final'",
+                   "row 1: gt_video 'WRONG'"):
+        assert needle in msgs
+
+
+def test_evaluate_rows_without_ground_truth_never_shrinks_the_denominator():
+    no_final_b = row("b")
+    del no_final_b["final"]
+    bad_c = row("c", text_tokens="many")
+    rows = [row("a"), no_final_b, "bad JSON", row("a", span=(0, 1)), bad_c, row("c", span=(0, 10)),
+            row("d", gt_start=None)]
+    r = evaluate_rows(rows, None, (0.5,), (1,))
+    c = r["counts"]
+    # queries: a, c scored; b and d unscorable (misses); the bad JSON line is one more query
+    assert (r["n"], c["scored"], c["missing"], c["unscorable"]) == (5, 2, 3, 5)
+    assert c["unscorable_by_reason"] == {"bad_json": 1, "bad_type": 2, "duplicate_qid": 1, "missing_field": 1}
+    assert r["paper"]["vcmr_r1"]["0.5"] == pytest.approx(40.0)  # a (iou .8), c (iou 1.0)
+
+
+def test_evaluate_rows_tvr_view_and_ranked_checks():
+    rows = [row("1", ranked=[["v2", 0, 10, 0.9], ["v1", 0, 9, 0.8]]), row("2", gt=("v5", 0, 10)),
+            row("3", ranked=[["v1", 0, 10]])]  # malformed entry -> unscorable
+    r = evaluate_rows(rows, None, (0.5,), (1, 2))
+    assert r["counts"]["unscorable_by_reason"] == {"bad_type": 1}
+    assert r["tvr"]["n"] == 3 and r["tvr"]["with_ranked"] == 1
+    assert r["tvr"]["vcmr"]["0.5"] == pytest.approx({"1": 0.0, "2": 100 / 3})
+    assert r["tvr"]["vr"] == pytest.approx({"1": 0.0, "2": 100 / 3})
+    assert not any(isinstance(v, float) and math.isnan(v) for v in r["paper"].values())
