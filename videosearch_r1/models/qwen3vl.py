@@ -1,0 +1,246 @@
+"""Every Qwen3-VL quirk of transformers 5.24 in one module (processor sizing, true timestamps, chat
+layout, mRoPE positions, batched vision attention).
+
+    processor = build_processor(tokenizer, cfg.video_cfg("synth"))
+    text = render_chat(processor, [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}])
+    inputs = processor(text=[text], **video_kwargs([clip]), return_tensors="pt")
+    pos = rope_positions(model, inputs)               # [3, B, L], same as get_rope_index, no per-sample loop
+
+Quirks handled here (see environment.md §2, §8):
+- Video pixel bounds (`size={"shortest_edge","longest_edge"}`) count ALL frames (t*h*w), and with
+  `cap_pixels_per_frame=True` the per-frame cap is `max_video_tokens * 32**2`. The video front door
+  (video/decode.py) already sized frames to multiples of 32 within the per-frame bounds, so the
+  processor's bounds are set so that those frames pass through unchanged for every frame count: the
+  per-frame cap is max_pixels with 4/3 slack (the bound check counts round(T/2)*2 frames, Python's
+  half-to-even round: T=3 counts as 4, T=7 as 8), the total budget allows max_frames + 1 such frames, and the lower bound
+  is one 32x32 per frame (a total lower bound cannot express a per-frame minimum).
+- `<t seconds>` markers are `frames_indices[i] / fps`, averaged over each 2-frame temporal patch.
+  VideoMetadata has no field for arbitrary times, so we pass fps=1.0 and frames_indices = the clip's
+  true presentation times in seconds (floats): the markers are then exactly the clip's times, also for
+  variable frame rates, a non-zero start, and clips longer than 64 s. `do_sample_frames=False`.
+- The official template writes `<|vision_start|><|video_pad|><|vision_end|>`; 5.24 expands only
+  `<|video_pad|>`, nesting the markers. `render_chat` writes a bare `<|video_pad|>` (canonical layout:
+  `<t seconds><|vision_start|>pads<|vision_end|>` per temporal patch).
+- `get_rope_index` loops over the batch in Python; `rope_positions` computes the same ids vectorised.
+- The sdpa/eager vision attention runs one call per 2-frame chunk; `enable_fast_vision_attention`
+  batches equal-length chunks into one SDPA call (identical outputs).
+"""
+from __future__ import annotations
+
+import math
+import types
+
+import numpy as np
+
+import videosearch_r1  # noqa: F401  (torchvision shim before transformers)
+
+VIDEO_TRIPLE = "<|vision_start|><|video_pad|><|vision_end|>"
+VIDEO_PAD = "<|video_pad|>"
+FACTOR = 32  # patch 16 x spatial merge 2: frame sides are multiples of this
+_ODD_FRAME_SLACK = 4 / 3  # worst case of round(T/2)*2 / T over T >= 2 (T=3 counts as 4 frames)
+
+
+# ---------------------------------------------------------------------------------- processor
+def processor_sizes(video_cfg) -> dict:
+    """Video/image processor size settings that keep front-door frames (sides multiples of 32,
+    min_pixels <= h*w <= max_pixels per frame) exactly as they are, for any frame count."""
+    per_frame_cap = math.ceil(video_cfg.max_pixels * _ODD_FRAME_SLACK / FACTOR ** 2)  # in 32x32 tokens
+    max_frames = max(int(video_cfg.max_frames), 2) + 1
+    return dict(
+        # the lower bound counts all frames too, so no per-frame minimum can be expressed: the front door
+        # enforces min_pixels (best effort), and the processor only refuses to go below one 32x32 per frame
+        video_size={"shortest_edge": 2 * FACTOR ** 2,
+                    "longest_edge": per_frame_cap * FACTOR ** 2 * max_frames},
+        max_video_tokens=per_frame_cap,
+        image_size={"shortest_edge": int(video_cfg.min_pixels), "longest_edge": int(video_cfg.max_pixels)},
+    )
+
+
+def build_processor(tokenizer, video_cfg):
+    """A Qwen3VLProcessor around `tokenizer` whose pixel bounds keep the front door's frames unchanged."""
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    sizes = processor_sizes(video_cfg)
+    video = Qwen3VLVideoProcessor(
+        size=sizes["video_size"], cap_pixels_per_frame=True, max_video_tokens=sizes["max_video_tokens"],
+        patch_size=16, temporal_patch_size=2, merge_size=2, do_sample_frames=False, fps=float(video_cfg.fps),
+        min_frames=2, max_frames=max(int(video_cfg.max_frames), 2),
+    )
+    image = Qwen2VLImageProcessor(size=sizes["image_size"], patch_size=16, temporal_patch_size=2, merge_size=2,
+                                  image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])  # as Qwen3-VL ships
+    return Qwen3VLProcessor(image_processor=image, tokenizer=tokenizer, video_processor=video,
+                            chat_template=tokenizer.chat_template)
+
+
+def configure_processor(processor, video_cfg):
+    """Apply `video_cfg`'s bounds to an existing (e.g. hub-loaded) Qwen3VLProcessor, in place."""
+    sizes = processor_sizes(video_cfg)
+    vp = processor.video_processor
+    vp.size = dict(sizes["video_size"])
+    vp.cap_pixels_per_frame = True
+    vp.max_video_tokens = sizes["max_video_tokens"]
+    vp.do_sample_frames = False
+    processor.image_processor.size = dict(sizes["image_size"])
+    return processor
+
+
+# ---------------------------------------------------------------------------------- videos
+def video_kwargs(clips) -> dict:
+    """Processor kwargs for pre-sampled clips: frames + metadata giving the clips' TRUE timestamps.
+
+    `clips`: objects with frames [T, H, W, 3] uint8 (H, W multiples of 32), timestamps [T] seconds,
+    and optionally info (num_frames, fps). Metadata: fps=1.0 and frames_indices = timestamps, so the
+    processor's `<t seconds>` (= index / fps, averaged per 2-frame patch) are the true times.
+    """
+    from transformers.video_utils import VideoMetadata
+
+    videos, metas = [], []
+    for i, clip in enumerate(clips):
+        frames = np.asarray(clip.frames)
+        ts = np.asarray(clip.timestamps, dtype=np.float64)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"clip {i}: frames must be uint8 [T, H, W, 3], got {frames.dtype} {list(frames.shape)}")
+        t, h, w = frames.shape[:3]
+        if t < 2 or ts.shape != (t,):
+            raise ValueError(f"clip {i}: need >= 2 frames and one timestamp per frame, got {t} frames, "
+                             f"{ts.shape[0] if ts.ndim else 0} timestamps")
+        if h % FACTOR or w % FACTOR:
+            raise ValueError(f"clip {i}: frame size {h}x{w} is not a multiple of {FACTOR} (use the video front door)")
+        info = getattr(clip, "info", None)
+        metas.append(VideoMetadata(
+            total_num_frames=int(getattr(info, "num_frames", t) or t), fps=1.0, width=w, height=h,
+            duration=float(getattr(info, "duration", ts[-1]) or ts[-1]), video_backend="pyav",
+            frames_indices=[float(x) for x in ts]))
+        videos.append(frames)
+    return {"videos": videos, "video_metadata": metas, "do_sample_frames": False}
+
+
+def patch_times(timestamps) -> list[float]:
+    """The time the processor prints for each 2-frame temporal patch (odd count: last frame repeated)."""
+    ts = [float(x) for x in timestamps]
+    if len(ts) % 2:
+        ts.append(ts[-1])
+    return [(ts[i] + ts[i + 1]) / 2 for i in range(0, len(ts), 2)]
+
+
+# ---------------------------------------------------------------------------------- chat
+def render_chat(processor, messages, add_generation_prompt: bool = True, **template_kwargs) -> str:
+    """The official Qwen3-VL template, with each video triple replaced by a bare <|video_pad|>."""
+    tok = getattr(processor, "tokenizer", processor)
+    template = getattr(processor, "chat_template", None) or tok.chat_template
+    text = tok.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                   add_generation_prompt=add_generation_prompt, **template_kwargs)
+    return text.replace(VIDEO_TRIPLE, VIDEO_PAD)
+
+
+# ---------------------------------------------------------------------------------- mRoPE positions
+def rope_positions(model, inputs, return_deltas: bool = False):
+    """3-D mRoPE position ids [3, B, L] for a processor batch; equal to `model.get_rope_index`.
+
+    Vectorised over the batch (no per-sample Python loop; one host sync to validate the layout).
+    Text tokens advance every axis by 1; each visual run (one image, or one 2-frame patch of a
+    video) gets (start + t, start + h, start + w) over its merged grid and then advances the start by
+    max(h, w). Padding positions are 0. With `return_deltas`, also the rope deltas [B, 1]
+    (max position + 1 - number of real tokens), which generation with a cache needs.
+    """
+    import torch
+
+    input_ids = inputs["input_ids"]
+    b, length = input_ids.shape
+    dev = input_ids.device
+    mask = inputs.get("attention_mask")
+    valid = mask.bool() if mask is not None else torch.ones(b, length, dtype=torch.bool, device=dev)
+    types = inputs.get("mm_token_type_ids")
+    types = torch.zeros_like(input_ids) if types is None else types.to(dev)
+    config = getattr(model, "config", model)
+    merge = config.vision_config.spatial_merge_size
+
+    advance = valid.long()  # text: +1 per real token
+    offs = torch.zeros(3, b, length, dtype=torch.long, device=dev)  # (t, h, w) offsets inside a visual run
+    grids = {1: inputs.get("image_grid_thw"), 2: inputs.get("video_grid_thw")}
+    checks = []
+    for modality, grid in grids.items():
+        sel = valid & (types == modality)
+        if grid is None or len(grid) == 0:
+            checks.append((sel.sum(), torch.zeros((), dtype=torch.long, device=dev), sel.sum(), 0))
+            continue
+        g = grid.to(dev).long()
+        if modality == 2:  # a video is one run per temporal patch (separated by timestamp text)
+            g = g.repeat_interleave(g[:, 0], dim=0)
+            g[:, 0] = 1
+        t, h, w = g[:, 0], g[:, 1] // merge, g[:, 2] // merge
+        n = t * h * w
+        run = torch.repeat_interleave(torch.arange(len(n), device=dev), n)
+        k = torch.arange(int(run.numel()), device=dev) - torch.repeat_interleave(n.cumsum(0) - n, n)
+        hr, wr = h[run], w[run]
+        starts = sel & ~torch.nn.functional.pad(sel, (1, 0))[:, :-1]  # first token of each run
+        checks.append((sel.sum(), n.sum(), starts.sum(), len(n)))
+        if int(n.sum()) != int(sel.sum()):
+            break  # reported below
+        advance[sel] = torch.where(k == n[run] - 1, torch.maximum(hr, wr), torch.zeros_like(k))
+        offs[0][sel] = k // (hr * wr)
+        offs[1][sel] = (k // wr) % hr
+        offs[2][sel] = k % wr
+    for (have, want, runs, n_runs), name in zip(checks, ("image", "video")):
+        have, want, runs = int(have), int(want), int(runs)
+        if have != want or runs != n_runs:
+            raise ValueError(f"{name} placeholders do not match the grids: {have} tokens in {runs} runs, "
+                             f"grids give {want} tokens in {n_runs} runs")
+    start = advance.cumsum(1) - advance  # exclusive prefix sum per sample
+    pos = (start.unsqueeze(0) + offs) * valid.unsqueeze(0)
+    if not return_deltas:
+        return pos
+    deltas = pos.amax(dim=(0, 2)) + 1 - valid.sum(1)
+    return pos, deltas.unsqueeze(1)
+
+
+def text_positions(attention_mask):
+    """Positions [3, B, L] of a text-only batch (left or right padding): 0, 1, ... over real tokens."""
+    pos = (attention_mask.long().cumsum(1) - 1).clamp(min=0) * attention_mask.long()
+    return pos.unsqueeze(0).expand(3, -1, -1)
+
+
+# ---------------------------------------------------------------------------------- vision attention
+def _batched_vision_attention(self, hidden_states, cu_seqlens, position_embeddings=None, max_seqlen=None,
+                              **kwargs):
+    """Qwen3VLVisionAttention.forward with one SDPA call per distinct chunk length (not per chunk)."""
+    import torch
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb_vision
+    from transformers.utils.generic import is_flash_attention_requested
+
+    dropout = self.attention_dropout if self.training else 0.0
+    if (self.config._attn_implementation != "sdpa" or is_flash_attention_requested(self.config)
+            or dropout > 0 or kwargs.get("output_attentions")):
+        return self._unbatched_forward(hidden_states, cu_seqlens, position_embeddings=position_embeddings,
+                                       max_seqlen=max_seqlen, **kwargs)
+    seq = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    cos, sin = position_embeddings
+    q, k = apply_rotary_pos_emb_vision(q, k, cos, sin)  # [seq, heads, dim]
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    out = q.new_empty(q.shape)
+    for size in sorted(set(lengths)):
+        chunks = [i for i, n in enumerate(lengths) if n == size]
+        if len(chunks) == len(lengths):
+            idx = slice(None)
+        else:
+            first = cu_seqlens[:-1][torch.tensor(chunks, device=cu_seqlens.device)].long()
+            idx = (first[:, None] + torch.arange(size, device=first.device)[None, :]).reshape(-1)
+        qb, kb, vb = (x[idx].reshape(len(chunks), size, self.num_heads, -1).transpose(1, 2) for x in (q, k, v))
+        o = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, scale=self.scaling)
+        out[idx] = o.transpose(1, 2).reshape(-1, self.num_heads, o.shape[-1])
+    return self.proj(out.reshape(seq, -1))
+
+
+def enable_fast_vision_attention(model) -> int:
+    """Batch the vision tower's per-chunk attention (sdpa only; other backends keep their path).
+    Patches each Qwen3VLVisionAttention instance; returns how many were patched. Idempotent."""
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionAttention
+
+    count = 0
+    for module in model.modules():
+        if isinstance(module, Qwen3VLVisionAttention) and not hasattr(module, "_unbatched_forward"):
+            module._unbatched_forward = module.forward
+            module.forward = types.MethodType(_batched_vision_attention, module)
+            count += 1
+    return count
