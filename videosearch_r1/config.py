@@ -73,21 +73,24 @@ def _builtin_datasets() -> dict[str, DatasetConfig]:
 # --------------------------------------------------------------------------------------- synth
 @dataclass
 class SynthConfig:
-    """The synthetic fine-grained VCMR world (`vsr1 synth`). Default builds in < 2 min on 2 cores."""
+    """The synthetic fine-grained VCMR world (`vsr1 synth`). The preset fills every size field left
+    unset (None); a value given in YAML or on the command line wins (synth/world.py PRESETS)."""
 
-    preset: str = "default"  # "default" | "large" (GPU training) | "tiny" (tests)
+    preset: str = "default"  # "default" (< 2 min on 2 cores) | "large" (GPU training) | "tiny" (tests)
     seed: int = 0
-    families: dict[str, int] = field(default_factory=lambda: {"train": 60, "val": 10, "test": 30})
-    variants_per_family: int = 4  # near-duplicate videos per family (differ in 1-2 details)
-    queries_per_video: int = 2
-    min_duration: float = 8.0  # seconds
-    max_duration: float = 40.0
-    long_fraction: float = 0.1  # share of videos longer than 64 s
-    long_duration: tuple[float, float] = (66.0, 90.0)
+    families: Optional[dict[str, int]] = None  # families per split (splits are disjoint in families)
+    variants_per_family: Optional[int] = None  # near-duplicate videos per family (differ in 1-2 details)
+    queries_per_video: Optional[int] = None  # the family's main moment + other moments of the video
+    min_duration: Optional[float] = None  # seconds
+    max_duration: Optional[float] = None
+    long_fraction: Optional[float] = None  # share of families (per split) whose videos are longer than 64 s
+    long_duration: Optional[tuple[float, float]] = None
     width: int = 96
     height: int = 64
     fps: int = 4  # of the written mp4 files
     noise: float = 4.0  # pixel noise std (uint8 units)
+    companion_prob: float = 0.3  # share of families with a second, idle object in every variant
+    workers: int = 0  # render processes; 0: one per CPU core
     sheet_families: int = 4  # families on the contact sheet
 
 
@@ -119,6 +122,13 @@ class EngineTrainConfig:
     fine_caption_prob: float = 0.5  # share of captions with the fine details (real engines: coarse)
     seed: int = 0
     output: str = ""  # empty: <workspace>/models/synth-engine
+    learn_temperature: bool = True  # temperature starts at `temperature`, learned (clamped to >= 0.01)
+    weight_decay: float = 0.01
+    min_lr_ratio: float = 0.1  # cosine decay after warm-up down to lr * min_lr_ratio
+    device: str = "auto"  # auto: cuda if available (bf16 autocast), else cpu (fp32)
+    log_every: int = 10
+    eval_every: int = 0  # steps between VR@1/VR@10 checks on the val split (0: only at the end)
+    eval_splits: tuple[str, ...] = ("val", "test")  # evaluated at the end (those the dataset has)
 
 
 @dataclass
@@ -139,6 +149,7 @@ class ServeConfig:
     port: int = 8765
     max_batch: int = 256
     max_k: int = 1000
+    max_soft_tokens: int = 64  # soft tokens per refined query accepted by /embed_refined
 
 
 # --------------------------------------------------------------------------------------- agent
@@ -156,6 +167,12 @@ class AgentConfig:
     temperature: float = 0.0
     kv_cache: bool = True  # SQR rollout with a KV cache (False: the reference's full forward per step)
     reference_layout: bool = False  # load the authors' checkpoint layout and quirks
+    latent_dim: int = 0  # D of FRESH SQR modules (0: policy hidden); a saved sqr_config.json wins
+    embedder_hidden: int = 0  # He of FRESH SQR modules (0: policy hidden; set to the engine's hidden size)
+    cuda_graph: bool = True  # capture the decode step as a CUDA graph (GPU only)
+    device: str = "auto"  # policy device ("auto": cuda if available)
+    dtype: str = "auto"  # policy dtype ("auto": bf16 on GPU, fp32 on CPU)
+    profile_depths: tuple[int, ...] = ()  # also log the GT rank after refinement from the first d latents
 
 
 @dataclass
