@@ -338,6 +338,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return _build(Config, data, "")
 
 
+def default_yaml() -> str:
+    """The built-in tree as YAML (the shipped configs/default.yaml; workspace left to VSR1_HOME)."""
+    data = to_dict(Config())
+    data.pop("workspace")
+    head = "# The built-in config tree (videosearch_r1/config.py). Regenerate: python -m videosearch_r1.config\n"
+    return head + yaml.safe_dump(data, sort_keys=False)
+
+
 def save_config(cfg: Config, run_dir: str | Path) -> Path:
     """Write the resolved config to <run_dir>/config.yaml atomically."""
     run_dir = Path(run_dir)
@@ -347,3 +355,7 @@ def save_config(cfg: Config, run_dir: str | Path) -> Path:
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     os.replace(tmp, out)
     return out
+
+
+if __name__ == "__main__":  # regenerate the shipped default.yaml
+    (Path(__file__).parent / "configs" / "default.yaml").write_text(default_yaml())

@@ -1,0 +1,353 @@
+"""Bench: the policy's verification turn and the SQR latent rollout at Qwen3-VL-2B shapes (random bf16 weights).
+
+    python bench/bench_agent.py --device cuda --out bench_agent.json      # GPU: 2B shapes, 64 frames at 448x448
+    python bench/bench_agent.py --smoke                                    # tiny shapes on CPU, seconds
+
+Measured side by side in one run (median of --reps after a warm-up):
+- verification turn = prefill (vision tower + ~6.8k-token prompt) + 128 greedy tokens through our decode loop
+  (agent/decode.py: static KV cache, CUDA-graph step), at batch 1 and larger batches (best queries/s wins);
+  HF `generate` at batch 1 as the baseline, and how many of its greedy tokens ours reproduces;
+- SQR rollout, N latents: uncached (the authors' 1 + (N-1) full VLM forwards), cached (prefill up to
+  <REFINE> + N-1 single-vector steps), and from the generation's own cache (N-1 steps, no prefill).
+Inputs are built directly in the processor's canonical layout (`<t seconds><|vision_start|>pads<|vision_end|>`
+per 2-frame patch, random text ids, random pixel patches): this bench needs only torch + transformers
+(the GPU image has no trl/PyAV/faiss) and our package on PYTHONPATH.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
+
+IDS_2B = dict(image=151655, video=151656, vision_start=151652, vision_end=151653, eos=151645, pad=151643,
+              refine=151669)
+IDS_SMOKE = dict(image=500, video=501, vision_start=502, vision_end=503, eos=504, pad=505, refine=506)
+
+
+# ------------------------------------------------------------------------------------ model + inputs
+def model_config(smoke: bool):
+    from transformers import Qwen3VLConfig
+
+    ids = IDS_SMOKE if smoke else IDS_2B
+    if smoke:
+        text = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=16, mrope=[2, 3, 3])
+        vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0, 1], out_hidden_size=64)
+    else:
+        text = dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                    num_attention_heads=16, num_key_value_heads=8, head_dim=128, mrope=[24, 20, 20])
+        vision = dict(depth=24, hidden_size=1024, intermediate_size=4096, num_heads=16, num_position_embeddings=2304,
+                      deepstack_visual_indexes=[5, 11, 17], out_hidden_size=2048)
+    mrope = text.pop("mrope")
+    return Qwen3VLConfig(
+        text_config=dict(**text, max_position_embeddings=262144, rms_norm_eps=1e-6, pad_token_id=ids["pad"],
+                         eos_token_id=ids["eos"], rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                                                                   "mrope_section": mrope, "mrope_interleaved": True}),
+        vision_config=dict(**vision, patch_size=16, temporal_patch_size=2, spatial_merge_size=2, in_channels=3),
+        image_token_id=ids["image"], video_token_id=ids["video"], vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"], tie_word_embeddings=True, pad_token_id=ids["pad"],
+        eos_token_id=ids["eos"])
+
+
+def build_policy(smoke: bool, device: str, dtype: torch.dtype, seed: int = 0):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from videosearch_r1.agent.policy import Policy, SQRConfig, SQRModules
+
+    cfg = model_config(smoke)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Qwen3VLForConditionalGeneration._from_config(cfg, attn_implementation="sdpa", dtype=dtype).eval()
+    model.generation_config.eos_token_id = cfg.text_config.eos_token_id
+    model.generation_config.pad_token_id = cfg.text_config.pad_token_id
+    h = cfg.text_config.hidden_size
+    sqr_cfg = SQRConfig(hidden_size=h, latent_dim=h, embedder_hidden=h, zero_init_readout=False)
+    sqr = SQRModules(sqr_cfg, seed=seed).to(device)
+    ids = IDS_SMOKE if smoke else IDS_2B
+    return Policy(model, None, sqr, sqr_cfg, refine_token_id=ids["refine"])
+
+
+def video_inputs(policy, batch: int, frames: int, side: int, text_tokens: int, tail: list[int], seed: int = 0) -> dict:
+    """`batch` identical-layout rows: prompt text, per 2-frame patch `<t s>` (6 ids) + vision_start +
+    pads + vision_end, more text, then `tail` ids; random text ids and pixel patches."""
+    cfg = policy.model.config
+    ids = IDS_SMOKE if cfg.text_config.vocab_size == 512 else IDS_2B
+    g = torch.Generator().manual_seed(seed)
+    grid_t, grid_hw = frames // 2, side // 16
+    per_patch = (grid_hw // 2) ** 2
+    vocab_text = min(cfg.text_config.vocab_size, 151000) - 20
+    rows, types = [], []
+    for _ in range(batch):
+        seq, ty = torch.randint(0, vocab_text, (text_tokens,), generator=g).tolist(), [0] * text_tokens
+        for _ in range(grid_t):
+            stamp = torch.randint(0, vocab_text, (6,), generator=g).tolist()
+            seq += stamp + [ids["vision_start"]] + [ids["video"]] * per_patch + [ids["vision_end"]]
+            ty += [0] * 7 + [2] * per_patch + [0]
+        seq += torch.randint(0, vocab_text, (12,), generator=g).tolist() + list(tail)
+        ty += [0] * (12 + len(tail))
+        rows.append(seq)
+        types.append(ty)
+    dev = policy.device
+    patch_dim = 3 * 2 * 16 * 16
+    pixels = torch.randn(batch * grid_t * grid_hw * grid_hw, patch_dim, generator=g).to(dev, policy.dtype)
+    input_ids = torch.tensor(rows, device=dev)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": torch.tensor(types, device=dev), "pixel_values_videos": pixels,
+            "video_grid_thw": torch.tensor([[grid_t, grid_hw, grid_hw]] * batch, device=dev)}
+
+
+# ------------------------------------------------------------------------------------ timing
+WARMUP = 1  # runs before timing (0 in --smoke)
+
+
+def timed(fn, device: str, reps: int, warmup: int | None = None):
+    """(median seconds, last result) of fn() over `reps` runs after `warmup` runs."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    out = None
+    for _ in range(WARMUP if warmup is None else warmup):
+        out = fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+# ------------------------------------------------------------------------------------ benches
+def variants(args) -> list:
+    """Decode-step variants compared at batch 1, before the compiled one (CUDA graphs need a GPU)."""
+    from videosearch_r1.agent.decode import DecodeOptions
+
+    graph = args.device.startswith("cuda") and not args.no_graph
+    out = [DecodeOptions(cuda_graph=False, attention="sdpa"), DecodeOptions(cuda_graph=False, attention="matmul")]
+    if graph:
+        out += [DecodeOptions(cuda_graph=True, attention="sdpa"), DecodeOptions(cuda_graph=True, attention="matmul")]
+    return out
+
+
+def _name(opt) -> str:
+    return f"{opt.attention}{'+graph' if opt.cuda_graph else ''}{'+compile' if opt.compile else ''}"
+
+
+def run_turn(policy, args, b, frames, side, text_tokens, opt) -> dict:
+    """One verification turn (prefill + args.new_tokens greedy tokens) at batch b: timings."""
+    from videosearch_r1.agent.decode import generate_tokens, prefill
+
+    inputs = video_inputs(policy, b, frames, side, text_tokens, tail=[])
+    pos = policy.positions(inputs)
+    with torch.no_grad():
+        t_pre, _ = timed(lambda: prefill(policy.model, inputs, pos).post, args.device, args.reps)
+        t_turn, res = timed(lambda: generate_tokens(
+            policy.model, inputs, pos, args.new_tokens, policy.eos_token_ids, policy.pad_token_id, options=opt,
+            ignore_eos=True), args.device, args.reps)
+    steps = res.ids.shape[1]
+    decode = max(t_turn - t_pre, 1e-9)
+    gbps = step_bytes(policy, b, inputs["input_ids"].shape[1] + steps) * steps / decode / 1e9
+    row = dict(batch=b, decode=_name(opt), prompt_tokens=inputs["input_ids"].shape[1], new_tokens=steps,
+               prefill_s=t_pre, turn_s=t_turn, decode_ms_per_step=1000 * decode / steps,
+               queries_per_s=b / t_turn, decode_tokens_per_s=b * steps / decode, decode_gb_per_s=gbps)
+    print(f"turn  batch {b:3d} {_name(opt):<22}: prefill {t_pre:7.3f} s  turn {t_turn:7.3f} s  "
+          f"decode {1000 * decode / steps:7.2f} ms/step ({gbps:6.0f} GB/s)  {b / t_turn:7.2f} queries/s", flush=True)
+    return row
+
+
+def step_bytes(policy, b: int, columns: int) -> int:
+    """Bytes one decode step must read at least: text weights (lm_head once; embedding rows are
+    negligible) + the K/V it attends over (the static buffer, `columns` rounded up to 64)."""
+    lm = policy.model.model.language_model
+    c = lm.config
+    elem = policy.model.lm_head.weight.element_size()
+    weights = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n) * elem
+    weights += policy.model.lm_head.weight.numel() * elem
+    cap = -(-columns // 64) * 64
+    return weights + 2 * c.num_hidden_layers * b * c.num_key_value_heads * cap * c.head_dim * elem
+
+
+def bench_turns(policy, args, frames, side, text_tokens) -> tuple[list[dict], list[dict]]:
+    """Decode variants at batch 1 (the fastest is kept on the policy), then the batch sweep with it."""
+    by_variant = []
+    todo = variants(args)
+    while todo:
+        opt = todo.pop(0)
+        try:
+            by_variant.append((run_turn(policy, args, 1, frames, side, text_tokens, opt), opt))
+        except Exception as e:  # a variant that fails (e.g. compile) is reported, not fatal
+            print(f"variant {_name(opt)} failed: {type(e).__name__}: {str(e)[:300]}")
+        if not todo and by_variant and args.compile and not any(o.compile for _, o in by_variant):
+            fastest = min(by_variant, key=lambda ro: ro[0]["turn_s"])[1]
+            todo.append(replace(fastest, compile=True))  # compile only the best plain variant (compile is slow)
+    if not by_variant:
+        raise RuntimeError("every decode variant failed")
+    best_row, best_opt = min(by_variant, key=lambda ro: ro[0]["turn_s"])
+    policy.decode_options = best_opt
+    rows = [best_row]
+    for b in args.batches:
+        if b == 1:
+            continue
+        try:
+            rows.append(run_turn(policy, args, b, frames, side, text_tokens, best_opt))
+        except RuntimeError as e:
+            if not is_oom(e):
+                raise
+            print(f"batch {b}: out of memory, stopping the sweep")
+            torch.cuda.empty_cache()
+            break
+    return [r for r, _ in by_variant], rows
+
+
+def bench_hf(policy, args, frames, side, text_tokens) -> dict:
+    """HF generate at batch 1 (the baseline), and how far its greedy ids agree with ours."""
+    from videosearch_r1.agent.decode import generate_tokens
+
+    inputs = video_inputs(policy, 1, frames, side, text_tokens, tail=[])
+    with torch.no_grad():
+        t_hf, out = timed(lambda: policy.model.generate(
+            **inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False),
+            args.device, reps=1, warmup=0)
+        ours = generate_tokens(policy.model, inputs, policy.positions(inputs), args.new_tokens,
+                               policy.eos_token_ids, policy.pad_token_id, options=policy.decode_options,
+                               ignore_eos=True).ids[0].tolist()
+    hf = out[0, inputs["input_ids"].shape[1]:].tolist()
+    agree = next((i for i, (a, c) in enumerate(zip(hf, ours)) if a != c), min(len(hf), len(ours)))
+    print(f"hf generate batch 1: {t_hf:.3f} s ({1000 * t_hf / len(hf):.2f} ms/token); greedy ids agree for "
+          f"{agree}/{len(hf)} tokens")
+    return dict(batch=1, turn_s=t_hf, ms_per_token=1000 * t_hf / max(len(hf), 1), greedy_prefix_agree=agree,
+                new_tokens=len(hf), distinct_tokens=len(set(hf)))
+
+
+def bench_sqr(policy, args, frames, side, text_tokens) -> list[dict]:
+    from videosearch_r1.agent.decode import generate_tokens
+    from videosearch_r1.agent.policy import Generation
+    from videosearch_r1.agent.sqr import rollout_from_state, rollout_latents
+
+    n = args.n_latents
+    out = []
+    for b in args.sqr_batches:
+        completion = torch.randint(0, 400, (24,), generator=torch.Generator().manual_seed(1)).tolist()
+        inputs = video_inputs(policy, b, frames, side, text_tokens, tail=completion + [policy.refine_token_id])
+        r = torch.full((b,), inputs["input_ids"].shape[1] - 1, device=policy.device)
+        with torch.no_grad():
+            t_unc, z_unc = timed(lambda: rollout_latents(policy, inputs, r, n, cached=False), args.device, args.reps)
+            t_cac, z_cac = timed(lambda: rollout_latents(policy, inputs, r, n, cached=True), args.device, args.reps)
+            chosen = policy.decode_options
+            policy.decode_options = replace(chosen, cuda_graph=False, compile=False)
+            t_eager, _ = timed(lambda: rollout_latents(policy, inputs, r, n, cached=True), args.device, args.reps)
+            policy.decode_options = chosen
+        # from the generation's cache: fresh state per run (the rollout consumes it); only the rollout is timed
+        prompt = video_inputs(policy, b, frames, side, text_tokens, tail=[])
+        pos = policy.positions(prompt)
+        saved = policy.refine_token_id
+        times = []
+        for _ in range(args.reps + 1):
+            res = generate_tokens(policy.model, prompt, pos, 32, policy.eos_token_ids, policy.pad_token_id,
+                                  options=policy.decode_options, keep_state=True, reserve=n, ignore_eos=True)
+            ids = res.ids.tolist()
+            policy.refine_token_id = ids[0][20]  # let a generated id play <REFINE> (timing only)
+            gen = Generation([], ids, res.n_text.tolist(), [True] * b, prompt["input_ids"].shape[1], res.state)
+            t, _ = timed(lambda: rollout_from_state(policy, gen, n), args.device, reps=1, warmup=0)
+            times.append(t)
+        policy.refine_token_id = saved
+        t_gen = statistics.median(times[1:])
+        rel = ((z_cac - z_unc).norm() / z_unc.norm().clamp_min(1e-12)).item()
+        row = dict(batch=b, n_latents=n, prompt_tokens=inputs["input_ids"].shape[1], uncached_s=t_unc,
+                   cached_s=t_cac, cached_eager_steps_s=t_eager, from_generation_s=t_gen, speedup_cached=t_unc / t_cac,
+                   speedup_from_generation=t_unc / t_gen, rel_err_cached_vs_uncached=rel)
+        print(f"sqr   batch {b:3d}, N={n}: uncached {t_unc:7.3f} s  cached {t_cac:7.3f} s (eager steps {t_eager:.3f} s) "
+              f"({t_unc / t_cac:5.1f}x)  from generation {t_gen:7.4f} s ({t_unc / t_gen:6.1f}x)  rel err {rel:.2e}")
+        out.append(row)
+    return out
+
+
+# ------------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (seconds)")
+    ap.add_argument("--out", default="", help="write the results as JSON here")
+    ap.add_argument("--batches", default="1,2,4,8,16,32", help="verification-turn batch sizes to sweep")
+    ap.add_argument("--sqr-batches", default="1", help="batch sizes for the SQR rollout comparison")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--n-latents", type=int, default=8)
+    ap.add_argument("--frames", type=int, default=64)
+    ap.add_argument("--side", type=int, default=448, help="frame side in pixels (448^2 = the reference's cap)")
+    ap.add_argument("--text-tokens", type=int, default=280, help="system prompt + query tokens")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--no-graph", action="store_true", help="never capture CUDA graphs")
+    ap.add_argument("--no-compile", dest="compile", action="store_false",
+                    help="skip the torch.compile'd decode step (tried by default on CUDA; its compile is not timed)")
+    ap.add_argument("--no-hf", action="store_true", help="skip the HF generate baseline")
+    args = ap.parse_args(argv)
+    args.compile = args.compile and args.device.startswith("cuda")
+    if args.smoke:
+        global WARMUP
+        WARMUP = 0
+        args.device = "cpu" if args.device.startswith("cuda") and not torch.cuda.is_available() else args.device
+        args.frames, args.side, args.text_tokens = 4, 64, 24
+        args.new_tokens, args.reps = min(args.new_tokens, 16), 1
+        args.batches = "1,2"
+    args.batches = [int(x) for x in str(args.batches).split(",") if x]
+    args.sqr_batches = [int(x) for x in str(args.sqr_batches).split(",") if x]
+    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
+
+    t0 = time.perf_counter()
+    policy = build_policy(args.smoke, args.device, dtype)
+    n_params = sum(p.numel() for p in policy.model.parameters())
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"model: {n_params / 1e9:.3f} B params, {next(policy.model.parameters()).dtype}, {device_name}, "
+          f"built in {time.perf_counter() - t0:.1f} s")
+    decode_variants, turns = bench_turns(policy, args, args.frames, args.side, args.text_tokens)
+    prompt_len = turns[0]["prompt_tokens"]
+    hf = None if args.no_hf else bench_hf(policy, args, args.frames, args.side, args.text_tokens)
+    sqr = bench_sqr(policy, args, args.frames, args.side, args.text_tokens)
+    best = max(turns, key=lambda r: r["queries_per_s"]) if turns else None
+
+    import transformers
+
+    print(f"\n{'what':<44}{'value':>14}")
+    if turns:
+        print(f"{'prompt tokens':<44}{prompt_len:>14d}")
+        print(f"{'decode variant (fastest at batch 1)':<44}{turns[0]['decode']:>14}")
+        print(f"{'turn, batch 1 (s)':<44}{turns[0]['turn_s']:>14.3f}")
+        print(f"{'decode, batch 1 (ms/token)':<44}{turns[0]['decode_ms_per_step']:>14.2f}")
+        print(f"{'best batch / queries per s':<44}{best['batch']:>7d} /{best['queries_per_s']:>5.2f}")
+    if hf:
+        print(f"{'HF generate, batch 1 (ms/token)':<44}{hf['ms_per_token']:>14.2f}")
+    for row in sqr:
+        print(f"{'SQR N=%d batch %d: uncached / cached (s)' % (row['n_latents'], row['batch']):<44}"
+              f"{row['uncached_s']:>6.3f} /{row['cached_s']:>6.3f}")
+        print(f"{'  speedup cached / from generation':<44}{row['speedup_cached']:>6.1f}x/{row['speedup_from_generation']:>5.0f}x")
+    result = dict(bench="bench_agent", date=time.strftime("%Y-%m-%d %H:%M"), device=device_name,
+                  torch=torch.__version__, transformers=transformers.__version__, smoke=args.smoke,
+                  dtype=str(dtype), params=n_params, frames=args.frames, side=args.side,
+                  decode_variants=decode_variants, turns=turns, best_batch=best, hf_generate=hf, sqr=sqr)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The policy: our decode loop equals HF generate (greedy, batched, left padded, with video), loading and
+saving with the SQR modules beside the checkpoint, <REFINE> handling, and the authors' layout."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from videosearch_r1.agent.decode import DecodeOptions
+from videosearch_r1.agent.policy import SQR_CONFIG, SQR_WEIGHTS, Policy, PolicyLoadError, SQRConfig, SQRModules
+from videosearch_r1.agent.prompts import REFINE_TOKEN
+from videosearch_r1.agent.reference_ckpt import save_reference_layout
+from videosearch_r1.config import VideoConfig
+from videosearch_r1.models.tiny import make_tiny_checkpoint
+from videosearch_r1.video.decode import Clip, VideoInfo
+
+VCFG = VideoConfig(fps=1.0, max_frames=8, min_pixels=32 * 32, max_pixels=64 * 64)
+QUERIES = ["a red circle spins", "the big blue square leaves to the left quickly", "grey"]
+
+
+def make_clip(t, h, w, seed):
+    rng = np.random.default_rng(seed)
+    ts = np.arange(t) + 0.5
+    return Clip(frames=rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8), timestamps=ts,
+                indices=np.arange(t, dtype=np.int64), info=VideoInfo("synthetic", float(t), 1.0, t, w, h))
+
+
+CLIPS = [make_clip(4, 64, 64, 0), make_clip(6, 32, 64, 1), make_clip(2, 32, 32, 2)]
+
+
+def liven(policy, seed=0):
+    """Random tiny weights copy their input token forever; larger weights give varied greedy text."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 4.0 / p.shape[1] ** 0.5, generator=g)
+        policy.model.get_input_embeddings().weight.normal_(0, 1.0, generator=g)
+        for p in policy.sqr.parameters():
+            p.normal_(0, 0.3, generator=g)
+    return policy
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy"), kind="policy", video_cfg=VCFG)
+
+
+@pytest.fixture(scope="module")
+def policy(ckpt):
+    return liven(Policy.from_pretrained(ckpt))
+
+
+def hf_greedy(policy, max_new, eos=None):
+    inputs = policy.build_inputs(QUERIES, CLIPS)
+    kw = {} if eos is None else {"eos_token_id": eos}
+    out = policy.model.generate(**inputs, max_new_tokens=max_new, do_sample=False, **kw)
+    return out[:, inputs["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "matmul"])
+def test_generate_equals_hf_generate_greedy(policy, attention):
+    policy.decode_options = DecodeOptions(attention=attention)
+    try:
+        gen = policy.generate(QUERIES, CLIPS, max_new_tokens=24, ignore_eos=True)
+    finally:
+        policy.decode_options = DecodeOptions()
+    ref = hf_greedy(policy, 24, eos=[])
+    assert gen.ids == ref
+    assert len({tuple(r) for r in ref}) == 3 and all(len(set(r)) > 3 for r in ref)  # a non-degenerate check
+    assert gen.prompt_len == policy.build_inputs(QUERIES, CLIPS)["input_ids"].shape[1]
+
+
+def test_stop_tokens_counts_and_text(policy):
+    free = policy.generate(QUERIES, CLIPS, max_new_tokens=24, ignore_eos=True)
+    stop = free.ids[0][5]  # make a token row 0 emits mid-way a stop token
+    saved = policy.eos_token_ids
+    policy.eos_token_ids = sorted(set(saved + [stop]))
+    try:
+        gen = policy.generate(QUERIES, CLIPS, max_new_tokens=24)
+        ref = hf_greedy(policy, 24, eos=policy.eos_token_ids)
+    finally:
+        policy.eos_token_ids = saved
+    for row, ids, n, r in zip(free.ids, gen.ids, gen.n_tokens, ref):
+        first = next((i for i, t in enumerate(row) if t == stop or t in saved), None)
+        if first is None:
+            assert n == 24 and ids == row
+        else:
+            assert n == first and ids == row[:first + 1]  # the stop token is returned, not counted
+        assert r[:len(ids)] == ids
+    assert gen.n_tokens[0] <= 5
+    tok = policy.processor.tokenizer
+    assert gen.texts[0] == tok.decode(gen.ids[0][:gen.n_tokens[0]], skip_special_tokens=False)
+
+
+def test_sampling_is_seeded(policy):
+    a = policy.generate(QUERIES, CLIPS, max_new_tokens=12, temperature=1.0, seed=3, ignore_eos=True)
+    b = policy.generate(QUERIES, CLIPS, max_new_tokens=12, temperature=1.0, seed=3, ignore_eos=True)
+    c = policy.generate(QUERIES, CLIPS, max_new_tokens=12, temperature=1.0, seed=4, ignore_eos=True)
+    assert a.ids == b.ids and a.ids != c.ids
+
+
+def test_save_and_reload_with_sqr_beside(policy, tmp_path):
+    out = policy.save_pretrained(tmp_path / "saved")
+    cfg = json.loads((out / SQR_CONFIG).read_text())
+    assert (out / SQR_WEIGHTS).exists() and cfg["seed_hidden"] == "post_norm" and cfg["latent_dim"] == 64
+    again = Policy.from_pretrained(out)  # no flags
+    for (k, a), (_, b) in zip(policy.sqr.state_dict().items(), again.sqr.state_dict().items()):
+        assert torch.equal(a, b), k
+    g1 = policy.generate(QUERIES[:2], CLIPS[:2], max_new_tokens=10, ignore_eos=True)
+    g2 = again.generate(QUERIES[:2], CLIPS[:2], max_new_tokens=10, ignore_eos=True)
+    assert g1.ids == g2.ids
+    with pytest.raises(PolicyLoadError, match="latent_dim"):
+        Policy.from_pretrained(out, latent_dim=32)
+    (out / SQR_CONFIG).write_text(json.dumps({**cfg, "mystery": 1}))
+    with pytest.raises(PolicyLoadError, match="mystery"):
+        Policy.from_pretrained(out)
+
+
+def test_fresh_modules_follow_the_reference_init(ckpt):
+    p = Policy.from_pretrained(ckpt, latent_dim=48, embedder_hidden=80)
+    assert (p.latent_dim, p.embedder_hidden, p.hidden_size) == (48, 80, 64)
+    assert p.sqr.readout[3].weight.abs().sum() == 0 and p.sqr.readout[3].bias.abs().sum() == 0
+    for lin, (o, i) in ((p.sqr.to_policy[1], (64, 48)), (p.sqr.to_embedder[1], (80, 48))):
+        assert lin.weight.shape == (o, i) and lin.weight.dtype == torch.float32
+        assert torch.equal(lin.weight, torch.eye(o, i)) and lin.bias.abs().sum() == 0
+    z = torch.randn(2, 3, 48)
+    assert p.soft_tokens(z).shape == (2, 3, 80)
+    with pytest.raises(ValueError):
+        SQRConfig(hidden_size=64, latent_dim=0, embedder_hidden=64)
+    with pytest.raises(ValueError):
+        SQRConfig(hidden_size=64, latent_dim=8, embedder_hidden=8, seed_hidden="mid")
+    with pytest.raises(ValueError):
+        DecodeOptions(attention="flash")
+
+
+def test_refine_token_is_added_when_missing(tmp_path):
+    path = make_tiny_checkpoint(tmp_path / "emb", kind="embedder", video_cfg=VCFG)  # tokenizer lacks <REFINE>
+    rows_before = json.loads((path / "config.json").read_text())["text_config"]["vocab_size"]
+    p = Policy.from_pretrained(path)
+    tok = p.processor.tokenizer
+    assert tok.convert_tokens_to_ids(REFINE_TOKEN) == p.refine_token_id == rows_before
+    assert p.model.get_input_embeddings().weight.shape[0] == rows_before + 1
+    assert tok(REFINE_TOKEN, add_special_tokens=False)["input_ids"] == [p.refine_token_id]
+    p.save_pretrained(tmp_path / "saved")
+    assert Policy.from_pretrained(tmp_path / "saved").refine_token_id == p.refine_token_id
+
+
+def test_reference_layout_checkpoint(policy, tmp_path):
+    sqr_cfg = SQRConfig(hidden_size=64, latent_dim=64, embedder_hidden=96)
+    theirs = SQRModules(sqr_cfg, seed=5)
+    with torch.no_grad():
+        for prm in theirs.parameters():
+            prm.add_(0.1 * torch.randn_like(prm))
+    path = save_reference_layout(policy.model, policy.processor, theirs.state_dict(), tmp_path / "ref")
+    with pytest.raises(PolicyLoadError, match="reference_layout"):
+        Policy.from_pretrained(path)
+    p = Policy.from_pretrained(path, reference_layout=True)
+    assert p.sqr_config.seed_hidden == "pre_norm" and p.sqr_config.soft_insert == "reference"
+    assert (p.latent_dim, p.embedder_hidden) == (64, 96)
+    for k, v in theirs.state_dict().items():
+        assert torch.equal(p.sqr.state_dict()[k], v), k
+    for k, v in policy.model.state_dict().items():  # the main weights load untouched
+        assert torch.equal(p.model.state_dict()[k], v), k
+    saved = p.save_pretrained(tmp_path / "ours")
+    again = Policy.from_pretrained(saved)  # our layout now: the quirks travel in sqr_config.json
+    assert again.sqr_config.seed_hidden == "pre_norm" and again.sqr_config.source == "reference"
+    with pytest.raises(FileNotFoundError):
+        Policy.from_pretrained(str(path.parent / "missing-dir"))

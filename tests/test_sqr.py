@@ -1,0 +1,165 @@
+"""The SQR latent rollout: KV-cached == the authors' uncached full forwards == continuing from the
+generation's own cache, on a batched, left-padded tiny policy with videos; gradients; seeds; edge cases."""
+import pytest
+import torch
+
+import numpy as np
+
+from videosearch_r1.agent.policy import Policy
+from videosearch_r1.agent.sqr import find_refine_positions, refine_from_generation, rollout_from_state, rollout_latents
+from videosearch_r1.config import VideoConfig
+from videosearch_r1.models.tiny import make_tiny_checkpoint
+from videosearch_r1.video.decode import Clip, VideoInfo
+
+VCFG = VideoConfig(fps=1.0, max_frames=8, min_pixels=32 * 32, max_pixels=64 * 64)
+QUERIES = ["a red circle spins", "the big blue square leaves to the left quickly", "grey"]
+
+
+def make_clip(t, h, w, seed):
+    rng = np.random.default_rng(seed)
+    return Clip(frames=rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8), timestamps=np.arange(t) + 0.5,
+                indices=np.arange(t, dtype=np.int64), info=VideoInfo("synthetic", float(t), 1.0, t, w, h))
+
+
+CLIPS = [make_clip(4, 64, 64, 0), make_clip(6, 32, 64, 1), make_clip(2, 32, 32, 2)]
+
+
+def liven(policy, seed=0):
+    """Random tiny weights copy their input token forever; larger weights give varied greedy text."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in policy.model.parameters():
+            if p.ndim == 2:
+                p.normal_(0, 4.0 / p.shape[1] ** 0.5, generator=g)
+        policy.model.get_input_embeddings().weight.normal_(0, 1.0, generator=g)
+        for p in policy.sqr.parameters():
+            p.normal_(0, 0.3, generator=g)
+    return policy
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A lively tiny policy whose <REFINE> id is set to a token every row generates mid-way, the
+    verification turn (with its cache kept), and the prompt+completion batch."""
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("sqr"), kind="policy", video_cfg=VCFG)
+    policy = liven(Policy.from_pretrained(ckpt), seed=3)
+    free = policy.generate(QUERIES, CLIPS, max_new_tokens=30, ignore_eos=True)
+    common = set(free.ids[0][1:-1]) & set(free.ids[1][1:-1]) & set(free.ids[2][1:-1])
+    assert common, "the lively model should share a mid-sequence token across rows"
+    policy.refine_token_id = min(common)  # the rollout is token-agnostic: any id can play <REFINE>
+    inputs = policy.build_inputs(QUERIES, CLIPS)
+    full = policy.append_completions(inputs, free.ids)
+    r = find_refine_positions(full["input_ids"], policy.refine_token_id, start=inputs["input_ids"].shape[1])
+    assert (r >= 0).all() and len(set(r.tolist())) > 1  # different insertion points per row
+    return policy, inputs, full, r
+
+
+def test_cached_equals_uncached_equals_from_generation(setup):
+    policy, inputs, full, r = setup
+    n = 8
+    with torch.no_grad():
+        zc = rollout_latents(policy, full, r, n, cached=True)
+        zu = rollout_latents(policy, full, r, n, cached=False)
+    gen = policy.generate(QUERIES, CLIPS, max_new_tokens=30, ignore_eos=True, keep_state=True)
+    zs, has = rollout_from_state(policy, gen, n)
+    assert zc.shape == (3, n, policy.latent_dim) and zc.dtype == torch.float32 and has.all()
+    assert rel(zc, zu) < 1e-3 and rel(zs, zu) < 1e-3
+    # the latents really move from step to step (a constant rollout would pass trivially)
+    assert (zu[:, 1:] - zu[:, :-1]).norm(dim=-1).min() > 1e-2
+    # prefix consistency: an N-latent rollout starts with the shorter ones
+    for k in (1, 3):
+        with torch.no_grad():
+            assert rel(rollout_latents(policy, full, r, k, cached=True), zu[:, :k]) < 1e-3
+
+
+def test_rollout_depends_on_the_video(setup):
+    policy, inputs, full, r = setup
+    with torch.no_grad():
+        z = rollout_latents(policy, full, r, 4)
+        other = dict(full, pixel_values_videos=full["pixel_values_videos"].flip(0))
+        z_video = rollout_latents(policy, other, r, 4)
+    assert rel(z_video, z) > 1e-3
+
+
+def test_pre_norm_seed_of_the_reference(setup):
+    policy, _, full, r = setup
+    cfg = policy.sqr_config
+    with torch.no_grad():
+        z_post = rollout_latents(policy, full, r, 2)
+        policy.sqr_config = cfg.__class__(**{**cfg.__dict__, "seed_hidden": "pre_norm"})
+        try:
+            zc = rollout_latents(policy, full, r, 2, cached=True)
+            zu = rollout_latents(policy, full, r, 2, cached=False)
+            gen = policy.generate(QUERIES, CLIPS, max_new_tokens=30, ignore_eos=True, keep_state=True)
+            zs, _ = rollout_from_state(policy, gen, 2)
+        finally:
+            policy.sqr_config = cfg
+    assert rel(zc, zu) < 1e-3 and rel(zs, zu) < 1e-3
+    assert rel(zc[:, 0], z_post[:, 0]) > 1e-2  # a different seed
+
+
+def test_gradients_match_between_cached_and_uncached(setup):
+    policy, _, full, r = setup
+    params = [p for p in policy.sqr.parameters()] + [policy.model.model.language_model.layers[-1].mlp.down_proj.weight]
+    grads = []
+    for cached in (True, False):
+        z = rollout_latents(policy, full, r, 3, cached=cached)
+        grads.append(torch.autograd.grad(z.square().sum(), params, allow_unused=True))
+    compared = 0
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert rel(a, b) < 1e-3
+            compared += 1
+    assert compared >= 9  # readout, to_policy and the policy's own weight all receive gradient
+
+
+def test_rows_without_refine_and_bad_positions(setup):
+    policy, _, full, r = setup
+    r2 = r.clone()
+    r2[1] = -1
+    with torch.no_grad():
+        z = rollout_latents(policy, full, r2, 3)
+        z_ref = rollout_latents(policy, full, r, 3)
+    assert z[1].abs().sum() == 0 and rel(z[[0, 2]], z_ref[[0, 2]]) < 1e-5
+    with pytest.raises(ValueError, match="rows"):
+        rollout_latents(policy, full, r - 1, 3)  # not a <REFINE> token
+    with pytest.raises(ValueError):
+        rollout_latents(policy, full, r[:2], 3)
+
+
+def test_find_refine_positions_skips_the_prompt():
+    ids = torch.tensor([[9, 5, 1, 5, 2, 5, 0], [0, 0, 5, 1, 2, 3, 4], [5, 1, 1, 1, 5, 5, 1]])
+    mask = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]])
+    assert find_refine_positions(ids, 5).tolist() == [5, 2, 5]
+    assert find_refine_positions(ids, 5, start=3).tolist() == [5, -1, 5]
+    assert find_refine_positions(ids, 5, start=torch.tensor([0, 0, 0]), attention_mask=mask).tolist() == [5, 2, 4]
+
+
+def test_refine_from_generation_soft_tokens(setup):
+    policy, _, _, _ = setup
+    gen = policy.generate(QUERIES, CLIPS, max_new_tokens=30, ignore_eos=True, keep_state=True)
+    sq = refine_from_generation(policy, gen, n_latents=5)
+    assert sq.soft.shape == (3, 5, policy.embedder_hidden) and sq.has_refine.all()
+    assert torch.allclose(sq.soft, policy.soft_tokens(sq.latents), atol=1e-6)
+    with pytest.raises(ValueError, match="keep_state"):
+        rollout_from_state(policy, policy.generate(QUERIES, CLIPS, max_new_tokens=4), 3)
+    small = policy.generate(QUERIES, CLIPS, max_new_tokens=4, ignore_eos=True, keep_state=True, reserve=0)
+    free = small.state.cache.capacity - small.state.cache.length  # capacity is padded to 64 columns
+    with pytest.raises(ValueError, match="reserve"):
+        rollout_from_state(policy, small, free + 2)
+    # a row that never generated the token: zeros, flagged
+    saved = policy.refine_token_id
+    policy.refine_token_id = gen.ids[0][0]
+    try:
+        gen2 = policy.generate(QUERIES, CLIPS, max_new_tokens=12, ignore_eos=True, keep_state=True)
+        sq2 = refine_from_generation(policy, gen2, n_latents=3)
+    finally:
+        policy.refine_token_id = saved
+    for row, has, z in zip(gen2.ids, sq2.has_refine.tolist(), sq2.latents):
+        assert has == (gen.ids[0][0] in row)
+        assert (z.abs().sum() > 0) == has

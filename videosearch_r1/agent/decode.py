@@ -1,0 +1,356 @@
+"""Fast decoding for the Qwen3-VL policy: one HF prefill, then our own single-position decode step over
+a static KV cache (CUDA-graph captured on GPU). Used by `Policy.generate` and the SQR latent rollout.
+
+    state = prefill(model, inputs, positions, gather_at=None, capacity=L + 256)   # HF forward, KV copied
+    out = generate_tokens(model, inputs, positions, max_new_tokens=256, eos_ids=[...], pad_id=0)
+
+Why: HF `generate` costs ~52 ms/token at 2B shapes (per-step Python, dynamic cache, mask rebuilds) against
+a ~1.4 ms memory floor. Here one decode step is: embedding -> 28 x (RMSNorm, q/k/v, q/k-norm, 1-D RoPE,
+KV write at a device-side column index, attention over the whole static buffer under a key mask) ->
+norm -> lm_head, with no host sync. `DecodeOptions` picks how it runs: CUDA graph (captured once per
+call, replayed per token), the attention kernel (masked SDPA, or two GEMMs + softmax), and optionally
+torch.compile (one compiled step per process, reused across calls of the same shapes).
+bench/bench_agent.py measures the variants; tests/test_policy.py checks greedy ids equal HF generate's.
+
+Layout facts the step relies on (checked against transformers' Qwen3VLTextModel):
+- Inputs are LEFT padded, so every row writes the same buffer column at each step; padding columns
+  stay masked out through `valid` [B, capacity].
+- After the prompt, every new position (text token or SQR latent) is text-like: the same position on
+  all three mRoPE axes, so mRoPE reduces to 1-D RoPE at `pos`; positions continue from the prompt's
+  max position + 1 (what HF's rope_deltas give).
+- GQA without repeating K/V: the `n_rep` query heads of a KV head are laid out as the query-length
+  axis of one SDPA call ([B, kv_heads, n_rep, d] against [B, kv_heads, L, d]); with one new position
+  no causal mask is needed inside a group.
+- Deepstack visual features only touch visual positions, all inside the prefill.
+With grad enabled (SFT through the rollout) the cache grows by concatenation instead (autograd-safe).
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+import videosearch_r1  # noqa: F401  (torchvision shim before transformers)
+
+
+# ------------------------------------------------------------------------------------ KV cache
+class DecodeCache:
+    """Per-layer keys/values [B, KVH, capacity, d] + key mask `valid` [B, capacity].
+
+    static (no grad): fixed buffers written in place at the device-side column `col` [1] (graph-safe).
+    growing (grad): tensors concatenated per step, so autograd sees no in-place writes.
+    """
+
+    def __init__(self, keys: list, values: list, valid: torch.Tensor, length: int, static: bool):
+        self.keys, self.values, self.valid = keys, values, valid
+        self.length = length  # host-side: columns written so far (prefill + steps)
+        self.static = static
+        self.col = torch.tensor([length], dtype=torch.long, device=valid.device)  # next column (device)
+
+    @property
+    def capacity(self) -> int:
+        return self.valid.shape[1]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one position's k, v [B, KVH, 1, d] for `layer`; return the layer's full K, V."""
+        if self.static:
+            self.keys[layer].index_copy_(2, self.col, k)
+            self.values[layer].index_copy_(2, self.col, v)
+        else:
+            self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)
+            self.values[layer] = torch.cat([self.values[layer], v], dim=2)
+        return self.keys[layer], self.values[layer]
+
+    def open_column(self) -> None:
+        """Mark the column about to be written as attendable (before the step's attention)."""
+        if self.static:
+            self.valid.index_fill_(1, self.col, True)
+        else:
+            self.valid = torch.cat([self.valid, self.valid.new_ones(self.valid.shape[0], 1)], dim=1)
+
+    def advance(self) -> None:
+        """After a step: move to the next column (device add for static caches; no host sync)."""
+        self.length += 1
+        if self.static:
+            if self.length > self.capacity:
+                raise RuntimeError(f"decode cache full ({self.capacity} columns)")
+            self.col.add_(1)
+
+
+# ------------------------------------------------------------------------------------ HF prefill
+def _forward_kwargs(model, inputs: dict) -> dict:
+    """The processor outputs model.model.forward accepts (mm_token_type_ids is new in recent versions)."""
+    names = set(inspect.signature(model.model.forward).parameters)
+    keys = ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "pixel_values",
+            "image_grid_thw", "mm_token_type_ids", "inputs_embeds")
+    return {k: inputs[k] for k in keys if k in names and inputs.get(k) is not None}
+
+
+def _take_layer_kv(hf_cache, i: int):
+    """Layer i's (keys, values) from an HF DynamicCache, dropping the cache's own references so each
+    layer's memory is freed as soon as it is copied (peak: one extra layer, not a second cache)."""
+    if hasattr(hf_cache, "layers"):
+        layer = hf_cache.layers[i]
+        kv = layer.keys, layer.values
+        layer.keys = layer.values = None
+        return kv
+    return hf_cache.key_cache[i], hf_cache.value_cache[i]  # older transformers
+
+
+class Prefill(NamedTuple):
+    cache: DecodeCache
+    post: torch.Tensor  # [B, H] final-norm hidden at `gather_at` (model dtype)
+    pre: torch.Tensor | None  # [B, H] last decoder layer output before the final norm (if asked)
+
+
+def prefill(model, inputs: dict, positions: torch.Tensor, gather_at: torch.Tensor | None = None,
+            capacity: int | None = None, want_pre: bool = False) -> Prefill:
+    """One full VLM forward (vision tower + text) with HF, its KV copied into a DecodeCache.
+
+    inputs: processor batch (left padded; `inputs_embeds` may replace `input_ids`); positions:
+    mRoPE ids [3, B, L]; gather_at: [B] column whose hidden state to return (default: the last).
+    capacity: total cache columns (>= L) for a static cache; ignored when grad is enabled.
+    """
+    lm = model.model.language_model
+    mask = inputs["attention_mask"].bool()
+    b, length = mask.shape
+    captured = {}
+    hook = None
+    if want_pre:
+        hook = lm.norm.register_forward_hook(lambda mod, args, out: captured.__setitem__("pre", args[0]))
+    try:
+        out = model.model(**_forward_kwargs(model, inputs), position_ids=positions, use_cache=True)
+    finally:
+        if hook is not None:
+            hook.remove()
+    hf_cache = next(out[k] for k in ("cache", "past_key_values") if k in out.keys())  # 5.24 / 5.17 name
+    rows = torch.arange(b, device=mask.device)
+    idx = torch.full((b,), length - 1, device=mask.device) if gather_at is None else gather_at.to(mask.device)
+    post = out.last_hidden_state[rows, idx]
+    pre = captured["pre"][rows, idx] if want_pre else None
+
+    n_layers = len(lm.layers)
+    static = not torch.is_grad_enabled()
+    keys, values = [], []
+    if static:
+        cap = -(-max(int(capacity or length), length) // 64) * 64  # aligned rows suit the SDPA kernels
+        valid = torch.zeros(b, cap, dtype=torch.bool, device=mask.device)
+        valid[:, :length] = mask
+        for i in range(n_layers):
+            k, v = _take_layer_kv(hf_cache, i)
+            kb = k.new_zeros(k.shape[0], k.shape[1], cap, k.shape[3])
+            vb = torch.zeros_like(kb)
+            kb[:, :, :length] = k.masked_fill(~mask[:, None, :, None], 0)  # padding may hold junk
+            vb[:, :, :length] = v.masked_fill(~mask[:, None, :, None], 0)
+            keys.append(kb)
+            values.append(vb)
+    else:
+        valid = mask.clone()
+        for i in range(n_layers):
+            k, v = _take_layer_kv(hf_cache, i)
+            keys.append(k.masked_fill(~mask[:, None, :, None], 0))
+            values.append(v.masked_fill(~mask[:, None, :, None], 0))
+    del hf_cache, out
+    return Prefill(DecodeCache(keys, values, valid, length, static), post, pre)
+
+
+# ------------------------------------------------------------------------------------ one step
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How decode steps run (bench/bench_agent.py measures the combinations on the GPU)."""
+
+    cuda_graph: bool = True  # capture the step once per call as a CUDA graph (static cache on CUDA only)
+    attention: str = "sdpa"  # "sdpa" (masked scaled_dot_product_attention) | "matmul" (2 GEMMs + softmax)
+    compile: bool = False  # torch.compile the step (fuses its ~60 small kernels per layer) before capture
+
+    def __post_init__(self):
+        if self.attention not in ("sdpa", "matmul"):
+            raise ValueError(f"DecodeOptions.attention must be 'sdpa' or 'matmul', got {self.attention!r}")
+
+
+def _attend(q, keys, values, key_mask, scale, how: str):
+    """q [B, G, R, d] against keys/values [B, G, L, d] under key_mask [B, 1, 1, L] -> [B, G, R, d]."""
+    if how == "sdpa":
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=key_mask, scale=scale)
+    scores = torch.matmul(q, keys.transpose(-1, -2)).float() * scale
+    probs = scores.masked_fill(~key_mask, float("-inf")).softmax(-1).to(values.dtype)
+    return torch.matmul(probs, values)
+
+
+def decode_step(model, cache: DecodeCache, x: torch.Tensor, pos: torch.Tensor,
+                attention: str = "sdpa") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run one new position through the text tower; returns (pre-norm, post-norm) hidden [B, H].
+
+    x: input embeddings [B, 1, H] (model dtype); pos: [B] long position (all mRoPE axes equal).
+    Writes K/V at `cache.col` (static) or appends (growing). No host sync.
+    """
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import apply_rotary_pos_emb
+
+    lm = model.model.language_model
+    b = x.shape[0]
+    cos, sin = lm.rotary_emb(x, pos.view(1, b, 1).expand(3, b, 1))  # [B, 1, d]
+    cache.open_column()
+    key_mask = cache.valid[:, None, None, :]
+    h = x
+    for i, layer in enumerate(lm.layers):
+        attn = layer.self_attn
+        d = attn.head_dim
+        y = layer.input_layernorm(h)
+        q = attn.q_norm(attn.q_proj(y).view(b, 1, -1, d)).transpose(1, 2)  # [B, nh, 1, d]
+        k = attn.k_norm(attn.k_proj(y).view(b, 1, -1, d)).transpose(1, 2)  # [B, kvh, 1, d]
+        v = attn.v_proj(y).view(b, 1, -1, d).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        keys, values = cache.append(i, k, v)
+        qg = q.reshape(b, k.shape[1], -1, d)  # heads h = g * n_rep + r share KV head g (repeat_kv order)
+        o = _attend(qg, keys, values, key_mask, attn.scaling, attention)
+        h = h + attn.o_proj(o.reshape(b, 1, -1))
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    pre = h[:, 0]
+    return pre, lm.norm(h)[:, 0]
+
+
+def _step_logits(model, cache: DecodeCache, x: torch.Tensor, pos: torch.Tensor, attention: str):
+    pre, post = decode_step(model, cache, x, pos, attention)
+    return pre, post, model.lm_head(post)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_step():
+    """One torch.compile'd step per process: later calls (new caches, same shapes) reuse its code."""
+    if "step" not in _COMPILED:
+        _COMPILED["step"] = torch.compile(_step_logits)
+    return _COMPILED["step"]
+
+
+class _StepRunner:
+    """Runs decode steps eagerly, or through one captured CUDA graph (static cache on CUDA)."""
+
+    def __init__(self, model, cache: DecodeCache, options: DecodeOptions = DecodeOptions()):
+        self.model, self.cache, self.options = model, cache, options
+        self.graph = None
+        self.fn = self._eager
+        if options.compile:
+            step = _compiled_step()
+            self.fn = lambda x, pos: step(model, cache, x, pos, options.attention)
+        if options.cuda_graph and cache.static and cache.valid.is_cuda:
+            lm = model.model.language_model
+            b = cache.valid.shape[0]
+            w = lm.embed_tokens.weight
+            self.x = torch.zeros(b, 1, w.shape[1], dtype=w.dtype, device=w.device)
+            self.pos = torch.zeros(b, dtype=torch.long, device=w.device)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up writes column `col`, which the first real step rewrites
+                for _ in range(2 if options.compile else 1):
+                    self.fn(self.x, self.pos)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.out = self.fn(self.x, self.pos)
+                self.graph = graph
+            except RuntimeError as e:  # keep working (eagerly) if some kernel refuses capture
+                print(f"[decode] CUDA graph capture failed, decoding without it: {e}")
+
+    def _eager(self, x, pos):
+        return _step_logits(self.model, self.cache, x, pos, self.options.attention)
+
+    def __call__(self, x: torch.Tensor, pos: torch.Tensor):
+        """(pre [B,H], post [B,H], logits [B,V]) for inputs x [B,1,H], pos [B]; then advances the cache."""
+        if self.graph is None:
+            out = self.fn(x, pos)
+        else:
+            self.x.copy_(x)
+            self.pos.copy_(pos)
+            self.graph.replay()
+            out = self.out
+        self.cache.advance()
+        return out
+
+
+# ------------------------------------------------------------------------------------ generation
+@dataclass
+class DecodeState:
+    """What a generation leaves for the SQR rollout to continue from (see sqr.rollout_from_state)."""
+
+    cache: DecodeCache
+    runner: _StepRunner
+    post: torch.Tensor  # [B, T, H] post-norm hidden at each generated token (as the step's input)
+    pre: torch.Tensor  # [B, T, H] pre-norm hidden, same positions
+    first_pos: torch.Tensor  # [B] position of generated token 0
+    prompt_len: int  # buffer column of generated token 0
+
+
+class DecodeResult(NamedTuple):
+    ids: torch.Tensor  # [B, T] generated ids; after a row's stop token: pad
+    lengths: torch.Tensor  # [B] ids per row up to and including the first stop token (or T)
+    n_text: torch.Tensor  # [B] generated tokens before the stop token (the stop token not counted)
+    state: DecodeState | None
+
+
+def _pick(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens: int, eos_ids: list[int],
+                    pad_id: int, temperature: float = 0.0, generator: torch.Generator | None = None,
+                    options: DecodeOptions = DecodeOptions(), keep_state: bool = False, reserve: int = 0,
+                    ignore_eos: bool = False, check_every: int = 8) -> DecodeResult:
+    """Greedy (temperature 0) or sampled decoding of a left-padded batch.
+
+    Every generated token is also fed through the model once, so each one's hidden state is known
+    (the SQR seed at a generated <REFINE> comes for free). `reserve` extra cache columns are kept
+    for a latent rollout continuing from the returned state (keep_state=True).
+    """
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    length = inputs["attention_mask"].shape[1]
+    pre_fill = prefill(model, inputs, positions, capacity=length + max_new_tokens + reserve)
+    cache = pre_fill.cache
+    b = cache.valid.shape[0]
+    dev = cache.valid.device
+    embed = model.model.language_model.embed_tokens
+    runner = _StepRunner(model, cache, options)
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=dev)
+    ids = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    h = pre_fill.post.shape[-1]
+    hist_post = pre_fill.post.new_zeros(b, max_new_tokens, h) if keep_state else None
+    hist_pre = pre_fill.post.new_zeros(b, max_new_tokens, h) if keep_state else None
+    first_pos = positions.amax(dim=(0, 2)) + 1
+    pos = first_pos.clone()
+    done = torch.zeros(b, dtype=torch.bool, device=dev)
+    stop_at = torch.full((b,), max_new_tokens, dtype=torch.long, device=dev)
+    tok = _pick(model.lm_head(pre_fill.post), temperature, generator)
+    steps = 0
+    for i in range(max_new_tokens):
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        ids[:, i] = tok
+        if not ignore_eos:
+            hit = torch.isin(tok, eos) & ~done
+            stop_at = torch.where(hit, torch.full_like(stop_at, i), stop_at)
+            done = done | hit
+        pre, post, logits = runner(embed(tok)[:, None], pos)
+        steps += 1
+        if keep_state:
+            hist_post[:, i] = post
+            hist_pre[:, i] = pre
+        pos = pos + 1
+        if not ignore_eos and (i + 1) % check_every == 0 and bool(done.all()):
+            break
+        tok = _pick(logits, temperature, generator)
+    ids = ids[:, :steps]
+    lengths = torch.clamp(stop_at + 1, max=steps)
+    n_text = torch.clamp(stop_at, max=steps)
+    state = None
+    if keep_state:
+        state = DecodeState(cache, runner, hist_post[:, :steps], hist_pre[:, :steps], first_pos, length)
+    return DecodeResult(ids, lengths, n_text, state)
