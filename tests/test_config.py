@@ -55,3 +55,14 @@ def test_cli_usage_and_unknown_command(capsys):
     assert "vsr1 synth" in capsys.readouterr().out
     assert cli_main(["frobnicate"]) == 2
     assert cli_main(["engine"]) == 2
+
+
+def test_shipped_default_yaml_mirrors_the_tree():
+    from pathlib import Path
+
+    import videosearch_r1
+    from videosearch_r1.config import default_yaml
+
+    shipped = Path(videosearch_r1.__file__).parent / "configs" / "default.yaml"
+    assert shipped.read_text() == default_yaml(), "regenerate: python -m videosearch_r1.config"
+    assert load_config(shipped).agent == Config().agent

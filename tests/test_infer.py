@@ -1,0 +1,114 @@
+"""`vsr1 infer` on the tiny synthetic world: outputs, resume after a kill, refusal to mix settings, and the
+CLI end to end with a tiny random policy (followed by `vsr1 report`)."""
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+import _world as W
+from videosearch_r1 import cli
+from videosearch_r1.agent.infer import run_infer
+from videosearch_r1.config import ConfigError
+from videosearch_r1.utils import read_jsonl_resumable
+
+
+def _name(tag):
+    return f"{tag}-{uuid.uuid4().hex[:8]}"
+
+
+def _script(q, v, k):
+    """Depends on the query text and the turn only (never on the ground truth): a mix of stop reasons."""
+    kind = len(q) % 3
+    if kind == 0:
+        return W.GARBAGE  # malformed at turn 1
+    if kind == 1 and k == 1:
+        return W.MATCH.format(s="1.0", e="4.0")  # matched at turn 2
+    return W.NOT_MATCH  # max_turns
+
+
+def _run(run_name, max_batches=None, **over):
+    cfg = W.world().cfg(f"run_name={run_name}", "agent.batch_size=3", "agent.max_turns=3",
+                        *[f"{k}={v}" for k, v in over.items()])
+    pol = W.policy()
+    W.scripted(pol, _script)
+    return cfg, run_infer(cfg, engine=W.engine(), policy=pol, max_batches=max_batches)
+
+
+def test_infer_writes_rows_and_summary():
+    sp = W.split()
+    cfg, summary = _run(_name("full"))
+    run_dir = cfg.runs_dir() / cfg.run_name
+    rows = read_jsonl_resumable(run_dir / "predictions.jsonl")
+    assert [r["qid"] for r in rows] == [q.qid for q in sp.queries]
+    assert summary["complete"] and summary["finished"] == len(sp.queries)
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk["metrics"]["paper"]["n"] == len(sp.queries)
+    assert on_disk["stop_reasons"] == summary["stop_reasons"] and sum(summary["stop_reasons"].values()) == len(rows)
+    assert (run_dir / "config.yaml").is_file()
+    for r in rows:  # the contract's row schema
+        assert set(r) >= {"qid", "query", "gt_video", "gt_start", "gt_end", "duration", "method", "turns",
+                          "final", "stop_reason", "text_tokens", "latent_tokens", "ranked"}
+        assert r["final"]["video"] == r["turns"][-1]["video"]
+        assert r["text_tokens"] == sum(t["text_tokens"] for t in r["turns"])
+    assert summary["counts"]["generate_calls"] >= 3 and summary["timings_s"]["generate"] >= 0
+
+
+def test_resume_after_kill_equals_uninterrupted_run():
+    sp = W.split()
+    _, full = _run(_name("ref"))
+    name = _name("killed")
+    cfg, part = _run(name, max_batches=1)  # the process "dies" after its first batch
+    pred = cfg.runs_dir() / name / "predictions.jsonl"
+    assert not part["complete"] and part["finished"] == 3
+    with open(pred, "a") as f:
+        f.write('{"qid": "999", "turns": [{"tu')  # the kill tore the next batch's first line
+    cfg, resumed = _run(name)
+    assert resumed["complete"] and resumed["finished"] == len(sp.queries)
+    ref_rows = read_jsonl_resumable(Path(full["run_dir"]) / "predictions.jsonl")
+    assert read_jsonl_resumable(pred) == ref_rows
+    assert resumed["metrics"]["paper"] == full["metrics"]["paper"]
+    assert set(full["stop_reasons"]) == {"malformed", "matched", "max_turns"}
+
+
+def test_resume_refuses_other_settings():
+    name = _name("mixed")
+    _run(name, max_batches=1)
+    with pytest.raises(ConfigError, match="agent"):
+        _run(name, **{"agent.refine_mode": "accumulate"})
+    _run(name, **{"agent.batch_size": 2})  # batch size only regroups the work: allowed
+
+
+@pytest.mark.slow
+def test_cli_infer_and_report_end_to_end(tmp_path, capsys):
+    """Real tiny random policy (it writes nonsense: the malformed path), then the engine baseline, then
+    the report over both runs."""
+    ws = W.world().workspace
+    W.engine()
+    common = [f"workspace={ws}", "agent.max_new_tokens=12", "agent.batch_size=2", "agent.max_turns=2"]
+    sqr, eng = _name("cli-sqr"), _name("cli-engine")
+    assert cli.main(["infer", "synth", "--checkpoint", str(W.world().policy_path), "--limit", "3",
+                     *common, f"run_name={sqr}"]) == 0
+    assert cli.main(["infer", "synth", "--split", "test", *common, "agent.method=engine", f"run_name={eng}"]) == 0
+    runs = ws / "runs"
+    rows = read_jsonl_resumable(runs / sqr / "predictions.jsonl")
+    assert len(rows) == 3 and all(r["method"] == "sqr" and r["turns"] for r in rows)
+    assert all(0 < t["text_tokens"] <= 12 for r in rows for t in r["turns"])
+    out = tmp_path / "rep"
+    capsys.readouterr()
+    assert cli.main(["report", str(runs / sqr / "predictions.jsonl"), str(runs / eng / "predictions.jsonl"),
+                     "--out", str(out), f"workspace={ws}"]) == 0
+    table = capsys.readouterr().out
+    assert f"sqr ({sqr})" in table and f"engine ({eng})" in table
+    result = json.loads((out / "result.json").read_text())
+    assert [r["method"] for r in result["runs"]] == ["sqr", "engine"]
+    assert result["runs"][1]["n"] == len(W.split().queries)
+    for name in ("turns.png", "soft_tokens.png", "tokens.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_errors_are_clean(capsys):
+    ws = W.world().workspace
+    assert cli.main(["infer", "synth", f"workspace={ws}", f"run_name={_name('nockpt')}"]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert cli.main(["infer", "nosuch", f"workspace={ws}"]) == 2

@@ -1,0 +1,79 @@
+"""`vsr1 report`: turn-limit curves from truncated trajectories (checked against real runs with smaller
+limits), the soft-token profile, token counts, and robustness to a torn prediction file."""
+import json
+
+import _world as W
+from videosearch_r1.agent.loop import AgentLoop
+from videosearch_r1.agent.report import main as report_main
+from videosearch_r1.agent.report import per_turn, soft_token_profile, token_stats
+from videosearch_r1.agent.trajectory import truncate_row
+from videosearch_r1.eval.evaluate import evaluate_rows
+
+
+def _script(q, v, k):
+    kind = len(q) % 3
+    if kind == 0 and k == 0:
+        return W.GARBAGE
+    if kind == 1 and k == 1:
+        return W.MATCH.format(s="1.0", e="4.0")
+    return W.NOT_MATCH
+
+
+def _rows(max_turns, *overrides, script=_script):
+    cfg = W.world().cfg(f"agent.max_turns={max_turns}", *overrides)
+    sp = W.split()
+    pol = W.policy()
+    W.scripted(pol, script)
+    loop = AgentLoop(cfg.agent, W.engine(), pol, clip_fn=W.clip_fn(cfg),
+                     durations={v: r.duration for v, r in sp.videos.items()}, ranked_k=5)
+    return [t.to_row() for t in loop.run(sp.queries)]
+
+
+def _strip(row):
+    return {k: v for k, v in row.items() if k != "ranked"}
+
+
+def test_truncated_trajectories_equal_runs_with_smaller_limits():
+    full = _rows(3)
+    assert {r["stop_reason"] for r in full} == {"malformed", "matched", "max_turns"}
+    curve = per_turn(full, (0.3, 0.5, 0.7), (1, 5))
+    for limit in (1, 2):
+        real = _rows(limit)
+        cut = [truncate_row(r, limit) for r in full]
+        assert [_strip(r) for r in cut] == [_strip(r) for r in real]
+        got = evaluate_rows(real, iou_thresholds=(0.3, 0.5, 0.7), ks=(1, 5))["paper"]
+        assert curve[str(limit)]["vcmr_r1"] == got["vcmr_r1"] and curve[str(limit)]["vr_r1"] == got["vr_r1"]
+    assert curve["3"]["vcmr_r1"] == evaluate_rows(full, iou_thresholds=(0.3, 0.5, 0.7), ks=(1, 5))["paper"]["vcmr_r1"]
+
+
+def test_soft_token_profile_and_token_stats():
+    rows = _rows(1, "agent.profile_depths=[1,2,4,8]")
+    prof = soft_token_profile(rows)
+    refined = [r["turns"][0] for r in rows if r["turns"][0]["refined"]]
+    assert prof["n"] == len(refined) > 0 and sorted(prof["r1"], key=int) == ["0", "1", "2", "4", "8"]
+    assert prof["r1"]["8"] == 100.0 * sum(t["rank_after"] == 1 for t in refined) / len(refined)
+    assert prof["r1"]["0"] == 100.0 * sum(t["rank_before"] == 1 for t in refined) / len(refined)
+    stats = token_stats(rows)
+    assert stats["refinements"] == len(refined) and stats["refine_tokens_per_refinement"] == 8
+    assert stats["latent_per_query"] == 8 * len(refined) / len(rows)
+
+
+def test_report_cli_survives_torn_file(tmp_path, capsys):
+    rows = _rows(2)
+    hqr = _rows(2, "agent.method=hqr", script=lambda q, v, k: W.HQR_NOT_MATCH.format(q="a red ring"))
+    a, b = tmp_path / "sqr" / "predictions.jsonl", tmp_path / "hqr" / "predictions.jsonl"
+    for path, rs in ((a, rows), (b, hqr)):
+        path.parent.mkdir()
+        path.write_text("".join(json.dumps(r) + "\n" for r in rs))
+    with open(a, "a") as f:
+        f.write('{"qid": "77", "tur')  # a run still being written (or killed)
+    out = tmp_path / "report"
+    assert report_main([str(a), str(b), "--out", str(out), "eval.recall_ks=[1,5]"]) == 0
+    text = capsys.readouterr().out
+    assert "sqr (sqr)" in text and "hqr (hqr)" in text
+    res = json.loads((out / "result.json").read_text())
+    first, second = res["runs"]
+    assert first["counts"]["unscorable_by_reason"] == {"bad_json": 1} and first["counts"]["scored"] == len(rows)
+    assert second["tokens"]["refine_tokens_per_refinement"] > 0 and second["paper"]["latent_tokens_per_query"] == 0
+    assert res["settings"]["ks"] == [1, 5] and list(first["per_turn"]) == ["1", "2"]
+    assert report_main([str(tmp_path / "missing.jsonl")]) == 2

@@ -1,0 +1,193 @@
+"""`vsr1 infer`: run the agent (or a baseline) over a split; resumable predictions + summary.
+
+    vsr1 infer synth --checkpoint PATH_OR_ID [--split test] [--limit N] [--config F] [key=value ...]
+    vsr1 infer synth agent.method=engine run_name=engine-test        # no checkpoint needed
+
+1. load the split (data.fig.load_split; its load summary is printed and saved)
+2. open the engine: SearchEngine.load(cfg.index_dir(DATASET)/SPLIT, Embedder) (build it: `vsr1 index`)
+3. load the policy (agent/policy.py), unless agent.method=engine
+4. run the loop (agent/loop.py) over fixed batches of agent.batch_size queries with a progress bar;
+   each finished batch is appended to <run_dir>/predictions.jsonl and fsync'ed
+5. score the run (eval.evaluate.evaluate_rows against the split's ground truth) and write
+   <run_dir>/summary.json atomically; print the metric table.
+<run_dir> = <workspace>/runs/<run_name> (default infer-<time>), with the resolved config.yaml.
+Resume: rerun with the same run_name: queries whose qid is already in predictions.jsonl are skipped (a
+kill leaves at most a torn last line, which is dropped). Batches are fixed slices of the query list,
+so a resumed run forms the same batches as an uninterrupted one. Resuming with a different agent /
+engine / dataset setting is refused (use another run_name). Timings in summary.json cover the last
+invocation only.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+
+from videosearch_r1.config import Config, ConfigError, to_dict
+from videosearch_r1.utils import (add_config_args, append_jsonl, atomic_write_json, config_from_args,
+                                  make_run_dir, progress, read_jsonl_resumable)
+
+# config fields that must match to resume a run (batch_size only changes the grouping of the work)
+_RESUME_KEYS = ("dataset", "split", "agent", "engine.model", "engine.instruction", "engine.soft_insert",
+                "engine.dim", "video", "datasets")
+
+
+def _pick(d: dict, dotted: str):
+    for part in dotted.split("."):
+        d = d.get(part, {}) if isinstance(d, dict) else {}
+    if isinstance(d, dict) and "batch_size" in d and dotted == "agent":
+        d = {k: v for k, v in d.items() if k != "batch_size"}
+    return d
+
+
+def check_resumable(run_dir: Path, cfg: Config) -> None:
+    """Refuse to append to predictions made under a different setting."""
+    old_path, pred = run_dir / "config.yaml", run_dir / "predictions.jsonl"
+    if not (old_path.is_file() and pred.is_file() and pred.stat().st_size > 0):
+        return
+    old, new = yaml.safe_load(old_path.read_text()) or {}, to_dict(cfg)
+    diff = [k for k in _RESUME_KEYS if _pick(old, k) != _pick(new, k)]
+    if diff:
+        raise ConfigError(f"{run_dir} holds predictions made with a different {', '.join(diff)}; "
+                          f"use another run_name (or delete the run directory)")
+
+
+def load_engine(cfg: Config, dataset: str, split: str, with_embedder: bool = True):
+    from videosearch_r1.engine.index import load_embedder
+    from videosearch_r1.engine.search import SearchEngine
+
+    index_dir = cfg.index_dir(dataset) / split
+    embedder = load_embedder(cfg, dataset) if with_embedder else None
+    return SearchEngine.load(index_dir, embedder=embedder, use_gpu=cfg.index.use_gpu)
+
+
+def load_policy(cfg: Config, engine):
+    """The policy, its fresh SQR modules (if none are saved) sized to the engine's soft-token width."""
+    from videosearch_r1.agent.policy import Policy
+    from videosearch_r1.models.qwen3vl import configure_processor
+
+    a = cfg.agent
+    if not a.checkpoint:
+        raise ConfigError(f"agent.method={a.method} needs a policy: pass --checkpoint PATH_OR_ID")
+    he = int(getattr(getattr(engine, "embedder", None), "hidden_size", 0) or 0)
+    policy = Policy.from_pretrained(a.checkpoint, device=a.device, dtype=a.dtype,
+                                    reference_layout=a.reference_layout, embedder_hidden=he, seed=cfg.seed)
+    configure_processor(policy.processor, cfg.video_cfg(cfg.dataset))  # the dataset's video budget
+    if a.method == "sqr" and policy.sqr_config.soft_insert != cfg.engine.soft_insert:
+        raise ConfigError(f"the policy's soft tokens were trained for engine.soft_insert="
+                          f"{policy.sqr_config.soft_insert!r}, the config has {cfg.engine.soft_insert!r}")
+    return policy
+
+
+def make_loop(cfg: Config, split, engine, policy):
+    from videosearch_r1.agent.loop import AgentLoop
+    from videosearch_r1.video.decode import load_clip
+
+    dataset = split.dataset
+    return AgentLoop(cfg.agent, engine, policy, clip_fn=lambda v: load_clip(cfg, dataset, v),
+                     durations={v: r.duration for v, r in split.videos.items()},
+                     query_field=cfg.dataset_cfg(dataset).query_field,
+                     ranked_k=max(cfg.eval.recall_ks) if cfg.eval.recall_ks else 0)
+
+
+def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
+              max_batches: int | None = None) -> dict:
+    """Steps 1-5 of the module doc; returns the summary dict. `engine` / `policy` may be passed in
+    (tests, notebooks); `max_batches` stops after that many new batches (the run is then partial)."""
+    from videosearch_r1.agent.loop import check_agent_config
+    from videosearch_r1.data.fig import load_split
+    from videosearch_r1.eval.evaluate import evaluate_rows, format_table
+
+    t0 = time.time()
+    check_agent_config(cfg.agent)
+    dataset, split_name = cfg.dataset, cfg.split
+    split = load_split(cfg, dataset, split_name)
+    print(split.summary.format(), flush=True)
+    queries = split.queries[:limit] if limit is not None else split.queries
+    run_dir = cfg.runs_dir() / cfg.run_name if cfg.run_name else None
+    if run_dir is not None:
+        check_resumable(run_dir, cfg)
+    run_dir = make_run_dir(cfg, "infer")
+    pred_path = run_dir / "predictions.jsonl"
+    done = {str(r.get("qid")) for r in read_jsonl_resumable(pred_path)}
+    todo_batches = _batches(queries, done, max(1, cfg.agent.batch_size))
+    print(f"run dir {run_dir}: {len(queries)} queries, {len(done & {q.qid for q in queries})} already done, "
+          f"{sum(len(b) for b in todo_batches)} to run", flush=True)
+
+    loop = None
+    if todo_batches:
+        engine = engine if engine is not None else load_engine(cfg, dataset, split_name)
+        if policy is None and cfg.agent.method != "engine":
+            policy = load_policy(cfg, engine)
+        loop = make_loop(cfg, split, engine, policy)
+        bar = progress(total=len(queries), desc=f"infer {cfg.agent.method}", unit="q")
+        bar.update(len(queries) - sum(len(b) for b in todo_batches))
+        for bi, batch in enumerate(todo_batches):
+            if max_batches is not None and bi >= max_batches:
+                break
+            trajs = loop.run(batch)
+            append_jsonl(pred_path, [t.to_row() for t in trajs])
+            bar.update(len(batch))
+        bar.close()
+
+    wanted = {q.qid for q in queries}
+    rows = [r for r in read_jsonl_resumable(pred_path) if str(r.get("qid")) in wanted]
+    result = evaluate_rows(rows, gt_queries=queries, iou_thresholds=cfg.eval.iou_thresholds, ks=cfg.eval.recall_ks)
+    summary = {
+        "dataset": dataset, "split": split_name, "method": cfg.agent.method, "checkpoint": cfg.agent.checkpoint,
+        "run_dir": str(run_dir), "queries": len(queries), "finished": len(rows), "complete": len(rows) == len(queries),
+        "stop_reasons": dict(sorted(Counter(r.get("stop_reason") for r in rows).items())),
+        "load_summary": {"rows": split.summary.rows, "loaded": split.summary.loaded,
+                         "clamped_end": split.summary.clamped_end,
+                         "skipped_past_end": split.summary.skipped_past_end,
+                         "skipped_bad": split.summary.skipped_bad},
+        "metrics": result,
+        "timings_s": {k: round(v, 4) for k, v in sorted(loop.timings.items())} if loop else {},
+        "counts": dict(sorted(loop.counts.items())) if loop else {},
+        "wall_s": round(time.time() - t0, 3),
+    }
+    atomic_write_json(run_dir / "summary.json", summary)
+    print(format_table(result), flush=True)
+    print(f"predictions: {pred_path}\nsummary: {run_dir / 'summary.json'}", flush=True)
+    return summary
+
+
+def _batches(queries: list, done: set[str], size: int) -> list[list]:
+    """Fixed slices of the query list (so resumed runs batch alike), minus the finished queries."""
+    out = []
+    for i in range(0, len(queries), size):
+        b = [q for q in queries[i:i + size] if q.qid not in done]
+        if b:
+            out.append(b)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="vsr1 infer", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", help="dataset name (an entry under `datasets` in the config)")
+    ap.add_argument("--checkpoint", default=None, help="policy checkpoint: local path or hub id (agent.checkpoint)")
+    ap.add_argument("--split", default=None, help="split to run (default: config split)")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N queries of the split")
+    add_config_args(ap)
+    args = ap.parse_intermixed_args(argv)
+    cfg = config_from_args(args, [f"dataset={args.dataset}"])
+    if args.split:
+        cfg.split = args.split
+    if args.checkpoint:
+        cfg.agent.checkpoint = args.checkpoint
+    try:
+        cfg.dataset_cfg(cfg.dataset)
+        run_infer(cfg, limit=args.limit)
+    except (ConfigError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"vsr1 infer: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
