@@ -38,11 +38,11 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
 
 if TYPE_CHECKING:
+    from av.video.reformatter import VideoReformatter
+
     from videosearch_r1.config import Config, VideoConfig
 
 FACTOR = 32  # Qwen3-VL: patch 16 x spatial merge 2
@@ -132,6 +132,7 @@ def fingerprint(vcfg: "VideoConfig") -> str:
 # ----------------------------------------------------------------------------- container access
 def _open(path: Path):
     """Open a file with a video stream, or raise VideoError saying what is wrong with it."""
+    import av  # imported here: the GPU image has no PyAV, and the frame store needs none
     if not path.exists():
         raise VideoError(f"{path}: file not found")
     if not path.is_file():
@@ -158,6 +159,7 @@ class _Scan(NamedTuple):
 
 def _scan(path: Path, container) -> _Scan:
     """Demux every packet (no decoding): exact frame times, count, duration and keyframes."""
+    import av  # imported here: the GPU image has no PyAV, and the frame store needs none
     stream = container.streams.video[0]
     pts, key, durs, discarded = [], [], [], 0
     try:
@@ -222,7 +224,7 @@ def _plan(scan: _Scan, want: np.ndarray) -> list[tuple[int, list[int]]] | None:
     return [(int(scan.pts[g]), ks) for g, ks in groups.items()]
 
 
-def _to_rgb(reformatter: VideoReformatter, frame, size: tuple[int, int]) -> np.ndarray:
+def _to_rgb(reformatter: "VideoReformatter", frame, size: tuple[int, int]) -> np.ndarray:
     """One swscale call: resize to size (H, W) + YUV->RGB. A reused reformatter keeps its scaler."""
     cs = _COLORSPACES.get(int(frame.colorspace or 0))
     out = reformatter.reformat(frame, width=size[1], height=size[0], format="rgb24", src_colorspace=cs,
@@ -234,6 +236,8 @@ def _decode_pass(container, seek_pts: int | None, last_pts: int, pos: dict[int, 
                  out: dict[int, np.ndarray], size: tuple[int, int]) -> None:
     """Decode from the start (or a seek to `seek_pts`) up to `last_pts`, keeping the frames named in `pos`."""
     stream = container.streams.video[0]
+    from av.video.reformatter import VideoReformatter
+
     reformatter = VideoReformatter()
     if seek_pts is not None:
         container.seek(seek_pts, stream=stream, backward=True)
@@ -248,6 +252,7 @@ def _decode_pass(container, seek_pts: int | None, last_pts: int, pos: dict[int, 
 def _decode_frames(path: Path, scan: _Scan, want: np.ndarray, size: tuple[int, int],
                    seek: bool | None) -> dict[int, np.ndarray]:
     """Decode the display indices `want` (sorted, unique) to RGB arrays of `size` (H, W)."""
+    import av  # imported here: the GPU image has no PyAV, and the frame store needs none
     pos = {int(scan.pts[k]): k for k in want.tolist()}  # pts -> display index
     out: dict[int, np.ndarray] = {}
     groups = _plan(scan, want) if seek is not False else None

@@ -3,6 +3,8 @@
     store = FrameStore(cfg.prepared_dir("charades") / "frames", video_cfg=cfg.video_cfg("charades"))
     store.put("v1", decode(path, vcfg))    # atomic; a second put of the same id is a no-op
     clip = store.get("v1"); "v1" in store; store.ids()
+    clips = store.get_many(["v1", "v2"], workers=8)     # CPU: numpy frames, Pillow on 8 threads
+    clips = store.get_many(["v1", "v2"], device="cuda")  # one nvjpeg batch: clip.frames is a CUDA tensor
 
 Layout: <root>/store.json (format version, the video config and its fingerprint, codec settings) and one
 <root>/<video_id>.npz per video (numpy's uncompressed zip, read with allow_pickle=False) holding
@@ -14,12 +16,18 @@ Why JPEG per frame (bench/bench_decode.py; figures in docs/benchmarks.md): the a
 than npy at the 448-px budget, at 39.3-44.4 dB PSNR on real clips (lossy: a few grey levels, more at sharp
 colour edges). 4:2:0 chroma saves another 14-40% but drops to 35.8 dB on saturated colour edges (the
 synthetic world's fine details are colours); WebP and h264 mp4s of the sampled frames are smaller still
-but 2-3.5x slower to load. Loading is NOT as fast as np.load of a page-cached npy: 64 frames cost 63-99 ms
-of CPU (1-1.5 ms per 448-px frame) against 4-8 ms, so the store wins only where reading the npy is slower
-than that: storage under ~340-470 MiB/s, or a dataset too big for the page cache (8-14x smaller, the
-store still fits in RAM where npy frames do not). `threads` > 1 decodes a clip's frames in parallel
-(Pillow releases the GIL); it gave no steady gain on the shared 2-core box, so the default is 1
-(parallelise across clips, e.g. in loader workers).
+but 2-3.5x slower to load.
+
+Load paths (bench/bench_framestore.py, figures in docs/benchmarks.md): a 320x576 frame costs 1.1-1.6 ms
+of CPU, so one core loads a 64-frame clip 9-10x slower than np.load of a page-cached npy (~8 ms); the
+store wins only where reading the npy is slower than that (storage under ~340-460 MiB/s, or a dataset
+too big for the page cache, where the 8-14x smaller store still fits). ~14% of Pillow's per-frame work
+holds the GIL, which caps the thread speed-up near 7x. `get_many(ids, workers=N)` spreads every frame of every
+clip over N threads (Pillow releases the GIL while decoding); `device="cuda"` decodes all frames of all
+clips in one nvjpeg batch (torchvision.io.decode_jpeg) and returns `frames` as a torch.uint8 tensor
+[T,H,W,3] already on the GPU (timestamps, indices stay numpy). nvjpeg and libjpeg-turbo may differ by a
+grey level on some pixels. `threads` (constructor) is the default N for get/get_many (1: parallelise
+across clips instead, e.g. in loader workers).
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -36,6 +45,9 @@ from PIL import Image
 from videosearch_r1.config import VideoConfig
 from videosearch_r1.utils import atomic_path, atomic_write_json
 from videosearch_r1.video.decode import Clip, VideoError, VideoInfo, fingerprint, frame_size
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "vsr1-framestore"
 VERSION = 1
@@ -66,8 +78,8 @@ class FrameStore:
                  threads: int = 1):
         self.root = Path(root)
         self.threads = max(1, int(threads))
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid = 0
+        self._pools: dict[int, ThreadPoolExecutor] = {}  # workers -> pool, rebuilt in a forked process
+        self._pool_pid = os.getpid()
         meta_path = self.root / "store.json"
         if meta_path.exists():
             try:
@@ -161,15 +173,17 @@ class FrameStore:
                              f"{want} for a {clip.info.width}x{clip.info.height} source (decoded with another config?)")
 
     # ---- read
-    def _decoder_pool(self) -> ThreadPoolExecutor | None:
-        if self.threads <= 1:
+    def _decoder_pool(self, workers: int) -> ThreadPoolExecutor | None:
+        if workers <= 1:
             return None
-        if self._pool is None or self._pool_pid != os.getpid():  # a forked worker needs its own threads
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="framestore")
-            self._pool_pid = os.getpid()
-        return self._pool
+        if self._pool_pid != os.getpid():  # a forked worker needs its own threads
+            self._pools, self._pool_pid = {}, os.getpid()
+        if workers not in self._pools:
+            self._pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="framestore")
+        return self._pools[workers]
 
-    def get(self, video_id: str) -> Clip:
+    def _read(self, video_id: str) -> _Entry:
+        """One entry's arrays, checked (KeyError when absent, VideoError naming the file when unreadable)."""
         path = self._path(video_id)
         if not path.is_file():
             raise KeyError(f"{video_id!r} is not in the frame store {self.root}")
@@ -177,18 +191,101 @@ class FrameStore:
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in ("jpeg", "offsets", "timestamps", "indices", "shape", "info")}
             info = VideoInfo(**json.loads(data["info"].tobytes()))
+            shape = tuple(int(s) for s in data["shape"])
+            offs = data["offsets"]
+            if (len(shape) != 4 or shape[3] != 3 or offs.shape != (shape[0] + 1,) or offs[0] != 0
+                    or offs[-1] != len(data["jpeg"]) or np.any(np.diff(offs) <= 0)
+                    or data["timestamps"].shape != (shape[0],) or data["indices"].shape != (shape[0],)):
+                raise ValueError(f"inconsistent arrays: shape {shape}, {len(offs)} offsets, "
+                                 f"{len(data['jpeg'])} JPEG bytes, {data['timestamps'].shape} timestamps")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise VideoError(f"{path}: unreadable frame store entry: {e}") from None
-        shape, offs, jpeg = tuple(int(s) for s in data["shape"]), data["offsets"], data["jpeg"]
-        frames = np.empty(shape, dtype=np.uint8)
+        return _Entry(path, data["jpeg"], offs, shape, data["timestamps"], data["indices"], info)
 
-        def load(i: int) -> None:
-            img = Image.open(io.BytesIO(jpeg[offs[i]:offs[i + 1]].tobytes()))
-            frames[i] = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    def get(self, video_id: str, device: str | torch.device = "cpu") -> Clip:
+        """One clip; see get_many for `device`."""
+        return self.get_many([video_id], device=device)[0]
 
+    def get_many(self, video_ids: list[str], device: str | torch.device = "cpu",
+                 workers: int | None = None) -> list[Clip]:
+        """Clips in the order asked. device "cpu": frames are numpy [T,H,W,3] uint8, decoded by Pillow on
+        `workers` threads (default: the store's `threads`) spread over every frame of every clip. A CUDA
+        device: one batched nvjpeg call (torchvision.io.decode_jpeg) for all frames, and each Clip's
+        `frames` is a torch.uint8 tensor [T,H,W,3] on that device (timestamps, indices stay numpy). nvjpeg
+        and libjpeg-turbo may differ by a grey level or so on some pixels (IDCT rounding)."""
+        ids = list(video_ids)
+        workers = self.threads if workers is None else max(1, int(workers))
+        pool = self._decoder_pool(workers)
+        entries = list(pool.map(self._read, ids)) if pool and len(ids) > 1 else [self._read(v) for v in ids]
+        if not entries:
+            return []
+        kind = device.split(":")[0] if isinstance(device, str) else device.type
+        if kind == "cpu":
+            frames = _decode_pil(entries, pool)
+        elif kind == "cuda":
+            frames = _decode_nvjpeg(entries, device)
+        else:
+            raise ValueError(f"frame store: device must be 'cpu' or a CUDA device, got {device!r}")
+        return [Clip(frames=f, timestamps=e.timestamps, indices=e.indices, info=e.info)
+                for e, f in zip(entries, frames)]
+
+
+class _Entry(NamedTuple):
+    path: Path
+    jpeg: np.ndarray  # [N] uint8, every frame's JPEG bytes back to back
+    offsets: np.ndarray  # [T+1] int64, frame i is jpeg[offsets[i]:offsets[i+1]]
+    shape: tuple[int, int, int, int]  # (T, H, W, 3)
+    timestamps: np.ndarray  # [T] float64
+    indices: np.ndarray  # [T] int64
+    info: VideoInfo
+
+
+def _decode_pil(entries: list[_Entry], pool: ThreadPoolExecutor | None) -> list[np.ndarray]:
+    """[T,H,W,3] uint8 per entry; one task per frame (Pillow releases the GIL while libjpeg-turbo decodes)."""
+    outs = [np.empty(e.shape, dtype=np.uint8) for e in entries]
+
+    def one(job: tuple[int, int]) -> None:
+        k, i = job
+        e = entries[k]
         try:
-            pool = self._decoder_pool()
-            list(pool.map(load, range(shape[0])) if pool else map(load, range(shape[0])))
-        except (OSError, ValueError) as e:
-            raise VideoError(f"{path}: corrupt JPEG frame: {e}") from None
-        return Clip(frames=frames, timestamps=data["timestamps"], indices=data["indices"], info=info)
+            with Image.open(io.BytesIO(e.jpeg[e.offsets[i]:e.offsets[i + 1]].tobytes()), formats=("JPEG",)) as img:
+                outs[k][i] = np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+        except (OSError, ValueError) as err:  # undecodable bytes, or a frame of the wrong size
+            raise VideoError(f"{e.path}: corrupt JPEG frame {i}: {err}") from None
+
+    jobs = [(k, i) for k, e in enumerate(entries) for i in range(e.shape[0])]
+    if pool is None:
+        for job in jobs:
+            one(job)
+    else:
+        list(pool.map(one, jobs))
+    return outs
+
+
+def _decode_nvjpeg(entries: list[_Entry], device: str | torch.device) -> list[torch.Tensor]:
+    """[T,H,W,3] torch.uint8 per entry on a CUDA device: every frame of every entry in one nvjpeg batch."""
+    import torch
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+
+    def blobs(es: list[_Entry]) -> list[torch.Tensor]:  # [n] uint8 CPU tensors sharing the entries' memory
+        return [torch.from_numpy(e.jpeg[e.offsets[i]:e.offsets[i + 1]]) for e in es for i in range(e.shape[0])]
+
+    try:
+        decoded = decode_jpeg(blobs(entries), mode=ImageReadMode.RGB, device=device)  # [3,H,W] each
+    except RuntimeError as err:  # name the entry that fails on its own
+        for e in entries:
+            try:
+                decode_jpeg(blobs([e]), mode=ImageReadMode.RGB, device=device)
+            except RuntimeError as one:
+                raise VideoError(f"{e.path}: corrupt JPEG frame (nvjpeg): {one}") from None
+        raise VideoError(f"{', '.join(str(e.path) for e in entries)}: nvjpeg batch failed: {err}") from None
+    out, k = [], 0
+    for e in entries:
+        t, h, w, _ = e.shape
+        if any(d.shape != (3, h, w) for d in decoded[k:k + t]):
+            raise VideoError(f"{e.path}: a JPEG frame is not {h}x{w} RGB")
+        out.append(torch.stack(decoded[k:k + t]).permute(0, 2, 3, 1).contiguous())  # [T,H,W,3]
+        k += t
+    return out
