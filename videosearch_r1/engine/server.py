@@ -1,0 +1,191 @@
+"""`vsr1 serve`: a thin HTTP service (FastAPI) around one SearchEngine; engine/client.py talks to it.
+
+    vsr1 serve synth [--split test] [--no-embedder] [serve.port=8765 serve.host=127.0.0.1 ...]
+
+Endpoints (JSON; vectors are nested float lists, float32 values survive the round trip exactly):
+  GET  /health                                   {"status": "ok", "count": N}
+  GET  /info                                     count, dim, hidden_size, factory, limits, index meta
+  GET  /ids                                      the corpus ids, row order
+  POST /embed_queries  {texts}                   {"vectors": [B][D]}
+  POST /embed_refined  {texts, soft: [B][N][He]} {"vectors": [B][D]}
+  POST /search         {qvecs: [B][D], k, exclude?: [B][ids]}  {"ids": [B][<=k], "scores": [B][k] (null = none)}
+  POST /rank_of        {qvecs: [B][D], target_ids: [B]}        {"ranks": [B]}
+Bad input gets a 4xx with a message naming the problem: 400 (shapes, dims, k, non-finite numbers),
+413 (batch over serve.max_batch), 404 (unknown video ids), 503 (no embedder loaded), 422 (JSON
+types, from FastAPI). Binds to loopback unless serve.host says otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Optional
+
+import numpy as np
+from pydantic import BaseModel
+
+from videosearch_r1.engine.search import SearchEngine, UnknownIdError, check_k, check_qvecs
+
+
+# request bodies (module level: FastAPI resolves the annotations by name)
+class Texts(BaseModel):
+    texts: list[str]
+
+
+class Refined(BaseModel):
+    texts: list[str]
+    soft: list[list[list[float]]]  # [B, N, He]
+
+
+class Search(BaseModel):
+    qvecs: list[list[float]]  # [B, D]
+    k: int = 1
+    exclude: Optional[list[list[str]]] = None
+
+
+class RankOf(BaseModel):
+    qvecs: list[list[float]]  # [B, D]
+    target_ids: list[str]  # [B]
+
+
+def _batch_error(n: int, max_batch: int):
+    from fastapi import HTTPException
+
+    if n == 0:
+        return HTTPException(400, "empty batch")
+    if n > max_batch:
+        return HTTPException(413, f"batch of {n} exceeds serve.max_batch={max_batch}")
+    return None
+
+
+def create_app(engine: SearchEngine, max_batch: int = 256, max_k: int = 1000, max_soft_tokens: int = 64):
+    """The FastAPI app: validation here, all work in `engine` (embedder calls serialised by a lock)."""
+    from fastapi import FastAPI, HTTPException
+
+    app = FastAPI(title="videosearch-r1 engine", version="1")
+    lock = threading.Lock()  # one forward pass of the embedder at a time
+
+    def check_batch(n: int) -> None:
+        err = _batch_error(n, max_batch)
+        if err is not None:
+            raise err
+
+    def vectors(rows: list[list[float]]) -> np.ndarray:
+        check_batch(len(rows))
+        if len({len(r) for r in rows}) != 1:
+            raise HTTPException(400, "qvecs rows have different lengths")
+        try:
+            return check_qvecs(rows, engine.dim)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+
+    def need_embedder(texts: list[str]) -> None:
+        if engine.embedder is None:
+            raise HTTPException(503, "this server was started without an embedder (--no-embedder)")
+        check_batch(len(texts))
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "count": len(engine.ids)}
+
+    @app.get("/info")
+    def info():
+        return {**engine.info(), "max_batch": max_batch, "max_k": max_k, "max_soft_tokens": max_soft_tokens}
+
+    @app.get("/ids")
+    def ids():
+        return {"ids": engine.ids}
+
+    @app.post("/embed_queries")
+    def embed_queries(req: Texts):
+        need_embedder(req.texts)
+        with lock:
+            out = engine.embed_queries(req.texts)
+        return {"vectors": out.tolist()}
+
+    @app.post("/embed_refined")
+    def embed_refined(req: Refined):
+        need_embedder(req.texts)
+        he = engine.embedder.hidden_size
+        if len(req.soft) != len(req.texts):
+            raise HTTPException(400, f"soft has {len(req.soft)} entries for {len(req.texts)} texts")
+        shapes = {(len(s), *{len(t) for t in s}) for s in req.soft}
+        if len(shapes) != 1 or len(next(iter(shapes))) > 2:
+            raise HTTPException(400, f"soft must be a [B, N, He={he}] array with one N and He for all rows")
+        n, *rest = next(iter(shapes))
+        if n > max_soft_tokens:
+            raise HTTPException(413, f"{n} soft tokens exceed the limit of {max_soft_tokens}")
+        if rest and rest[0] != he:
+            raise HTTPException(400, f"soft tokens have width {rest[0]}, the embedder expects He={he}")
+        soft = np.asarray(req.soft, dtype=np.float32).reshape(len(req.texts), n, he)
+        if not np.isfinite(soft).all():
+            raise HTTPException(400, "soft tokens contain non-finite numbers")
+        with lock:
+            out = engine.embed_refined(req.texts, soft)
+        return {"vectors": out.tolist()}
+
+    @app.post("/search")
+    def search(req: Search):
+        q = vectors(req.qvecs)
+        try:
+            k = check_k(req.k, max_k)
+            res = engine.search(q, k=k, exclude=None if req.exclude is None else [set(e) for e in req.exclude])
+        except UnknownIdError as e:
+            raise HTTPException(404, str(e)) from None
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        scores = [[None if not np.isfinite(v) else float(v) for v in row] for row in res.scores.tolist()]
+        return {"ids": res.ids, "scores": scores}
+
+    @app.post("/rank_of")
+    def rank_of(req: RankOf):
+        q = vectors(req.qvecs)
+        try:
+            return {"ranks": engine.rank_of(q, req.target_ids)}
+        except UnknownIdError as e:
+            raise HTTPException(404, str(e)) from None
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+
+    return app
+
+
+def load_engine(cfg, dataset: str, split: str, with_embedder: bool = True) -> SearchEngine:
+    """The SearchEngine of `vsr1 index DATASET --split SPLIT`, with the engine's embedder."""
+    embedder = None
+    if with_embedder:
+        from videosearch_r1.engine.embedder import Embedder
+
+        embedder = Embedder.from_config(cfg, dataset)
+    return SearchEngine.load(cfg.index_dir(dataset) / split, embedder=embedder, use_gpu=cfg.index.use_gpu,
+                             nprobe=cfg.index.nprobe, ef_search=cfg.index.ef_search)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from videosearch_r1.utils import add_config_args, config_from_args
+
+    parser = argparse.ArgumentParser(prog="vsr1 serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", help="dataset name (its index must exist: vsr1 index DATASET)")
+    parser.add_argument("--split", default=None, help="which split's corpus (default: config split)")
+    parser.add_argument("--no-embedder", action="store_true", help="serve search/rank_of only")
+    add_config_args(parser)
+    args = parser.parse_intermixed_args(argv)
+    cfg = config_from_args(args, [f"dataset={args.dataset}"])
+    split = args.split or cfg.split
+    try:
+        engine = load_engine(cfg, args.dataset, split, with_embedder=not args.no_embedder)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"vsr1 serve: {e}", file=sys.stderr)
+        return 2
+    s = cfg.serve
+    app = create_app(engine, max_batch=s.max_batch, max_k=s.max_k, max_soft_tokens=s.max_soft_tokens)
+    import uvicorn
+
+    print(f"serving {len(engine.ids)} videos of {args.dataset}/{split} on http://{s.host}:{s.port}", flush=True)
+    uvicorn.run(app, host=s.host, port=s.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

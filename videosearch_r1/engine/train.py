@@ -1,0 +1,446 @@
+"""`vsr1 engine train`: contrastive training of the synthetic search engine (a small Qwen3-VL embedder).
+
+    vsr1 engine train [--config F] [engine_train.steps=300 engine_train.size=small ...]
+
+1. the training data: for the synthetic benchmark, a separate, larger synthetic world (engine_train.
+   world_families train families, another seed; built here, resumable), as real engines are trained on
+   data disjoint from the benchmark (the benchmark's 240 train videos overfit: test VR@10 ~50 %);
+   with world_families=0 or another dataset, the train split of cfg.dataset
+2. a fresh embedder checkpoint: models.tiny.make_tiny_checkpoint(kind="embedder", size=engine_train.size)
+3. pre-decode every clip once and run the processor once per video (pixels, grid, mRoPE positions
+   cached per video, so a step only pads and concatenates)
+4. train with a symmetric in-batch InfoNCE over (video, caption) pairs. The caption of a pair is its
+   fine query with probability engine_train.fine_caption_prob, else its coarse caption (real engines
+   were trained on coarse captions; environment.md §8: coarse-only gives an engine blind to fine words).
+   Batch items sharing a video or an identical caption are all positives of each other (multi-positive
+   InfoNCE), so repeated coarse captions are not pushed apart. Learnable (or fixed) temperature, AdamW,
+   linear warm-up + cosine decay, bf16 autocast on CUDA.
+5. save atomically (temp dir, then rename) to engine_train.output or cfg.engine_model(), loadable by
+   Embedder.from_pretrained; the train log (jsonl) goes to the run dir and into the checkpoint
+6. evaluate the saved checkpoint through the real Embedder path on cfg.dataset's val/test splits: fine-query
+   VR@1 / VR@10 over each split's corpus (exact ranks); queries whose video failed to decode count as misses.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from videosearch_r1.engine.search import SearchEngine
+
+
+@dataclass
+class Pair:
+    video_id: str
+    fine: str  # the fine-grained query (the split's query field)
+    coarse: str  # the coarse caption of the same moment
+
+
+# ----------------------------------------------------------------------------- clip cache
+class ClipCache:
+    """Processor outputs per video, computed once: ids [L], token types [L], pixels [P, C] (fp16),
+    grid [3], mRoPE positions [3, L]. `collate` left-pads a batch exactly as the processor would."""
+
+    def __init__(self, embedder):
+        self.emb = embedder
+        self.items: dict[str, dict] = {}
+        self.pad_id = embedder.tokenizer.pad_token_id
+
+    def add(self, video_id: str, clip) -> None:
+        from videosearch_r1.models.qwen3vl import rope_positions
+
+        inp = self.emb.prepare_videos([clip])
+        self.items[video_id] = {
+            "input_ids": inp["input_ids"][0], "mm_token_type_ids": inp["mm_token_type_ids"][0],
+            "pixel_values_videos": inp["pixel_values_videos"].to(torch.float16),
+            "video_grid_thw": inp["video_grid_thw"][0], "position_ids": rope_positions(self.emb.model, inp)[:, 0]}
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self.items
+
+    def collate(self, video_ids: list[str]) -> dict:
+        items = [self.items[v] for v in video_ids]
+        length = max(len(it["input_ids"]) for it in items)
+        b = len(items)
+        ids = torch.full((b, length), self.pad_id, dtype=torch.long)
+        types = torch.zeros((b, length), dtype=torch.long)
+        mask = torch.zeros((b, length), dtype=torch.long)
+        pos = torch.zeros((3, b, length), dtype=torch.long)
+        for i, it in enumerate(items):
+            n = len(it["input_ids"])
+            ids[i, length - n:] = it["input_ids"]
+            types[i, length - n:] = it["mm_token_type_ids"]
+            mask[i, length - n:] = 1
+            pos[:, i, length - n:] = it["position_ids"]
+        dev, dt = self.emb.device, self.emb.dtype
+        return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "mm_token_type_ids": types.to(dev),
+                "position_ids": pos.to(dev),
+                "pixel_values_videos": torch.cat([it["pixel_values_videos"] for it in items]).to(dev, dt),
+                "video_grid_thw": torch.stack([it["video_grid_thw"] for it in items]).to(dev)}
+
+
+def _linear_patch_embed(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """Qwen3VLVisionPatchEmbed.forward as one matmul: its Conv3d has kernel == stride == the patch, so it
+    is a linear map of each flattened patch (same result up to float rounding; ~4x faster fwd+bwd on CPU)."""
+    w = self.proj.weight  # [E, C, T, P, P]
+    return F.linear(hidden_states.to(w.dtype).reshape(-1, w[0].numel()), w.reshape(w.shape[0], -1), self.proj.bias)
+
+
+def enable_linear_patch_embed(model) -> int:
+    """Patch every vision patch embedding of `model` (TODO: belongs in models/qwen3vl.py)."""
+    import types
+
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionPatchEmbed
+
+    mods = [m for m in model.modules() if isinstance(m, Qwen3VLVisionPatchEmbed)]
+    for m in mods:
+        m.forward = types.MethodType(_linear_patch_embed, m)
+    return len(mods)
+
+
+def video_vectors(embedder, inputs: dict) -> torch.Tensor:
+    """[B, D] unit vectors from collated inputs: the last column is every row's last real token."""
+    out = embedder.model(**inputs)
+    h = out.last_hidden_state[:, -1].float()[:, : embedder.dim]
+    return F.normalize(h, dim=-1)
+
+
+def decode_all(cfg, dataset: str, video_ids: list[str]) -> tuple[dict, list[tuple[str, str]]]:
+    """{video_id: Clip} for every decodable video (threads), plus (video_id, reason) skips."""
+    from videosearch_r1.engine.index import _load_clip_or_reason
+    from videosearch_r1.utils import progress
+
+    clips, skipped = {}, []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(_load_clip_or_reason, cfg, dataset, v) for v in video_ids]
+        for vid, fut in zip(video_ids, progress(futures, desc=f"decode {dataset}", unit="video")):
+            clip, reason = fut.result()
+            if clip is None:
+                skipped.append((vid, reason))
+            else:
+                clips[vid] = clip
+    return clips, skipped
+
+
+# ----------------------------------------------------------------------------- loss / schedule
+def multi_positive_infonce(v: torch.Tensor, t: torch.Tensor, positives: torch.Tensor,
+                           scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE; v, t [B, D] unit vectors; positives [B, B] bool (text i ~ video j)."""
+    logits = scale * (t @ v.T)  # [B, B] text x video
+    neg_inf = torch.finfo(logits.dtype).min
+
+    def one_side(lg: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return (torch.logsumexp(lg, 1) - torch.logsumexp(lg.masked_fill(~pos, neg_inf), 1)).mean()
+
+    return 0.5 * (one_side(logits, positives) + one_side(logits.T, positives.T))
+
+
+def lr_at(step: int, tc) -> float:
+    """Linear warm-up to tc.lr, then cosine decay to tc.lr * tc.min_lr_ratio at tc.steps."""
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    frac = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def batch_positives(video_ids: list[str], captions: list[str]) -> torch.Tensor:
+    v = np.array(video_ids)
+    c = np.array(captions)
+    return torch.from_numpy((v[:, None] == v[None, :]) | (c[:, None] == c[None, :]))  # [B, B] bool
+
+
+# ----------------------------------------------------------------------------- evaluation
+def vr_at_k(ranks: list[int | None], ks=(1, 10)) -> dict:
+    """VR@k in percent over every query; a None rank (video missing from the index) is a miss."""
+    n = len(ranks)
+    return {f"VR@{k}": 100.0 * sum(1 for r in ranks if r is not None and r <= k) / max(1, n) for k in ks}
+
+
+@torch.no_grad()
+def evaluate_split(embedder, video_vecs: np.ndarray, video_ids: list[str], queries, query_field: str) -> dict:
+    """Exact ranks of each query's GT video among `video_ids` -> VR@1, VR@10 (percent), counts."""
+    engine = SearchEngine(video_vecs, video_ids)
+    texts = [getattr(q, query_field) for q in queries]
+    q = embedder.embed_texts(texts).float().cpu().numpy()
+    known = [i for i, qq in enumerate(queries) if qq.video_id in engine.row]
+    ranks: list[int | None] = [None] * len(queries)
+    if known:
+        for i, r in zip(known, engine.rank_of(q[known], [queries[i].video_id for i in known])):
+            ranks[i] = r
+    return {**vr_at_k(ranks), "queries": len(queries), "videos": len(video_ids),
+            "missing_gt": len(queries) - len(known)}
+
+
+def cached_vectors(embedder, cache: ClipCache, video_ids: list[str], batch: int, autocast) -> np.ndarray:
+    out = []
+    with torch.no_grad(), autocast():
+        for i in range(0, len(video_ids), batch):
+            out.append(video_vectors(embedder, cache.collate(video_ids[i:i + batch])).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, embedder.dim), np.float32)
+
+
+# ----------------------------------------------------------------------------- checkpoint
+def save_atomic(embedder, out: Path, extra_files: dict[str, str]) -> None:
+    """Write to a temp dir beside `out`, then swap it in with renames (an old checkpoint is replaced)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    old = out.parent / f".{out.name}.old{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    embedder.save_pretrained(tmp)
+    for name, text in extra_files.items():
+        (tmp / name).write_text(text)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- training
+def load_pairs(cfg, dataset: str):
+    from videosearch_r1.data.fig import load_split
+
+    sp = load_split(cfg, dataset, "train")
+    field = cfg.dataset_cfg(dataset).query_field
+    return sp, [Pair(q.video_id, getattr(q, field), q.cog_desc) for q in sp.queries]
+
+
+def init_embedder(cfg, dataset: str, pairs: list[Pair], work: Path, device: str):
+    from videosearch_r1.engine.embedder import Embedder
+    from videosearch_r1.models.tiny import make_tiny_checkpoint
+
+    tc = cfg.engine_train
+    texts = sorted({p.fine for p in pairs} | {p.coarse for p in pairs})
+    path = make_tiny_checkpoint(work / "init", kind="embedder", size=tc.size, seed=tc.seed,
+                                video_cfg=cfg.video_cfg(dataset), extra_texts=texts)
+    return Embedder.from_pretrained(str(path), device=device, dtype="fp32", instruction=cfg.engine.instruction,
+                                    max_query_tokens=cfg.engine.max_query_tokens, batch_size=max(tc.batch_size, 1),
+                                    video_cfg=cfg.video_cfg(dataset), trainable=True)
+
+
+class Batcher:
+    """Each step: `batch_size` distinct videos (epochs over a shuffled list), one of each video's pairs,
+    captioned fine with probability `fine_prob`, else coarse."""
+
+    def __init__(self, pairs: list[Pair], batch_size: int, fine_prob: float, rng: np.random.Generator):
+        self.by_video: dict[str, list[Pair]] = {}
+        for p in pairs:
+            self.by_video.setdefault(p.video_id, []).append(p)
+        self.videos = sorted(self.by_video)
+        self.bs = min(batch_size, len(self.videos))
+        self.fine_prob, self.rng = fine_prob, rng
+        self.order, self.cursor = rng.permutation(len(self.videos)), 0
+
+    def next(self) -> tuple[list[str], list[str], np.ndarray]:
+        if self.cursor + self.bs > len(self.order):
+            self.order, self.cursor = self.rng.permutation(len(self.videos)), 0
+        vids = [self.videos[i] for i in self.order[self.cursor:self.cursor + self.bs]]
+        self.cursor += self.bs
+        batch = [self.by_video[v][self.rng.integers(len(self.by_video[v]))] for v in vids]
+        fine = self.rng.random(self.bs) < self.fine_prob
+        return vids, [p.fine if f else p.coarse for p, f in zip(batch, fine)], fine
+
+
+def make_optimizer(model, tc, device: str):
+    """AdamW (no decay on norms / biases / the temperature) and the log inverse temperature."""
+    log_scale = torch.nn.Parameter(torch.tensor(math.log(1.0 / tc.temperature), device=device),
+                                   requires_grad=tc.learn_temperature)
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": tc.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    if tc.learn_temperature:
+        groups.append({"params": [log_scale], "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(0.9, 0.98), eps=1e-6, fused=device.startswith("cuda"))
+    return opt, log_scale
+
+
+ENGINE_WORLD = "synth-engine"
+ENGINE_WORLD_SEED_OFFSET = 7919  # the engine's world never shares a seed with the benchmark world
+
+
+def training_world(cfg):
+    """(config, dataset) the engine trains on. For the synthetic benchmark with engine_train.world_families
+    > 0: a separate synthetic world (same preset and video budget, seed synth.seed + 7919, only a train
+    split of that many families) at <workspace>/data/synth-engine/raw, built or completed here (resumable),
+    as a real engine is trained on data disjoint from the benchmark. Otherwise cfg.dataset's train split."""
+    tc = cfg.engine_train
+    if tc.world_families <= 0 or cfg.dataset != "synth":
+        return cfg, cfg.dataset
+    from videosearch_r1.synth.build import build
+
+    base = cfg.dataset_cfg("synth")
+    root = Path(cfg.workspace).expanduser() / "data" / ENGINE_WORLD / "raw"
+    wcfg = copy.deepcopy(cfg)
+    wcfg.datasets["synth"] = dataclasses.replace(base, root=str(root))
+    wcfg.synth.families = {split: (tc.world_families if split == "train" else 0) for split in base.splits}
+    wcfg.synth.seed = cfg.synth.seed + ENGINE_WORLD_SEED_OFFSET
+    print(build(wcfg).format(), flush=True)
+    wcfg.datasets[ENGINE_WORLD] = wcfg.datasets["synth"]
+    return wcfg, ENGINE_WORLD
+
+
+def prepare(cfg, device: str):
+    """Steps 1-3: the training world's pairs, a fresh embedder, every training clip decoded + processed once."""
+    from videosearch_r1.utils import progress
+
+    tc = cfg.engine_train
+    out = Path(tc.output or cfg.engine_model()).expanduser()
+    wcfg, world = training_world(cfg)
+    sp, pairs = load_pairs(wcfg, world)
+    work = out.parent / f".{out.name}.work{os.getpid()}"
+    try:
+        embedder = init_embedder(wcfg, world, pairs, work, device)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    enable_linear_patch_embed(embedder.model)
+    params = sum(p.numel() for p in embedder.model.parameters())
+    print(f"engine train: {world} train split, {len(pairs)} pairs, {len(sp.videos)} videos; size {tc.size} "
+          f"({params / 1e6:.1f} M params) on {device}", flush=True)
+    clips, skipped = decode_all(wcfg, world, sp.corpus_ids())
+    cache = ClipCache(embedder)
+    for vid, clip in progress(list(clips.items()), desc="prepare", unit="video"):
+        cache.add(vid, clip)
+    pairs = [p for p in pairs if p.video_id in cache]
+    if len(pairs) < 2:
+        raise ValueError(f"{world}/train: {len(pairs)} usable pairs (skipped videos: {skipped[:5]})")
+    return out, world, embedder, cache, pairs, skipped, params
+
+
+def train(cfg, log_path: Path | None = None) -> dict:
+    """Steps 1-6 of the module doc; returns the summary dict (also written into the checkpoint)."""
+    from videosearch_r1.utils import append_jsonl, progress, resolve_device
+
+    tc, dataset = cfg.engine_train, cfg.dataset
+    torch.manual_seed(tc.seed)
+    device = resolve_device(tc.device)
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))  # noqa
+    t_start = time.time()
+    out, world, embedder, cache, pairs, skipped, params = prepare(cfg, device)
+    eval_cache = ClipCache(embedder)  # the benchmark's val clips, for eval_every
+    opt, log_scale = make_optimizer(embedder.model, tc, device)
+    batcher = Batcher(pairs, tc.batch_size, tc.fine_caption_prob, np.random.default_rng(tc.seed))
+    log = []
+    bar = progress(range(tc.steps), desc="engine train", unit="step")
+    for step in bar:
+        t0 = time.time()
+        vids, captions, fine = batcher.next()
+        lr = lr_at(step, tc)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast():
+            v = video_vectors(embedder, cache.collate(vids))
+            t = embedder.embed_texts(captions, grad=True)
+        scale = log_scale.exp().clamp(max=100.0)
+        loss = multi_positive_infonce(v, t.float(), batch_positives(vids, captions).to(device), scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(embedder.model.parameters(), 1.0)
+        opt.step()
+        row = {"step": step + 1, "loss": float(loss.detach()), "lr": lr, "temperature": 1.0 / float(scale.detach()),
+               "grad_norm": float(gnorm), "fine_share": float(fine.mean()), "sec": round(time.time() - t0, 4)}
+        if tc.eval_every and (step + 1) % tc.eval_every == 0 and "val" in cfg.dataset_cfg(dataset).splits:
+            row["val"] = _quick_eval(cfg, dataset, "val", embedder, eval_cache, autocast)
+        log.append(row)
+        if log_path is not None:
+            append_jsonl(log_path, [row])
+        if (step + 1) % max(1, tc.log_every) == 0:
+            bar.set_postfix(loss=f"{row['loss']:.3f}", T=f"{row['temperature']:.3f}")
+    bar.close()
+    summary = {"dataset": dataset, "trained_on": world, "output": str(out), "size": tc.size, "params": params, "device": device,
+               "pairs": len(pairs), "skipped_videos": [list(s) for s in skipped],
+               "train_seconds": time.time() - t_start, "config": asdict(tc),
+               "first_loss": log[0]["loss"] if log else None,
+               "last_loss": float(np.mean([r["loss"] for r in log[-10:]])) if log else None}
+    return finish(cfg, embedder, out, log, summary)
+
+
+def finish(cfg, embedder, out: Path, log: list[dict], summary: dict) -> dict:
+    """Steps 5-6: save atomically, reload through Embedder.from_pretrained, evaluate val/test."""
+    embedder.model.eval()
+    logs = "".join(json.dumps(r) + "\n" for r in log)
+    save_atomic(embedder, out, {"train_log.jsonl": logs, "train_summary.json": json.dumps(summary, indent=2)})
+    splits = [s for s in cfg.engine_train.eval_splits if s in cfg.dataset_cfg(cfg.dataset).splits]
+    summary["eval"] = evaluate_checkpoint(cfg, cfg.dataset, out, splits)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _quick_eval(cfg, dataset: str, split: str, embedder, cache: ClipCache, autocast) -> dict:
+    """VR@k on a split with the training embedder (clips added to the cache on first use)."""
+    from videosearch_r1.data.fig import load_split
+
+    sp = load_split(cfg, dataset, split)
+    missing = [v for v in sp.corpus_ids() if v not in cache]
+    if missing:
+        clips, _ = decode_all(cfg, dataset, missing)
+        for vid, clip in clips.items():
+            cache.add(vid, clip)
+    ids = [v for v in sp.corpus_ids() if v in cache]
+    embedder.model.eval()
+    vecs = cached_vectors(embedder, cache, ids, cfg.engine_train.batch_size, autocast)
+    with autocast():
+        res = evaluate_split(embedder, vecs, ids, sp.queries, cfg.dataset_cfg(dataset).query_field)
+    embedder.model.train()
+    return res
+
+
+def evaluate_checkpoint(cfg, dataset: str, path: Path, splits: list[str]) -> dict:
+    """Load `path` with Embedder.from_pretrained and score each split's fine queries (exact ranks)."""
+    from videosearch_r1.data.fig import load_split
+    from videosearch_r1.engine.embedder import Embedder
+    from videosearch_r1.utils import resolve_device
+
+    device = resolve_device(cfg.engine_train.device)
+    emb = Embedder.from_pretrained(str(path), device=device, dtype=cfg.engine.dtype,
+                                   instruction=cfg.engine.instruction, max_query_tokens=cfg.engine.max_query_tokens,
+                                   batch_size=cfg.engine.batch_size, video_cfg=cfg.video_cfg(dataset))
+    results = {}
+    for split in splits:
+        sp = load_split(cfg, dataset, split)
+        clips, skipped = decode_all(cfg, dataset, sp.corpus_ids())
+        ids = sorted(clips)
+        with torch.no_grad():
+            vecs = emb.embed_videos([clips[v] for v in ids]).float().cpu().numpy()
+        results[split] = {**evaluate_split(emb, vecs, ids, sp.queries, cfg.dataset_cfg(dataset).query_field),
+                          "skipped_videos": len(skipped)}
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from videosearch_r1.utils import add_config_args, config_from_args, make_run_dir
+
+    parser = argparse.ArgumentParser(prog="vsr1 engine train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_args(parser)
+    args = parser.parse_intermixed_args(argv)
+    cfg = config_from_args(args)
+    run_dir = make_run_dir(cfg, "engine-train")
+    try:
+        summary = train(cfg, log_path=run_dir / "train_log.jsonl")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"vsr1 engine train: {e}", file=sys.stderr)
+        return 2
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"engine train: loss {summary['first_loss']:.3f} -> {summary['last_loss']:.3f} in "
+          f"{summary['train_seconds']:.0f} s; saved {summary['output']}", flush=True)
+    for split, r in summary["eval"].items():
+        print(f"  {split}: VR@1 {r['VR@1']:.1f}  VR@10 {r['VR@10']:.1f}  ({r['queries']} fine queries, "
+              f"{r['videos']} videos, {r['missing_gt']} with a missing video)", flush=True)
+    print(f"  log: {run_dir / 'train_log.jsonl'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
