@@ -1,14 +1,23 @@
 """Bench: the policy's verification turn and the SQR latent rollout at Qwen3-VL-2B shapes (random bf16 weights).
 
     python bench/bench_agent.py --device cuda --out bench_agent.json      # GPU: 2B shapes, 64 frames at 448x448
-    python bench/bench_agent.py --smoke                                    # tiny shapes on CPU, seconds
+    python bench/bench_agent.py --smoke                                    # tiny shapes on CPU, under a minute
+    python bench/bench_agent.py --device cpu --dtype bfloat16 --sections numerics --frames 4 --side 128 \
+        --text-tokens 40                                                   # 2B numerics on CPU (~10 min)
 
-Measured side by side in one run (median of --reps after a warm-up):
-- verification turn = prefill (vision tower + ~6.8k-token prompt) + 128 greedy tokens through our decode loop
-  (agent/decode.py: static KV cache, CUDA-graph step), at batch 1 and larger batches (best queries/s wins);
-  HF `generate` at batch 1 as the baseline, and how many of its greedy tokens ours reproduces;
-- SQR rollout, N latents: uncached (the authors' 1 + (N-1) full VLM forwards), cached (prefill up to
-  <REFINE> + N-1 single-vector steps), and from the generation's own cache (N-1 steps, no prefill).
+Sections (--sections, all by default; each prints its wall-clock mark):
+- turns: verification turn = prefill (vision tower + ~6.8k-token prompt) + 128 greedy tokens through our
+  decode loop (agent/decode.py: static KV cache, CUDA-graph step, torch.compile), variants at batch 1
+  (the fastest is kept), then batches 1, 4, 16, 32 (best queries/s wins);
+- hf: HF `generate` at batch 1 (32 tokens) as the baseline, and how many of its greedy ids ours reproduces;
+- sqr: SQR rollout, N latents: uncached (the authors' 1 + (N-1) full VLM forwards), cached (prefill up
+  to <REFINE> + N-1 single-vector steps on the model's pooled static cache and captured graph; also
+  with a new cache + capture per call, and with eager steps), and from the generation's own cache;
+- numerics: noise or bug. Latents of every rollout path and the decode loop's hidden states in the
+  bench dtype against a float32 copy of the model, the float32 fast paths against float32 uncached
+  (a bug shows there), and the kernel floor (HF eager attention instead of SDPA). One pass per
+  --numerics-scales entry (text-tower weights scaled; 1 = the checkpoint's initializer_range 0.02,
+  where the random rollout is chaotic: a latent's bf16 error roughly doubles per step).
 Inputs are built directly in the processor's canonical layout (`<t seconds><|vision_start|>pads<|vision_end|>`
 per 2-frame patch, random text ids, random pixel patches): this bench needs only torch + transformers
 (the GPU image has no trl/PyAV/faiss) and our package on PYTHONPATH.
@@ -16,11 +25,15 @@ per 2-frame patch, random text ids, random pixel patches): this bench needs only
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
 import json
+import math
 import os
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -110,6 +123,7 @@ def video_inputs(policy, batch: int, frames: int, side: int, text_tokens: int, t
 
 # ------------------------------------------------------------------------------------ timing
 WARMUP = 1  # runs before timing (0 in --smoke)
+SECTIONS = ("turns", "hf", "sqr", "numerics")
 
 
 def timed(fn, device: str, reps: int, warmup: int | None = None):
@@ -148,17 +162,18 @@ def _name(opt) -> str:
     return f"{opt.attention}{'+graph' if opt.cuda_graph else ''}{'+compile' if opt.compile else ''}"
 
 
-def run_turn(policy, args, b, frames, side, text_tokens, opt) -> dict:
+def run_turn(policy, args, b, frames, side, text_tokens, opt, reps: int | None = None) -> dict:
     """One verification turn (prefill + args.new_tokens greedy tokens) at batch b: timings."""
     from videosearch_r1.agent.decode import generate_tokens, prefill
 
     inputs = video_inputs(policy, b, frames, side, text_tokens, tail=[])
     pos = policy.positions(inputs)
+    reps = args.reps if reps is None else reps
     with torch.no_grad():
-        t_pre, _ = timed(lambda: prefill(policy.model, inputs, pos).post, args.device, args.reps)
+        t_pre, _ = timed(lambda: prefill(policy.model, inputs, pos).post, args.device, reps)
         t_turn, res = timed(lambda: generate_tokens(
             policy.model, inputs, pos, args.new_tokens, policy.eos_token_ids, policy.pad_token_id, options=opt,
-            ignore_eos=True), args.device, args.reps)
+            ignore_eos=True), args.device, reps)
     steps = res.ids.shape[1]
     decode = max(t_turn - t_pre, 1e-9)
     gbps = step_bytes(policy, b, inputs["input_ids"].shape[1] + steps) * steps / decode / 1e9
@@ -189,7 +204,9 @@ def bench_turns(policy, args, frames, side, text_tokens) -> tuple[list[dict], li
     while todo:
         opt = todo.pop(0)
         try:
-            by_variant.append((run_turn(policy, args, 1, frames, side, text_tokens, opt), opt))
+            slow = args.device.startswith("cuda") and not (opt.cuda_graph or opt.compile)
+            reps = 1 if slow else None  # the ungraphed eager steps are ~10x slower: one timed run is enough
+            by_variant.append((run_turn(policy, args, 1, frames, side, text_tokens, opt, reps), opt))
         except Exception as e:  # a variant that fails (e.g. compile) is reported, not fatal
             print(f"variant {_name(opt)} failed: {type(e).__name__}: {str(e)[:300]}")
         if not todo and by_variant and args.compile and not any(o.compile for _, o in by_variant):
@@ -204,7 +221,8 @@ def bench_turns(policy, args, frames, side, text_tokens) -> tuple[list[dict], li
         if b == 1:
             continue
         try:
-            rows.append(run_turn(policy, args, b, frames, side, text_tokens, best_opt))
+            reps = 1 if b >= 16 and args.device.startswith("cuda") else None  # seconds per run already
+            rows.append(run_turn(policy, args, b, frames, side, text_tokens, best_opt, reps))
         except RuntimeError as e:
             if not is_oom(e):
                 raise
@@ -219,23 +237,23 @@ def bench_hf(policy, args, frames, side, text_tokens) -> dict:
     from videosearch_r1.agent.decode import generate_tokens
 
     inputs = video_inputs(policy, 1, frames, side, text_tokens, tail=[])
+    m = args.hf_tokens
     with torch.no_grad():
         t_hf, out = timed(lambda: policy.model.generate(
-            **inputs, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False),
-            args.device, reps=1, warmup=0)
-        ours = generate_tokens(policy.model, inputs, policy.positions(inputs), args.new_tokens,
+            **inputs, max_new_tokens=m, min_new_tokens=m, do_sample=False), args.device, reps=1, warmup=0)
+        ours = generate_tokens(policy.model, inputs, policy.positions(inputs), m,
                                policy.eos_token_ids, policy.pad_token_id, options=policy.decode_options,
                                ignore_eos=True).ids[0].tolist()
     hf = out[0, inputs["input_ids"].shape[1]:].tolist()
     agree = next((i for i, (a, c) in enumerate(zip(hf, ours)) if a != c), min(len(hf), len(ours)))
-    print(f"hf generate batch 1: {t_hf:.3f} s ({1000 * t_hf / len(hf):.2f} ms/token); greedy ids agree for "
-          f"{agree}/{len(hf)} tokens")
+    print(f"hf generate batch 1: {t_hf:.3f} s ({1000 * t_hf / len(hf):.2f} ms/token, prefill included); greedy "
+          f"ids agree for {agree}/{len(hf)} tokens ({len(set(hf))} distinct)")
     return dict(batch=1, turn_s=t_hf, ms_per_token=1000 * t_hf / max(len(hf), 1), greedy_prefix_agree=agree,
                 new_tokens=len(hf), distinct_tokens=len(set(hf)))
 
 
 def bench_sqr(policy, args, frames, side, text_tokens) -> list[dict]:
-    from videosearch_r1.agent.decode import generate_tokens
+    from videosearch_r1.agent.decode import generate_tokens, release_pool
     from videosearch_r1.agent.policy import Generation
     from videosearch_r1.agent.sqr import rollout_from_state, rollout_latents
 
@@ -245,13 +263,19 @@ def bench_sqr(policy, args, frames, side, text_tokens) -> list[dict]:
         completion = torch.randint(0, 400, (24,), generator=torch.Generator().manual_seed(1)).tolist()
         inputs = video_inputs(policy, b, frames, side, text_tokens, tail=completion + [policy.refine_token_id])
         r = torch.full((b,), inputs["input_ids"].shape[1] - 1, device=policy.device)
+        chosen = policy.decode_options
         with torch.no_grad():
             t_unc, z_unc = timed(lambda: rollout_latents(policy, inputs, r, n, cached=False), args.device, args.reps)
+            # cached: the pooled static cache + captured step of the previous call (DecodeOptions.reuse)
             t_cac, z_cac = timed(lambda: rollout_latents(policy, inputs, r, n, cached=True), args.device, args.reps)
-            chosen = policy.decode_options
-            policy.decode_options = replace(chosen, cuda_graph=False, compile=False)
-            t_eager, _ = timed(lambda: rollout_latents(policy, inputs, r, n, cached=True), args.device, args.reps)
-            policy.decode_options = chosen
+            try:
+                policy.decode_options = replace(chosen, reuse=False)  # a new cache + graph capture per call
+                t_fresh, _ = timed(lambda: rollout_latents(policy, inputs, r, n, cached=True), args.device, args.reps)
+                policy.decode_options = replace(chosen, cuda_graph=False, compile=False)
+                t_eager, _ = timed(lambda: rollout_latents(policy, inputs, r, n, cached=True), args.device, args.reps)
+            finally:
+                policy.decode_options = chosen
+                release_pool(policy.model)
         # from the generation's cache: fresh state per run (the rollout consumes it); only the rollout is timed
         prompt = video_inputs(policy, b, frames, side, text_tokens, tail=[])
         pos = policy.positions(prompt)
@@ -269,23 +293,281 @@ def bench_sqr(policy, args, frames, side, text_tokens) -> list[dict]:
         t_gen = statistics.median(times[1:])
         rel = ((z_cac - z_unc).norm() / z_unc.norm().clamp_min(1e-12)).item()
         row = dict(batch=b, n_latents=n, prompt_tokens=inputs["input_ids"].shape[1], uncached_s=t_unc,
-                   cached_s=t_cac, cached_eager_steps_s=t_eager, from_generation_s=t_gen, speedup_cached=t_unc / t_cac,
-                   speedup_from_generation=t_unc / t_gen, rel_err_cached_vs_uncached=rel)
-        print(f"sqr   batch {b:3d}, N={n}: uncached {t_unc:7.3f} s  cached {t_cac:7.3f} s (eager steps {t_eager:.3f} s) "
-              f"({t_unc / t_cac:5.1f}x)  from generation {t_gen:7.4f} s ({t_unc / t_gen:6.1f}x)  rel err {rel:.2e}")
+                   cached_s=t_cac, cached_fresh_cache_s=t_fresh, cached_eager_steps_s=t_eager, from_generation_s=t_gen,
+                   speedup_cached=t_unc / t_cac, speedup_from_generation=t_unc / t_gen,
+                   rel_err_cached_vs_uncached=rel)
+        print(f"sqr   batch {b:3d}, N={n}: uncached {t_unc:7.3f} s  cached {t_cac:7.3f} s ({t_unc / t_cac:5.1f}x; "
+              f"new cache+capture per call {t_fresh:.3f} s, eager steps {t_eager:.3f} s)  from generation "
+              f"{t_gen:7.4f} s ({t_unc / t_gen:6.1f}x)  rel err {rel:.2e} (see numerics)")
         out.append(row)
     return out
 
 
+# ------------------------------------------------------------------------------------ numerics
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float(), b.detach().float().to(a.device)
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def per_latent(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """rel err of each latent k of Z [B, N, D]."""
+    return [float(f"{rel_err(a[:, k], b[:, k]):.3g}") for k in range(a.shape[1])]
+
+
+@contextmanager
+def attention_impl(model, impl: str):
+    """Temporarily run the HF forward with another attention implementation (e.g. "eager")."""
+    old = model.config._attn_implementation
+    model.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(old)
+
+
+def fp32_reference(policy):
+    """A float32 copy of the policy's model (the bf16 weights upcast exactly), same SQR modules."""
+    from videosearch_r1.agent.policy import Policy
+
+    model32 = copy.deepcopy(policy.model).float()
+    ref = Policy(model32, None, policy.sqr, policy.sqr_config, refine_token_id=policy.refine_token_id)
+    ref.decode_options = replace(policy.decode_options, compile=False)  # a second compile would cost minutes
+    return ref
+
+
+def _turn(pol, inputs, g: int, n: int):
+    """Our decode loop for g greedy tokens, keeping the state (cache + per-token hidden states)."""
+    from videosearch_r1.agent.decode import generate_tokens
+
+    return generate_tokens(pol.model, inputs, pol.positions(inputs), g, pol.eos_token_ids, pol.pad_token_id,
+                           options=pol.decode_options, keep_state=True, reserve=n, ignore_eos=True)
+
+
+def _hf_hidden(pol, inputs) -> torch.Tensor:
+    """Post-norm hidden states [B, L, H] of one plain HF forward."""
+    from videosearch_r1.agent.decode import _forward_kwargs
+
+    return pol.model.model(**_forward_kwargs(pol.model, inputs), position_ids=pol.positions(inputs),
+                           use_cache=False).last_hidden_state
+
+
+def _with_tokens(inputs: dict, ids: list[int]) -> dict:
+    """inputs (batch 1) + generated text ids appended."""
+    out = dict(inputs)
+    extra = torch.tensor([ids], device=inputs["input_ids"].device)
+    out["input_ids"] = torch.cat([inputs["input_ids"], extra], 1)
+    out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(extra)], 1)
+    out["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(extra)], 1)
+    return out
+
+
+def bench_numerics(policy, args, frames, side, text_tokens) -> list[dict]:
+    """Noise or bug? SQR latents and decode hidden states of every path, bench dtype vs a float32 copy.
+
+    Prompt: a batch-1 verification prompt plus g greedy tokens of our decode loop; the last one plays
+    <REFINE>. A bug in a fast path shows in float32 (cached / from-generation vs uncached, against the
+    float32 kernel floor: uncached with HF eager attention); bf16 noise shows equally in every path.
+    One pass per --numerics-scales entry: the text tower's weight matrices scaled by it (powers of 2,
+    so undoing it is exact). At the checkpoint's initializer_range (scale 1) the random rollout is
+    chaotic (a latent's error grows ~2x per step: bf16 noise ends near 1); at 0.5 it is not.
+    """
+    prompt = video_inputs(policy, 1, frames, side, text_tokens, tail=[])
+    passes = []
+    for scale in args.numerics_scales:
+        with scaled_text_tower(policy.model, scale):
+            passes.append(_numerics_pass(policy, args, prompt, scale))
+    return passes
+
+
+@contextmanager
+def scaled_text_tower(model, scale: float):
+    """Multiply the text decoder layers' weight matrices by `scale` (a power of 2: exact) and undo it;
+    float32 matmuls and convolutions without TF32 meanwhile (a true float32 reference)."""
+    mats = [p for p in model.model.language_model.layers.parameters() if p.ndim == 2]
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    with torch.no_grad():
+        torch._foreach_mul_(mats, scale)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_mul_(mats, 1 / scale)
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _numerics_pass(policy, args, prompt: dict, scale: float) -> dict:
+    from videosearch_r1.agent.decode import release_pool
+
+    n, g = args.n_latents, args.numerics_tokens
+    prompt32 = {k: v.float() if v.is_floating_point() else v for k, v in prompt.items()}
+    ref = fp32_reference(policy)
+    saved = policy.refine_token_id
+    init = policy.model.config.text_config.initializer_range
+    out: dict = dict(text_tower_scale=scale, text_tower_std=scale * init, initializer_range=init,
+                     prompt_tokens=prompt["input_ids"].shape[1], generated_tokens=g, n_latents=n,
+                     dtype=str(policy.dtype).replace("torch.", ""))
+    try:
+        with torch.no_grad():
+            out["decode"], res, res32 = _decode_numerics(policy, ref, prompt, prompt32, g, n)
+            out["sqr"] = _sqr_numerics(policy, ref, prompt, prompt32, res, res32, n)
+        out["verdict"] = numerics_verdict(out)
+    finally:
+        policy.refine_token_id = saved
+        release_pool(policy.model)
+        release_pool(ref.model)
+        del ref
+        gc.collect()  # the float32 copy is held in reference cycles (decode states); free it before the next pass
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    print_numerics(out)
+    return out
+
+
+def _decode_numerics(policy, ref, prompt, prompt32, g: int, n: int):
+    """Our decode loop (g greedy tokens, state kept) in both dtypes; its hidden states vs HF forwards."""
+    from videosearch_r1.agent.decode import prefill
+
+    res, res32 = _turn(policy, prompt, g, n), _turn(ref, prompt32, g, n)
+    ids, ids32 = res.ids[0].tolist(), res32.ids[0].tolist()
+    plen = prompt["input_ids"].shape[1]
+    hf = _hf_hidden(policy, _with_tokens(prompt, ids))[0]
+    hf32 = _hf_hidden(ref, _with_tokens(prompt32, ids))[0]
+    own32 = hf32 if ids32 == ids else _hf_hidden(ref, _with_tokens(prompt32, ids32))[0]
+    seed = prefill(policy.model, prompt, policy.positions(prompt)).post[0]
+    cols = slice(plen, plen + g)
+    stats = dict(greedy_ids_equal_fp32=ids32 == ids, distinct_generated_tokens=len(set(ids)),
+                 prefill_hidden_vs_fp32=rel_err(seed, hf32[plen - 1]),
+                 steps_hidden_vs_hf=rel_err(res.state.post[0], hf[cols]),
+                 steps_hidden_vs_fp32=rel_err(res.state.post[0], hf32[cols]),
+                 hf_hidden_vs_fp32=rel_err(hf[cols], hf32[cols]),
+                 fp32_steps_hidden_vs_hf_fp32=rel_err(res32.state.post[0], own32[cols]))
+    return stats, res, res32
+
+
+def _eager_rollout(pol, inputs, r, n):
+    """Uncached latents with HF eager attention (another kernel: the noise floor); None if unavailable."""
+    from videosearch_r1.agent.sqr import rollout_latents
+
+    try:
+        with attention_impl(pol.model, "eager"):
+            return rollout_latents(pol, inputs, r, n, cached=False)
+    except Exception as e:  # an older transformers without set_attn_implementation
+        print(f"numerics: eager attention unavailable ({type(e).__name__}: {str(e)[:200]})")
+        return None
+
+
+def _sqr_numerics(policy, ref, prompt, prompt32, res, res32, n: int) -> dict:
+    """Latents of every rollout path in the bench dtype and in float32 (consumes both generation states)."""
+    from videosearch_r1.agent.policy import Generation
+    from videosearch_r1.agent.sqr import rollout_from_state, rollout_latents
+
+    ids, ids32 = res.ids[0].tolist(), res32.ids[0].tolist()
+    plen, g = prompt["input_ids"].shape[1], len(ids)
+    full, full32 = _with_tokens(prompt, ids), _with_tokens(prompt32, ids)
+    r = torch.tensor([plen + g - 1], device=policy.device)
+    policy.refine_token_id = ref.refine_token_id = ids[-1]  # its last occurrence is the last column
+    low = {"uncached": rollout_latents(policy, full, r, n, cached=False),
+           "cached": rollout_latents(policy, full, r, n, cached=True),
+           "from_generation": rollout_from_state(policy, Generation([], [ids], [g], [True], plen, res.state), n)[0]}
+    chosen = policy.decode_options
+    policy.decode_options = replace(chosen, cuda_graph=False, compile=False, attention="sdpa")
+    try:
+        low["cached_eager_sdpa_steps"] = rollout_latents(policy, full, r, n, cached=True)
+    finally:
+        policy.decode_options = chosen
+    if (z := _eager_rollout(policy, full, r, n)) is not None:
+        low["uncached_eager_attention"] = z
+    d = rollout_latents(ref, full32, r, n, cached=False)
+    hi = {"cached": rollout_latents(ref, full32, r, n, cached=True)}
+    if (z := _eager_rollout(ref, full32, r, n)) is not None:
+        hi["uncached_eager_attention"] = z
+    d_gen = d
+    if ids32 != ids:  # fp32 greedy took other tokens: compare its generation path on its own sequence
+        ref.refine_token_id = ids32[-1]
+        d_gen = rollout_latents(ref, _with_tokens(prompt32, ids32), r, n, cached=False)
+    z_gen = rollout_from_state(ref, Generation([], [ids32], [g], [True], plen, res32.state), n)[0]
+    fp32 = {k: rel_err(v, d) for k, v in hi.items()} | {"from_generation": rel_err(z_gen, d_gen)}
+    fp32_per = {k: per_latent(v, d) for k, v in hi.items()} | {"from_generation": per_latent(z_gen, d_gen)}
+    emb = policy.model.get_input_embeddings().weight
+    return dict(
+        vs_fp32={k: rel_err(v, d) for k, v in low.items()},
+        vs_fp32_per_latent={k: per_latent(v, d) for k, v in low.items()},
+        vs_uncached_same_dtype={k: rel_err(v, low["uncached"]) for k, v in low.items() if k != "uncached"},
+        fp32_vs_uncached=fp32, fp32_vs_uncached_per_latent=fp32_per,
+        error_growth_per_latent=growth(per_latent(low["uncached"], d)),
+        latent_norms=[round(x, 4) for x in d[0].norm(dim=-1).tolist()],
+        token_embedding_rms=emb.float().pow(2).mean().sqrt().item(),
+        latent_input_rms=policy.sqr.to_policy(d[0]).float().pow(2).mean(-1).sqrt().mean().item())
+
+
+def growth(errs: list[float]) -> float | None:
+    """Geometric-mean factor by which a latent's error exceeds the previous one's (before saturation)."""
+    pts = [e for e in errs if 0 < e < 0.3]
+    if len(pts) < 2:
+        return None
+    return round((pts[-1] / pts[0]) ** (1 / (len(pts) - 1)), 3)
+
+
+def numerics_verdict(out: dict) -> str:
+    """BUG when a fast path disagrees in float32 beyond the float32 kernel floor; else how the bench
+    dtype's errors of the fast paths compare with the uncached path's over the first half of the latents."""
+    sq, dec = out["sqr"], out["decode"]
+    floor32 = sq["fp32_vs_uncached"].get("uncached_eager_attention", 0.0)
+    tol = max(10 * floor32, 1e-3)
+    bugs = [f"{k} {v:.1e}" for k, v in sq["fp32_vs_uncached"].items() if k != "uncached_eager_attention" and v > tol]
+    if dec["fp32_steps_hidden_vs_hf_fp32"] > 1e-3:
+        bugs.append(f"decode steps vs HF {dec['fp32_steps_hidden_vs_hf_fp32']:.1e}")
+    if bugs:
+        return f"BUG: in float32, vs uncached (kernel floor {floor32:.1e}): " + "; ".join(bugs)
+    per = sq["vs_fp32_per_latent"]
+    half = max(1, len(per["uncached"]) // 2)
+    early = {k: sum(v[:half]) / half for k, v in per.items()}
+    ref = max(early["uncached"], early.get("uncached_eager_attention", 0.0))
+    worse = [k for k in ("cached", "from_generation", "cached_eager_sdpa_steps") if early[k] > 2 * ref + 1e-3]
+    fast32 = max(v for k, v in sq["fp32_vs_uncached"].items() if k != "uncached_eager_attention")
+    head = f"float32: fast paths agree with uncached ({fast32:.1e}, kernel floor {floor32:.1e}); "
+    if worse:
+        return head + (f"{out['dtype']}: {', '.join(worse)} err vs fp32 over the first {half} latents exceeds 2x the "
+                       f"uncached one ({ref:.2e}): suspect a kernel of the fast step (compile / graph / attention)")
+    return head + (f"{out['dtype']}: every path is equally far from fp32 (noise; uncached {sq['vs_fp32']['uncached']:.2e}, "
+                   f"error x{sq['error_growth_per_latent']} per latent)")
+
+
+def print_numerics(out: dict) -> None:
+    sq, dec = out["sqr"], out["decode"]
+    print(f"numerics ({out['dtype']} vs a float32 copy; text tower weights x{out['text_tower_scale']} (std "
+          f"{out['text_tower_std']:.3g}); prompt {out['prompt_tokens']} + {out['generated_tokens']} generated, "
+          f"N={out['n_latents']}; rel err, per latent):")
+    rows = [(f"decode {k}", v, []) for k, v in dec.items()]
+    rows += [(f"sqr {k} vs fp32", sq["vs_fp32"][k], sq["vs_fp32_per_latent"][k]) for k in sq["vs_fp32"]]
+    rows += [(f"sqr fp32 {k} vs uncached", v, sq["fp32_vs_uncached_per_latent"][k])
+             for k, v in sq["fp32_vs_uncached"].items()]
+    rows += [(f"sqr {k} vs uncached ({out['dtype']})", v, []) for k, v in sq["vs_uncached_same_dtype"].items()]
+    for name, v, per in rows:
+        v = str(v) if isinstance(v, (bool, int)) else f"{v:.2e}"
+        print(f"  {name:<48}{v:>9}   {' '.join(f'{x:.1e}' for x in per)}")
+    print(f"  latent norms {sq['latent_norms']}; latent input rms {sq['latent_input_rms']:.3f} vs token "
+          f"embedding rms {sq['token_embedding_rms']:.4f}; error growth per latent x{sq['error_growth_per_latent']}")
+    print(f"  verdict: {out['verdict']}")
+
+
 # ------------------------------------------------------------------------------------ main
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (seconds)")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (under a minute)")
     ap.add_argument("--out", default="", help="write the results as JSON here")
-    ap.add_argument("--batches", default="1,2,4,8,16,32", help="verification-turn batch sizes to sweep")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {SECTIONS}")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float32"],
+                    help="model dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    ap.add_argument("--batches", default="1,4,16,32", help="verification-turn batch sizes to sweep")
     ap.add_argument("--sqr-batches", default="1", help="batch sizes for the SQR rollout comparison")
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--hf-tokens", type=int, default=32, help="greedy tokens of the HF generate baseline")
+    ap.add_argument("--numerics-tokens", type=int, default=16, help="greedy tokens before <REFINE> (numerics)")
+    ap.add_argument("--numerics-scales", default="1,0.5",
+                    help="numerics passes: text-tower weight scales (powers of 2; 1 = the checkpoint's init std)")
     ap.add_argument("--n-latents", type=int, default=8)
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--side", type=int, default=448, help="frame side in pixels (448^2 = the reference's cap)")
@@ -302,32 +584,58 @@ def main(argv: list[str] | None = None) -> int:
         WARMUP = 0
         args.device = "cpu" if args.device.startswith("cuda") and not torch.cuda.is_available() else args.device
         args.frames, args.side, args.text_tokens = 4, 64, 24
-        args.new_tokens, args.reps = min(args.new_tokens, 16), 1
+        args.new_tokens, args.hf_tokens, args.reps = min(args.new_tokens, 16), min(args.hf_tokens, 8), 1
         args.batches = "1,2"
     args.batches = [int(x) for x in str(args.batches).split(",") if x]
     args.sqr_batches = [int(x) for x in str(args.sqr_batches).split(",") if x]
-    dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
+    args.numerics_scales = [float(x) for x in str(args.numerics_scales).split(",") if x]
+    if any(x <= 0 or abs(math.log2(x) - round(math.log2(x))) > 1e-9 for x in args.numerics_scales):
+        ap.error("--numerics-scales: powers of 2 only (scaling the weights must be exactly undoable)")
+    args.sections = [x for x in args.sections.split(",") if x]
+    if set(args.sections) - set(SECTIONS):
+        ap.error(f"--sections: unknown {sorted(set(args.sections) - set(SECTIONS))}; known {SECTIONS}")
+    args.dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32}.get(
+        args.dtype, torch.float32 if args.device == "cpu" else torch.bfloat16)
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    import transformers
+
+    args = parse_args(argv)
     t0 = time.perf_counter()
-    policy = build_policy(args.smoke, args.device, dtype)
+    elapsed = {}
+
+    def mark(name: str) -> None:
+        elapsed[name] = round(time.perf_counter() - t0, 1)
+        print(f"[{elapsed[name]:7.1f} s] {name} done", flush=True)
+
+    policy = build_policy(args.smoke, args.device, args.dtype)
     n_params = sum(p.numel() for p in policy.model.parameters())
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"model: {n_params / 1e9:.3f} B params, {next(policy.model.parameters()).dtype}, {device_name}, "
-          f"built in {time.perf_counter() - t0:.1f} s")
-    decode_variants, turns = bench_turns(policy, args, args.frames, args.side, args.text_tokens)
-    prompt_len = turns[0]["prompt_tokens"]
-    hf = None if args.no_hf else bench_hf(policy, args, args.frames, args.side, args.text_tokens)
-    sqr = bench_sqr(policy, args, args.frames, args.side, args.text_tokens)
+    print(f"model: {n_params / 1e9:.3f} B params, {args.dtype}, {device_name}")
+    mark("build")
+    geometry = (args.frames, args.side, args.text_tokens)
+    decode_variants, turns, hf, sqr, numerics = [], [], None, [], []
+    if "turns" in args.sections:
+        decode_variants, turns = bench_turns(policy, args, *geometry)
+        mark("turns")
+    if "hf" in args.sections and not args.no_hf:
+        hf = bench_hf(policy, args, *geometry)
+        mark("hf")
+    if "sqr" in args.sections:
+        sqr = bench_sqr(policy, args, *geometry)
+        mark("sqr")
+    if "numerics" in args.sections:
+        numerics = bench_numerics(policy, args, *geometry)
+        mark("numerics")
     best = max(turns, key=lambda r: r["queries_per_s"]) if turns else None
-
-    import transformers
 
     print(f"\n{'what':<44}{'value':>14}")
     if turns:
-        print(f"{'prompt tokens':<44}{prompt_len:>14d}")
+        print(f"{'prompt tokens':<44}{turns[0]['prompt_tokens']:>14d}")
         print(f"{'decode variant (fastest at batch 1)':<44}{turns[0]['decode']:>14}")
-        print(f"{'turn, batch 1 (s)':<44}{turns[0]['turn_s']:>14.3f}")
-        print(f"{'decode, batch 1 (ms/token)':<44}{turns[0]['decode_ms_per_step']:>14.2f}")
+        print(f"{'turn, batch 1 (s) / decode (ms/token)':<44}{turns[0]['turn_s']:>7.3f} /{turns[0]['decode_ms_per_step']:>5.2f}")
         print(f"{'best batch / queries per s':<44}{best['batch']:>7d} /{best['queries_per_s']:>5.2f}")
     if hf:
         print(f"{'HF generate, batch 1 (ms/token)':<44}{hf['ms_per_token']:>14.2f}")
@@ -335,10 +643,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'SQR N=%d batch %d: uncached / cached (s)' % (row['n_latents'], row['batch']):<44}"
               f"{row['uncached_s']:>6.3f} /{row['cached_s']:>6.3f}")
         print(f"{'  speedup cached / from generation':<44}{row['speedup_cached']:>6.1f}x/{row['speedup_from_generation']:>5.0f}x")
+    for row in numerics:
+        print(f"numerics, text tower x{row['text_tower_scale']:g}: {row['verdict']}")
+    print(f"total wall time {time.perf_counter() - t0:.0f} s")
     result = dict(bench="bench_agent", date=time.strftime("%Y-%m-%d %H:%M"), device=device_name,
                   torch=torch.__version__, transformers=transformers.__version__, smoke=args.smoke,
-                  dtype=str(dtype), params=n_params, frames=args.frames, side=args.side,
-                  decode_variants=decode_variants, turns=turns, best_batch=best, hf_generate=hf, sqr=sqr)
+                  dtype=str(args.dtype), params=n_params, frames=args.frames, side=args.side,
+                  decode_variants=decode_variants, turns=turns, best_batch=best, hf_generate=hf, sqr=sqr,
+                  numerics=numerics, elapsed_s=elapsed)
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -163,3 +163,44 @@ def test_refine_from_generation_soft_tokens(setup):
     for row, has, z in zip(gen2.ids, sq2.has_refine.tolist(), sq2.latents):
         assert has == (gen.ids[0][0] in row)
         assert (z.abs().sum() > 0) == has
+
+
+def test_pooled_cache_is_reused_without_stale_state(setup):
+    """Rollouts without grad reuse the model's pooled static cache (and, on GPU, its captured graph):
+    a different video, then a shorter prompt in the same (larger) cache, give the same latents as
+    fresh caches and as the authors' uncached forwards."""
+    from dataclasses import replace
+
+    from videosearch_r1.agent.decode import DecodeCache, prefill, release_pool
+
+    policy, inputs, full, r = setup
+    plen = inputs["input_ids"].shape[1]
+    completions = [row[plen:][m[plen:].bool()].tolist() for row, m in zip(full["input_ids"], full["attention_mask"])]
+    short_clips = [make_clip(2, c.frames.shape[1], c.frames.shape[2], i) for i, c in enumerate(CLIPS)]
+    short_in = policy.build_inputs(QUERIES, short_clips)
+    short = policy.append_completions(short_in, completions)
+    r_short = find_refine_positions(short["input_ids"], policy.refine_token_id, start=short_in["input_ids"].shape[1])
+    assert r_short.max() < r.max()  # a narrower prefill than the first call's
+    other = dict(full, pixel_values_videos=full["pixel_values_videos"].flip(0))
+    opts = policy.decode_options
+    release_pool(policy.model)
+    with torch.no_grad():
+        z_full = rollout_latents(policy, full, r, 5)  # creates the pooled cache
+        runner = policy.model._vsr1_step_pool.runner
+        z_other = rollout_latents(policy, other, r, 5)
+        z_short = rollout_latents(policy, short, r_short, 5)
+        assert policy.model._vsr1_step_pool.runner is runner  # reused all three times
+        z_again = rollout_latents(policy, full, r, 5)
+        policy.decode_options = replace(opts, reuse=False)
+        try:
+            fresh = [rollout_latents(policy, x, rr, 5) for x, rr in ((other, r), (short, r_short))]
+        finally:
+            policy.decode_options = opts
+        uncached = [rollout_latents(policy, x, rr, 5, cached=False) for x, rr in ((full, r), (short, r_short))]
+        with pytest.raises(ValueError, match="rows"):
+            prefill(policy.model, full, policy.positions(full), into=DecodeCache.empty(policy.model, 2, 4096))
+    assert rel(z_again, z_full) < 1e-6 and rel(z_other, z_full) > 1e-3
+    assert rel(z_other, fresh[0]) < 1e-5 and rel(z_short, fresh[1]) < 1e-5
+    assert rel(z_full, uncached[0]) < 1e-3 and rel(z_short, uncached[1]) < 1e-3
+    release_pool(policy.model)
+    assert policy.model._vsr1_step_pool.runner is None

@@ -9,8 +9,11 @@ a ~1.4 ms memory floor. Here one decode step is: embedding -> 28 x (RMSNorm, q/k
 KV write at a device-side column index, attention over the whole static buffer under a key mask) ->
 norm -> lm_head, with no host sync. `DecodeOptions` picks how it runs: CUDA graph (captured once per
 call, replayed per token), the attention kernel (masked SDPA, or two GEMMs + softmax), and optionally
-torch.compile (one compiled step per process, reused across calls of the same shapes).
-bench/bench_agent.py measures the variants; tests/test_policy.py checks greedy ids equal HF generate's.
+torch.compile (one compiled step per process; the cache length is marked dynamic, so prompts of any
+length reuse it). `pooled_prefill` keeps one static cache + its captured graph on the model for the
+next call (the SQR rollout's N-1 steps then cost only graph replays, no allocation or capture).
+bench/bench_agent.py measures the variants and checks their numerics against a float32 copy;
+tests/test_policy.py checks greedy ids equal HF generate's, tests/test_sqr.py the rollout paths.
 
 Layout facts the step relies on (checked against transformers' Qwen3VLTextModel):
 - Inputs are LEFT padded, so every row writes the same buffer column at each step; padding columns
@@ -49,6 +52,17 @@ class DecodeCache:
         self.length = length  # host-side: columns written so far (prefill + steps)
         self.static = static
         self.col = torch.tensor([length], dtype=torch.long, device=valid.device)  # next column (device)
+
+    @classmethod
+    def empty(cls, model, batch: int, capacity: int) -> "DecodeCache":
+        """A static cache of zeros sized for `model`'s text tower (fill it with `prefill(..., into=)`)."""
+        lm = model.model.language_model
+        c, w = lm.config, lm.embed_tokens.weight
+        shape = (batch, c.num_key_value_heads, capacity, c.head_dim)
+        n = c.num_hidden_layers
+        keys = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(n)]
+        values = [torch.zeros(shape, dtype=w.dtype, device=w.device) for _ in range(n)]
+        return cls(keys, values, torch.zeros(batch, capacity, dtype=torch.bool, device=w.device), 0, True)
 
     @property
     def capacity(self) -> int:
@@ -107,12 +121,14 @@ class Prefill(NamedTuple):
 
 
 def prefill(model, inputs: dict, positions: torch.Tensor, gather_at: torch.Tensor | None = None,
-            capacity: int | None = None, want_pre: bool = False) -> Prefill:
+            capacity: int | None = None, want_pre: bool = False, into: DecodeCache | None = None) -> Prefill:
     """One full VLM forward (vision tower + text) with HF, its KV copied into a DecodeCache.
 
     inputs: processor batch (left padded; `inputs_embeds` may replace `input_ids`); positions:
     mRoPE ids [3, B, L]; gather_at: [B] column whose hidden state to return (default: the last).
     capacity: total cache columns (>= L) for a static cache; ignored when grad is enabled.
+    into: an existing static cache (same batch, >= L columns) rewritten in place instead of a new one
+    (its tensors keep their addresses, so a CUDA graph captured on it stays valid).
     """
     lm = model.model.language_model
     mask = inputs["attention_mask"].bool()
@@ -133,28 +149,38 @@ def prefill(model, inputs: dict, positions: torch.Tensor, gather_at: torch.Tenso
     pre = captured["pre"][rows, idx] if want_pre else None
 
     n_layers = len(lm.layers)
-    static = not torch.is_grad_enabled()
-    keys, values = [], []
-    if static:
-        cap = -(-max(int(capacity or length), length) // 64) * 64  # aligned rows suit the SDPA kernels
-        valid = torch.zeros(b, cap, dtype=torch.bool, device=mask.device)
-        valid[:, :length] = mask
+    if not torch.is_grad_enabled():  # static cache: fixed buffers written in place
+        fresh = into is None
+        if fresh:
+            into = DecodeCache.empty(model, b, round_capacity(max(int(capacity or length), length)))
+        elif not into.static or into.valid.shape[0] != b or into.capacity < length:
+            raise ValueError(f"prefill into a cache of {into.valid.shape[0]} rows x {into.capacity} columns "
+                             f"(static={into.static}): the batch needs {b} x {length}")
+        into.valid.zero_()
+        into.valid[:, :length] = mask
+        padded = not bool(mask.all())
         for i in range(n_layers):
             k, v = _take_layer_kv(hf_cache, i)
-            kb = k.new_zeros(k.shape[0], k.shape[1], cap, k.shape[3])
-            vb = torch.zeros_like(kb)
-            kb[:, :, :length] = k.masked_fill(~mask[:, None, :, None], 0)  # padding may hold junk
-            vb[:, :, :length] = v.masked_fill(~mask[:, None, :, None], 0)
-            keys.append(kb)
-            values.append(vb)
-    else:
-        valid = mask.clone()
-        for i in range(n_layers):
-            k, v = _take_layer_kv(hf_cache, i)
-            keys.append(k.masked_fill(~mask[:, None, :, None], 0))
-            values.append(v.masked_fill(~mask[:, None, :, None], 0))
+            for buf, src in ((into.keys[i], k), (into.values[i], v)):
+                buf[:, :, :length] = src.masked_fill(~mask[:, None, :, None], 0) if padded else src  # pads: junk
+                if not fresh:
+                    buf[:, :, length:].zero_()  # stale columns of an earlier use
+        into.length = length
+        into.col.fill_(length)
+        del hf_cache, out
+        return Prefill(into, post, pre)
+    keys, values = [], []  # grad: a growing cache (autograd-safe)
+    for i in range(n_layers):
+        k, v = _take_layer_kv(hf_cache, i)
+        keys.append(k.masked_fill(~mask[:, None, :, None], 0))
+        values.append(v.masked_fill(~mask[:, None, :, None], 0))
     del hf_cache, out
-    return Prefill(DecodeCache(keys, values, valid, length, static), post, pre)
+    return Prefill(DecodeCache(keys, values, mask.clone(), length, False), post, pre)
+
+
+def round_capacity(columns: int, multiple: int = 64) -> int:
+    """Static cache columns: rounded up (aligned rows suit the SDPA kernels)."""
+    return -(-int(columns) // multiple) * multiple
 
 
 # ------------------------------------------------------------------------------------ one step
@@ -165,6 +191,7 @@ class DecodeOptions:
     cuda_graph: bool = True  # capture the step once per call as a CUDA graph (static cache on CUDA only)
     attention: str = "sdpa"  # "sdpa" (masked scaled_dot_product_attention) | "matmul" (2 GEMMs + softmax)
     compile: bool = False  # torch.compile the step (fuses its ~60 small kernels per layer) before capture
+    reuse: bool = True  # SQR rollouts keep their static cache + captured step on the model (see pooled_prefill)
 
     def __post_init__(self):
         if self.attention not in ("sdpa", "matmul"):
@@ -233,10 +260,14 @@ class _StepRunner:
     def __init__(self, model, cache: DecodeCache, options: DecodeOptions = DecodeOptions()):
         self.model, self.cache, self.options = model, cache, options
         self.graph = None
-        self.fn = self._eager
+        self.fn = lambda x, pos: _step_logits(model, cache, x, pos, options.attention)  # eager (no self: no cycle)
         if options.compile:
             step = _compiled_step()
             self.fn = lambda x, pos: step(model, cache, x, pos, options.attention)
+            if cache.static:  # one compiled step for every cache length (no recompile per prompt length)
+                for t in cache.keys + cache.values:
+                    torch._dynamo.maybe_mark_dynamic(t, 2)
+                torch._dynamo.maybe_mark_dynamic(cache.valid, 1)
         if options.cuda_graph and cache.static and cache.valid.is_cuda:
             lm = model.model.language_model
             b = cache.valid.shape[0]
@@ -257,9 +288,6 @@ class _StepRunner:
             except RuntimeError as e:  # keep working (eagerly) if some kernel refuses capture
                 print(f"[decode] CUDA graph capture failed, decoding without it: {e}")
 
-    def _eager(self, x, pos):
-        return _step_logits(self.model, self.cache, x, pos, self.options.attention)
-
     def __call__(self, x: torch.Tensor, pos: torch.Tensor):
         """(pre [B,H], post [B,H], logits [B,V]) for inputs x [B,1,H], pos [B]; then advances the cache."""
         if self.graph is None:
@@ -271,6 +299,58 @@ class _StepRunner:
             out = self.out
         self.cache.advance()
         return out
+
+
+# ------------------------------------------------------------------------------------ reusable runner
+POOL_SLACK = 1024  # a pooled cache serves requests up to this many columns shorter than itself (masked out)
+
+
+class _Pool:
+    """The static cache + step runner of a model's last pooled rollout (one per model, so the memory
+    held is bounded by one rollout's KV). Lives on the model; never deep-copied or pickled with it."""
+
+    def __init__(self):
+        self.key, self.runner = None, None
+
+    def __deepcopy__(self, memo):
+        return _Pool()
+
+    def __reduce__(self):
+        return (_Pool, ())
+
+
+def pooled_prefill(model, inputs: dict, positions: torch.Tensor, columns: int, options: DecodeOptions,
+                   gather_at: torch.Tensor | None = None, want_pre: bool = False) -> tuple[Prefill, _StepRunner]:
+    """`prefill` + a step runner over a static cache of >= `columns` columns (grad disabled).
+
+    Reuses the model's pooled cache and its captured CUDA graph when the batch, dtype, device and
+    options match and its capacity fits (at most POOL_SLACK columns to spare): no allocation, no
+    capture, no recompile, only the prefill. Otherwise a new cache (columns rounded up to 256)
+    replaces the pooled one. The pool keeps that cache alive between calls: `release_pool(model)`.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError("pooled_prefill needs grad disabled (a static cache)")
+    pool = getattr(model, "_vsr1_step_pool", None)
+    if pool is None:
+        pool = _Pool()
+        setattr(model, "_vsr1_step_pool", pool)
+    w = model.model.language_model.embed_tokens.weight
+    key = (inputs["attention_mask"].shape[0], w.dtype, w.device, options)
+    old = pool.runner
+    if old is not None and pool.key == key and columns <= old.cache.capacity <= columns + POOL_SLACK:
+        return prefill(model, inputs, positions, gather_at, want_pre=want_pre, into=old.cache), old
+    pool.key = pool.runner = old = None  # free the old buffers and graph before allocating new ones
+    pf = prefill(model, inputs, positions, gather_at, capacity=round_capacity(columns, 256), want_pre=want_pre)
+    runner = _StepRunner(model, pf.cache, options)
+    pool.key, pool.runner = key, runner
+    return pf, runner
+
+
+def release_pool(model) -> None:
+    """Drop the model's pooled cache and graph (their memory is freed once nothing else holds them)."""
+    pool = getattr(model, "_vsr1_step_pool", None)
+    if pool is not None:
+        pool.key = pool.runner = None
 
 
 # ------------------------------------------------------------------------------------ generation

@@ -11,7 +11,9 @@ to_policy(z_k) as its next input embedding at position pos(<REFINE>) + k (all th
 and z_{k+1} = readout(post-norm hidden of that latent). Tokens after <REFINE> never matter (causal
 attention, the read is at the newest latent), so:
 - cached (ours): one prefill up to and including <REFINE> (with the video), then N-1 single-vector
-  decode steps on its KV cache (agent/decode.py). With grad enabled the cache grows by concatenation.
+  decode steps on its KV cache (agent/decode.py). Without grad the static cache and its captured
+  CUDA graph are pooled on the model and reused by the next call of the same batch
+  (DecodeOptions.reuse; decode.release_pool frees them). With grad the cache grows by concatenation.
 - uncached (the authors' design): for each k a full VLM forward (vision tower included) over
   [prompt ; z_1..z_k] with explicit position ids: 1 + (N-1) full passes.
 - from a generation: the verification turn's cache already holds <REFINE> and its hidden state, so
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from videosearch_r1.agent.decode import _StepRunner, decode_step, prefill
+from videosearch_r1.agent.decode import _StepRunner, decode_step, pooled_prefill, prefill
 
 if TYPE_CHECKING:
     from videosearch_r1.agent.policy import Generation, Policy
@@ -109,21 +111,24 @@ def rollout_latents(policy: "Policy", inputs: dict, refine_positions: torch.Tens
     cut, positions, r_eff, has = _prepare(policy, inputs, refine_positions)
     pos_r = positions[0, torch.arange(r_eff.shape[0], device=r_eff.device), r_eff]
     want_pre = policy.sqr_config.seed_hidden == "pre_norm"
-    if cached:
-        pf = prefill(policy.model, cut, positions, gather_at=r_eff, capacity=cut["input_ids"].shape[1] + n_latents,
-                     want_pre=want_pre)
+    if cached and not torch.is_grad_enabled():  # a static cache, the policy's decode options (CUDA graph on GPU)
+        opts, columns = policy.decode_options, cut["input_ids"].shape[1] + n_latents - 1
+        if opts.reuse:  # the model's pooled cache + captured step: no allocation or capture per call
+            pf, runner = pooled_prefill(policy.model, cut, positions, columns, opts, gather_at=r_eff,
+                                        want_pre=want_pre)
+        else:
+            pf = prefill(policy.model, cut, positions, gather_at=r_eff, capacity=columns, want_pre=want_pre)
+            runner = _StepRunner(policy.model, pf.cache, opts)
+        z = _steps(policy, lambda x, pos: runner(x, pos)[1], policy.sqr(_seed_hidden(policy, pf.post, pf.pre)),
+                   pos_r, n_latents)
+    elif cached:  # grad: a growing cache, eager steps
+        pf = prefill(policy.model, cut, positions, gather_at=r_eff, want_pre=want_pre)
         cache = pf.cache
-        if cache.static:  # no grad: the policy's decode options (CUDA graph on GPU)
-            runner = _StepRunner(policy.model, cache, policy.decode_options)
 
-            def step(x, pos):
-                return runner(x, pos)[1]
-        else:  # grad: a growing cache, eager steps
-
-            def step(x, pos):
-                post = decode_step(policy.model, cache, x, pos)[1]
-                cache.advance()
-                return post
+        def step(x, pos):
+            post = decode_step(policy.model, cache, x, pos)[1]
+            cache.advance()
+            return post
 
         z = _steps(policy, step, policy.sqr(_seed_hidden(policy, pf.post, pf.pre)), pos_r, n_latents)
     else:
