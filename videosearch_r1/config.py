@@ -113,10 +113,10 @@ class EngineConfig:
 class EngineTrainConfig:
     """`vsr1 engine train`: contrastive training of a small embedder on the synthetic world."""
 
-    size: str = "small"  # tiny-model size preset (see models/tiny.py)
+    size: str = "tiny"  # tiny-model size preset (models/tiny.py); "small" for GPU runs
     steps: int = 300
     batch_size: int = 64
-    lr: float = 3e-4
+    lr: float = 1e-3
     warmup: int = 30
     temperature: float = 0.05
     fine_caption_prob: float = 0.5  # share of captions with the fine details (real engines: coarse)

@@ -48,14 +48,24 @@ class RankOf(BaseModel):
     target_ids: list[str]  # [B]
 
 
-def _batch_error(n: int, max_batch: int):
+def soft_array(req: Refined, he: int, max_soft_tokens: int) -> np.ndarray:
+    """The request's soft tokens as float32 [B, N, He], or an HTTPException saying what is wrong."""
     from fastapi import HTTPException
 
-    if n == 0:
-        return HTTPException(400, "empty batch")
-    if n > max_batch:
-        return HTTPException(413, f"batch of {n} exceeds serve.max_batch={max_batch}")
-    return None
+    if len(req.soft) != len(req.texts):
+        raise HTTPException(400, f"soft has {len(req.soft)} entries for {len(req.texts)} texts")
+    shapes = {(len(s), *{len(t) for t in s}) for s in req.soft}
+    if len(shapes) != 1 or len(next(iter(shapes))) > 2:
+        raise HTTPException(400, f"soft must be a [B, N, He={he}] array with one N and He for all rows")
+    n, *rest = next(iter(shapes))
+    if n > max_soft_tokens:
+        raise HTTPException(413, f"{n} soft tokens exceed the limit of {max_soft_tokens}")
+    if rest and rest[0] != he:
+        raise HTTPException(400, f"soft tokens have width {rest[0]}, the embedder expects He={he}")
+    soft = np.asarray(req.soft, dtype=np.float32).reshape(len(req.texts), n, he)
+    if not np.isfinite(soft).all():
+        raise HTTPException(400, "soft tokens contain non-finite numbers")
+    return soft
 
 
 def create_app(engine: SearchEngine, max_batch: int = 256, max_k: int = 1000, max_soft_tokens: int = 64):
@@ -66,9 +76,10 @@ def create_app(engine: SearchEngine, max_batch: int = 256, max_k: int = 1000, ma
     lock = threading.Lock()  # one forward pass of the embedder at a time
 
     def check_batch(n: int) -> None:
-        err = _batch_error(n, max_batch)
-        if err is not None:
-            raise err
+        if n == 0:
+            raise HTTPException(400, "empty batch")
+        if n > max_batch:
+            raise HTTPException(413, f"batch of {n} exceeds serve.max_batch={max_batch}")
 
     def vectors(rows: list[list[float]]) -> np.ndarray:
         check_batch(len(rows))
@@ -106,20 +117,7 @@ def create_app(engine: SearchEngine, max_batch: int = 256, max_k: int = 1000, ma
     @app.post("/embed_refined")
     def embed_refined(req: Refined):
         need_embedder(req.texts)
-        he = engine.embedder.hidden_size
-        if len(req.soft) != len(req.texts):
-            raise HTTPException(400, f"soft has {len(req.soft)} entries for {len(req.texts)} texts")
-        shapes = {(len(s), *{len(t) for t in s}) for s in req.soft}
-        if len(shapes) != 1 or len(next(iter(shapes))) > 2:
-            raise HTTPException(400, f"soft must be a [B, N, He={he}] array with one N and He for all rows")
-        n, *rest = next(iter(shapes))
-        if n > max_soft_tokens:
-            raise HTTPException(413, f"{n} soft tokens exceed the limit of {max_soft_tokens}")
-        if rest and rest[0] != he:
-            raise HTTPException(400, f"soft tokens have width {rest[0]}, the embedder expects He={he}")
-        soft = np.asarray(req.soft, dtype=np.float32).reshape(len(req.texts), n, he)
-        if not np.isfinite(soft).all():
-            raise HTTPException(400, "soft tokens contain non-finite numbers")
+        soft = soft_array(req, engine.embedder.hidden_size, max_soft_tokens)
         with lock:
             out = engine.embed_refined(req.texts, soft)
         return {"vectors": out.tolist()}
