@@ -12,33 +12,9 @@ from videosearch_r1.agent.prompts import REFINE_TOKEN
 from videosearch_r1.agent.reference_ckpt import save_reference_layout
 from videosearch_r1.config import VideoConfig
 from videosearch_r1.models.tiny import make_tiny_checkpoint
-from videosearch_r1.video.decode import Clip, VideoInfo
 
 VCFG = VideoConfig(fps=1.0, max_frames=8, min_pixels=32 * 32, max_pixels=64 * 64)
-QUERIES = ["a red circle spins", "the big blue square leaves to the left quickly", "grey"]
-
-
-def make_clip(t, h, w, seed):
-    rng = np.random.default_rng(seed)
-    ts = np.arange(t) + 0.5
-    return Clip(frames=rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8), timestamps=ts,
-                indices=np.arange(t, dtype=np.int64), info=VideoInfo("synthetic", float(t), 1.0, t, w, h))
-
-
-CLIPS = [make_clip(4, 64, 64, 0), make_clip(6, 32, 64, 1), make_clip(2, 32, 32, 2)]
-
-
-def liven(policy, seed=0):
-    """Random tiny weights copy their input token forever; larger weights give varied greedy text."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in policy.model.parameters():
-            if p.ndim == 2:
-                p.normal_(0, 4.0 / p.shape[1] ** 0.5, generator=g)
-        policy.model.get_input_embeddings().weight.normal_(0, 1.0, generator=g)
-        for p in policy.sqr.parameters():
-            p.normal_(0, 0.3, generator=g)
-    return policy
+from _policy_inputs import CLIPS, QUERIES, liven  # noqa: E402
 
 
 @pytest.fixture(scope="module")

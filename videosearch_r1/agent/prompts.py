@@ -25,7 +25,7 @@ from typing import Any
 REFINE_TOKEN = "<REFINE>"
 GRAMMARS = ("sqr", "hqr")
 
-SYSTEM_PROMPT = (
+_TASK = (
     "You are a video search assistant. Someone is looking for one moment in a large collection of "
     "videos, and a search engine has retrieved the video below for their query. Decide whether the "
     "moment the query describes happens in this video.\n"
@@ -33,6 +33,9 @@ SYSTEM_PROMPT = (
     "attributes, the order of events) and check each item against what you actually see, using the "
     "timestamps shown with the frames. Do not invent details you cannot see.\n"
     "Then answer in exactly one of these two forms:\n"
+)
+
+SYSTEM_PROMPT = _TASK + (
     "- the moment is in the video: <answer>matched</answer> <start>START</start> <end>END</end> "
     f"{REFINE_TOKEN}\n"
     "  where START and END are the moment's boundaries in seconds from the beginning of the video, "
@@ -41,14 +44,7 @@ SYSTEM_PROMPT = (
     f"Always finish with {REFINE_TOKEN}. Keep the reasoning short and write nothing outside the tags."
 )
 
-HQR_SYSTEM_PROMPT = (
-    "You are a video search assistant. Someone is looking for one moment in a large collection of "
-    "videos, and a search engine has retrieved the video below for their query. Decide whether the "
-    "moment the query describes happens in this video.\n"
-    "First reason inside <think></think>: list what the query asks for (people, objects, actions, "
-    "attributes, the order of events) and check each item against what you actually see, using the "
-    "timestamps shown with the frames. Do not invent details you cannot see.\n"
-    "Then answer in exactly one of these two forms:\n"
+HQR_SYSTEM_PROMPT = _TASK + (
     "- the moment is in the video: <answer>matched</answer> <start>START</start> <end>END</end>\n"
     "  where START and END are the moment's boundaries in seconds from the beginning of the video, "
     "written as numbers such as 4.0 or 12.5, with START before END;\n"
