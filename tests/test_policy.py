@@ -2,7 +2,6 @@
 saving with the SQR modules beside the checkpoint, <REFINE> handling, and the authors' layout."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -3,7 +3,6 @@ generation's own cache, on a batched, left-padded tiny policy with videos; gradi
 import pytest
 import torch
 
-import numpy as np
 
 from videosearch_r1.agent.policy import Policy
 from videosearch_r1.agent.sqr import find_refine_positions, refine_from_generation, rollout_from_state, rollout_latents
