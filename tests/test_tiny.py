@@ -238,3 +238,16 @@ def test_rope_positions_and_fast_vision_attention_match_hf(tok, proc):
     bad["video_grid_thw"] = inputs["video_grid_thw"][:1]
     with pytest.raises(ValueError, match="video placeholders do not match"):
         rope_positions(model, bad)
+
+
+def test_make_tiny_cli_writes_a_loadable_policy(tmp_path):
+    import json as _json
+
+    from videosearch_r1.agent.policy import Policy
+    from videosearch_r1.cli import main as cli_main
+
+    out = tmp_path / "pol"
+    assert cli_main(["make-tiny", str(out), "--kind", "policy", f"workspace={tmp_path}"]) == 0
+    assert _json.loads((out / "config.json").read_text())["model_type"] == "qwen3_vl"
+    policy = Policy.from_pretrained(str(out), device="cpu")
+    assert policy.refine_token_id is not None

@@ -8,6 +8,7 @@
     vsr1 infer DATASET --checkpoint P  run the agent (or a baseline) on a split
     vsr1 report RUN.jsonl              metric table, result JSON and plots
     vsr1 evaluate PRED.jsonl           score predictions (paper view and TVR view)
+    vsr1 make-tiny PATH --kind policy  a tiny random same-architecture checkpoint (demos, tests)
 
 Every subcommand takes `--config FILE.yaml` and dotted overrides such as `agent.max_turns=2`.
 """
@@ -25,6 +26,7 @@ COMMANDS = {
     "infer": "videosearch_r1.agent.infer",
     "report": "videosearch_r1.agent.report",
     "evaluate": "videosearch_r1.eval.evaluate",
+    "make-tiny": "videosearch_r1.models.tiny",
 }
 
 

@@ -177,3 +177,24 @@ def make_tiny_checkpoint(path, kind: str = "embedder", size: str = "tiny", seed:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`vsr1 make-tiny PATH [--kind policy|embedder] [--size tiny|small] [--seed N] [--dataset D]`."""
+    import argparse
+
+    from videosearch_r1.utils import add_config_args, config_from_args
+
+    p = argparse.ArgumentParser(prog="vsr1 make-tiny", description="Write a tiny random same-architecture "
+                                "Qwen3-VL checkpoint (policy with <REFINE>, or embedder) for demos and tests.")
+    p.add_argument("path")
+    p.add_argument("--kind", choices=("policy", "embedder"), default="policy")
+    p.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    p.add_argument("--seed", type=int, default=0)
+    add_config_args(p)
+    args = p.parse_intermixed_args(argv)
+    cfg = config_from_args(args)
+    out = make_tiny_checkpoint(args.path, kind=args.kind, size=args.size, seed=args.seed,
+                               video_cfg=cfg.video_cfg(cfg.dataset))
+    print(f"make-tiny: {args.kind} ({args.size}) -> {out}")
+    return 0
