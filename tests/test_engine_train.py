@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from videosearch_r1 import cli
 from videosearch_r1.config import load_config
 from videosearch_r1.engine import train as train_mod
+from videosearch_r1.models import qwen3vl
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_clip_cache_matches_embedder(tiny_world):
     with torch.no_grad():
         ref = emb.embed_videos(clips)
         got = train_mod.video_vectors(emb, cache.collate(ids))
-        assert train_mod.enable_linear_patch_embed(emb.model) == 1
+        assert qwen3vl.enable_linear_patch_embed(emb.model) == 1
         lin = train_mod.video_vectors(emb, cache.collate(ids[::-1])).flip(0)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
     torch.testing.assert_close(lin, ref, atol=1e-4, rtol=0)

@@ -45,6 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from videosearch_r1.models import qwen3vl
+
 from videosearch_r1.engine.search import SearchEngine
 
 
@@ -97,24 +99,6 @@ class ClipCache:
                 "pixel_values_videos": torch.cat([it["pixel_values_videos"] for it in items]).to(dev, dt),
                 "video_grid_thw": torch.stack([it["video_grid_thw"] for it in items]).to(dev)}
 
-
-def _linear_patch_embed(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    """Qwen3VLVisionPatchEmbed.forward as one matmul: its Conv3d has kernel == stride == the patch, so it
-    is a linear map of each flattened patch (same result up to float rounding; ~4x faster fwd+bwd on CPU)."""
-    w = self.proj.weight  # [E, C, T, P, P]
-    return F.linear(hidden_states.to(w.dtype).reshape(-1, w[0].numel()), w.reshape(w.shape[0], -1), self.proj.bias)
-
-
-def enable_linear_patch_embed(model) -> int:
-    """Patch every vision patch embedding of `model` (TODO: belongs in models/qwen3vl.py)."""
-    import types
-
-    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionPatchEmbed
-
-    mods = [m for m in model.modules() if isinstance(m, Qwen3VLVisionPatchEmbed)]
-    for m in mods:
-        m.forward = types.MethodType(_linear_patch_embed, m)
-    return len(mods)
 
 
 def video_vectors(embedder, inputs: dict) -> torch.Tensor:
@@ -310,7 +294,7 @@ def prepare(cfg, device: str):
         embedder = init_embedder(wcfg, world, pairs, work, device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    enable_linear_patch_embed(embedder.model)
+    qwen3vl.enable_linear_patch_embed(embedder.model)
     params = sum(p.numel() for p in embedder.model.parameters())
     print(f"engine train: {world} train split, {len(pairs)} pairs, {len(sp.videos)} videos; size {tc.size} "
           f"({params / 1e6:.1f} M params) on {device}", flush=True)

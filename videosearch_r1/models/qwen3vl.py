@@ -244,3 +244,24 @@ def enable_fast_vision_attention(model) -> int:
             module.forward = types.MethodType(_batched_vision_attention, module)
             count += 1
     return count
+
+
+def _linear_patch_embed(self, hidden_states):
+    """Qwen3VLVisionPatchEmbed.forward as one matmul: its Conv3d has kernel == stride == the patch, so it
+    is a linear map of each flattened patch (same result up to float rounding; ~4x faster fwd+bwd on CPU)."""
+    import torch
+
+    w = self.proj.weight  # [E, C, T, P, P]
+    return torch.nn.functional.linear(hidden_states.to(w.dtype).reshape(-1, w[0].numel()), w.reshape(w.shape[0], -1), self.proj.bias)
+
+
+def enable_linear_patch_embed(model) -> int:
+    """Patch every vision patch embedding of `model`."""
+    import types
+
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionPatchEmbed
+
+    mods = [m for m in model.modules() if isinstance(m, Qwen3VLVisionPatchEmbed)]
+    for m in mods:
+        m.forward = types.MethodType(_linear_patch_embed, m)
+    return len(mods)
