@@ -77,3 +77,21 @@ def test_report_cli_survives_torn_file(tmp_path, capsys):
     assert second["tokens"]["refine_tokens_per_refinement"] > 0 and second["paper"]["latent_tokens_per_query"] == 0
     assert res["settings"]["ks"] == [1, 5] and list(first["per_turn"]) == ["1", "2"]
     assert report_main([str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_ranked_list_demotes_only_explicitly_rejected_videos():
+    from videosearch_r1.agent.trajectory import Trajectory, TurnRecord
+
+    def traj(answers):
+        t = Trajectory(qid="1", query="q", gt_video="g", gt_start=0.0, gt_end=1.0, duration=5.0, method="sqr",
+                       candidates=[["c1", None, None, 0.5], ["c2", None, None, 0.4]])
+        t.turns = [TurnRecord(turn=i + 1, video=f"v{i}", score=0.9 - i / 10, answer=a,
+                              span=[0.0, 1.0] if a == "matched" else [2.0, 3.0]) for i, a in enumerate(answers)]
+        return t
+
+    # rejected twice: both shown videos go after the unseen candidates
+    assert [r[0] for r in traj(["not_matched", "not_matched"]).ranked()] == ["c1", "c2", "v0", "v1"]
+    # malformed last answer: the shown video keeps first place, without a span
+    assert traj(["not_matched", None]).ranked()[0] == ["v1", None, None, 0.8]
+    # matched: first, with its span
+    assert traj(["not_matched", "matched"]).ranked()[0][:3] == ["v1", 0.0, 1.0]

@@ -82,13 +82,16 @@ class Trajectory:
         return {"video": t.video, "answer": t.answer, "start": span[0], "end": span[1]}
 
     def ranked(self) -> list[list]:
-        """TVR view [video, start, end, score], best first: the matched video with its span, then the
-        unseen candidates of the final query vector, then the shown-and-rejected videos (no span)."""
+        """TVR view [video, start, end, score], best first: the last shown video unless the policy
+        rejected it (`not_matched`; with its span when `matched`), then the unseen candidates of the
+        final query vector, then the shown-and-rejected videos (no span)."""
         out, seen = [], set()
         fin = self.final()
         last = self.turns[-1] if self.turns else None
-        if last is not None and fin["answer"] == "matched":
-            out.append([fin["video"], fin["start"], fin["end"], _score(last.score)])
+        if last is not None and fin["video"] is not None and fin["answer"] != "not_matched":
+            matched = fin["answer"] == "matched"  # an unparseable answer keeps its rank, not a span
+            out.append([fin["video"], fin["start"] if matched else None, fin["end"] if matched else None,
+                        _score(last.score)])
             seen.add(fin["video"])
         for v, start, end, score in self.candidates:
             if v not in seen:
