@@ -14,12 +14,11 @@ once SFT/GRPO land.)
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from videosearch_r1 import cli
-from videosearch_r1.utils import add_config_args, config_from_args
+from videosearch_r1.utils import command_parser, config_from_args, parse_command
 
 
 def _step(title: str, argv: list[str]) -> None:
@@ -32,10 +31,8 @@ def _step(title: str, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vsr1 quickstart", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    args = parser.parse_args(argv)
+    parser = command_parser("vsr1 quickstart", __doc__)
+    args = parse_command(parser, argv)
     cfg = config_from_args(args, ["dataset=synth"])
     common = (["--config", args.config] if args.config else []) + list(args.overrides)
     run_name = cfg.run_name or "quickstart-engine"

@@ -20,6 +20,18 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", default=[], help="dotted overrides, e.g. agent.max_turns=2")
 
 
+def command_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of a `vsr1` subcommand, its module docstring as the help text."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Add `--config` + trailing overrides (after the command's own arguments) and parse; flags,
+    positionals and overrides may be given in any order."""
+    add_config_args(parser)
+    return parser.parse_intermixed_args(argv)
+
+
 def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
     try:
         return load_config(args.config, list(extra or []) + list(args.overrides))

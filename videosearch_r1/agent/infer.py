@@ -19,7 +19,6 @@ invocation only.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import Counter
@@ -28,8 +27,8 @@ from pathlib import Path
 import yaml
 
 from videosearch_r1.config import Config, ConfigError, to_dict
-from videosearch_r1.utils import (add_config_args, append_jsonl, atomic_write_json, config_from_args,
-                                  make_run_dir, progress, read_jsonl_resumable)
+from videosearch_r1.utils import (append_jsonl, atomic_write_json, command_parser, config_from_args, make_run_dir,
+                                  parse_command, progress, read_jsonl_resumable)
 
 # config fields that must match to resume a run (batch_size only changes the grouping of the work)
 _RESUME_KEYS = ("dataset", "split", "agent", "engine.model", "engine.instruction", "engine.soft_insert",
@@ -167,14 +166,12 @@ def _batches(queries: list, done: set[str], size: int) -> list[list]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vsr1 infer", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser("vsr1 infer", __doc__)
     ap.add_argument("dataset", help="dataset name (an entry under `datasets` in the config)")
     ap.add_argument("--checkpoint", default=None, help="policy checkpoint: local path or hub id (agent.checkpoint)")
     ap.add_argument("--split", default=None, help="split to run (default: config split)")
     ap.add_argument("--limit", type=int, default=None, help="only the first N queries of the split")
-    add_config_args(ap)
-    args = ap.parse_intermixed_args(argv)
+    args = parse_command(ap, argv)
     cfg = config_from_args(args, [f"dataset={args.dataset}"])
     if args.split:
         cfg.split = args.split

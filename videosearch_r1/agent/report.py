@@ -15,14 +15,13 @@ docs/metrics.md) and printed as one table row. Written to --out (default: <first
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from videosearch_r1.agent.trajectory import truncate_row
 from videosearch_r1.config import ConfigError, load_config
 from videosearch_r1.eval.evaluate import evaluate_rows, read_predictions
-from videosearch_r1.utils import atomic_path, atomic_write_json
+from videosearch_r1.utils import atomic_path, atomic_write_json, command_parser
 
 
 # ----------------------------------------------------------------------------- per-run analysis
@@ -195,8 +194,7 @@ def report(paths: list[Path], out: Path, ious=(0.3, 0.5, 0.7), ks=(1, 5, 10, 100
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="vsr1 report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = command_parser("vsr1 report", __doc__)
     ap.add_argument("items", nargs="+", help="prediction files (predictions.jsonl), then optional key=value overrides")
     ap.add_argument("--out", default=None, help="output directory (default: <first run dir>/report)")
     ap.add_argument("--config", default=None, help="YAML config file (eval.iou_thresholds, eval.recall_ks)")

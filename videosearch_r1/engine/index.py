@@ -14,7 +14,6 @@ where <out> = cfg.index_dir(DATASET)/<split>. `--max-shards N` stops after N new
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -223,15 +222,13 @@ def build_index(cfg, dataset: str, split: str, embedder=None, max_new_shards: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    from videosearch_r1.utils import add_config_args, config_from_args
+    from videosearch_r1.utils import command_parser, config_from_args, parse_command
 
-    parser = argparse.ArgumentParser(prog="vsr1 index", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("vsr1 index", __doc__)
     parser.add_argument("dataset", help="dataset name (an entry under `datasets` in the config)")
     parser.add_argument("--split", default=None, help="which split's corpus to index (default: config split)")
     parser.add_argument("--max-shards", type=int, default=None, help="stop after N newly embedded shards")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
+    args = parse_command(parser, argv)
     cfg = config_from_args(args, [f"dataset={args.dataset}"])
     split = args.split or cfg.split
     try:

@@ -16,7 +16,6 @@ types, from FastAPI). Binds to loopback unless serve.host says otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 from typing import Optional
@@ -160,15 +159,13 @@ def load_engine(cfg, dataset: str, split: str, with_embedder: bool = True) -> Se
 
 
 def main(argv: list[str] | None = None) -> int:
-    from videosearch_r1.utils import add_config_args, config_from_args
+    from videosearch_r1.utils import command_parser, config_from_args, parse_command
 
-    parser = argparse.ArgumentParser(prog="vsr1 serve", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser("vsr1 serve", __doc__)
     parser.add_argument("dataset", help="dataset name (its index must exist: vsr1 index DATASET)")
     parser.add_argument("--split", default=None, help="which split's corpus (default: config split)")
     parser.add_argument("--no-embedder", action="store_true", help="serve search/rank_of only")
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
+    args = parse_command(parser, argv)
     cfg = config_from_args(args, [f"dataset={args.dataset}"])
     split = args.split or cfg.split
     try:

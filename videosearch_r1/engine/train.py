@@ -28,7 +28,6 @@ benchmark's own 240 train videos instead: 11.4 / 50.4 after 150 steps, 8.3 / 40.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -409,12 +408,10 @@ def evaluate_checkpoint(cfg, dataset: str, path: Path, splits: list[str]) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from videosearch_r1.utils import add_config_args, config_from_args, make_run_dir
+    from videosearch_r1.utils import command_parser, config_from_args, make_run_dir, parse_command
 
-    parser = argparse.ArgumentParser(prog="vsr1 engine train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    args = parser.parse_intermixed_args(argv)
+    parser = command_parser("vsr1 engine train", __doc__)
+    args = parse_command(parser, argv)
     cfg = config_from_args(args)
     run_dir = make_run_dir(cfg, "engine-train")
     try:

@@ -23,7 +23,7 @@ from videosearch_r1.config import ConfigError
 from videosearch_r1.data.fig import load_fig_jsonl, load_split
 from videosearch_r1.data.records import FIGFormatError, Query
 from videosearch_r1.eval.metrics import GT, Pred, Turn, paper_metrics, tvr_metrics
-from videosearch_r1.utils import add_config_args, atomic_write_json, config_from_args
+from videosearch_r1.utils import atomic_write_json, config_from_args, parse_command
 
 MAX_MESSAGES = 100
 
@@ -221,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gt", default=None, help="ground truth from a FIG JSONL file")
     ap.add_argument("--skip-bad-gt", action="store_true", help="skip (and count) malformed ground-truth rows")
     ap.add_argument("--json", default=None, help="also write the result as JSON here")
-    add_config_args(ap)
-    args = ap.parse_intermixed_args(argv)
+    args = parse_command(ap, argv)
     cfg = config_from_args(args)
     if args.gt and (args.dataset or args.split):
         print("vsr1 evaluate: give either --gt or --dataset/--split, not both", file=sys.stderr)

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     """`vsr1 make-tiny PATH [--kind policy|embedder] [--size tiny|small] [--seed N] [--dataset D]`."""
     import argparse
 
-    from videosearch_r1.utils import add_config_args, config_from_args
+    from videosearch_r1.utils import config_from_args, parse_command
 
     p = argparse.ArgumentParser(prog="vsr1 make-tiny", description="Write a tiny random same-architecture "
                                 "Qwen3-VL checkpoint (policy with <REFINE>, or embedder) for demos and tests.")
@@ -191,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", choices=("policy", "embedder"), default="policy")
     p.add_argument("--size", choices=("tiny", "small"), default="tiny")
     p.add_argument("--seed", type=int, default=0)
-    add_config_args(p)
-    args = p.parse_intermixed_args(argv)
+    args = parse_command(p, argv)
     cfg = config_from_args(args)
     out = make_tiny_checkpoint(args.path, kind=args.kind, size=args.size, seed=args.seed,
                                video_cfg=cfg.video_cfg(cfg.dataset))

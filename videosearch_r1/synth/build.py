@@ -15,7 +15,6 @@ matches its content parameters is kept, so a killed build continues where it sto
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from videosearch_r1.config import Config
 from videosearch_r1.synth.render import read_key, render_key, write_video
 from videosearch_r1.synth.world import VideoSpec, World, resolve, sample_world, world_json
-from videosearch_r1.utils import add_config_args, atomic_write_json, config_from_args, progress
+from videosearch_r1.utils import atomic_write_json, command_parser, config_from_args, parse_command, progress
 
 DATASET = "synth"
 
@@ -172,10 +171,8 @@ def build(cfg: Config) -> BuildSummary:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vsr1 synth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_config_args(parser)
-    args = parser.parse_args(argv)
+    parser = command_parser("vsr1 synth", __doc__)
+    args = parse_command(parser, argv)
     cfg = config_from_args(args)
     try:
         summary = build(cfg)
