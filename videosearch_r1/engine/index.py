@@ -86,7 +86,7 @@ def _shard_paths(shard_dir: Path, s: int) -> tuple[Path, Path]:
     return shard_dir / f"shard_{s:05d}.npy", shard_dir / f"shard_{s:05d}.json"
 
 
-def _load_clip_or_reason(cfg, dataset: str, vid: str):
+def load_clip_or_reason(cfg, dataset: str, vid: str):
     from videosearch_r1.video.decode import VideoError, load_clip
 
     try:
@@ -99,7 +99,7 @@ def _embed_shard(cfg, dataset: str, vids: list[str], embedder, pool, bar) -> tup
     """Embed one shard's videos in batches, decoding the next batch while this one is embedded."""
     bs = max(1, cfg.engine.batch_size)
     batches = [vids[i:i + bs] for i in range(0, len(vids), bs)]
-    submit = lambda b: [pool.submit(_load_clip_or_reason, cfg, dataset, v) for v in b]  # noqa: E731
+    submit = lambda b: [pool.submit(load_clip_or_reason, cfg, dataset, v) for v in b]  # noqa: E731
     pending = submit(batches[0]) if batches else []
     kept, vecs, skipped = [], [], []
     for bi, batch in enumerate(batches):
