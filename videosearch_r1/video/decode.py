@@ -2,6 +2,7 @@
 
     clip = decode("videos/v1.mp4", cfg.video_cfg("charades"))   # Clip: frames [T,H,W,3] uint8, timestamps [T] s
     clip = load_clip(cfg, "charades", "v1")                      # frame store if prepared, else the raw mp4
+    clip = decode_times("videos/v1.mp4", [0.5, 1.5, 2.5], vcfg)  # the frames on screen at given times
 
 Sampling (`sample_times`): T = clamp(floor(duration * fps), min_frames, max_frames) target times at the centres
 of T equal slices of the whole video, (j + 0.5) * duration / T. When the cap does not bind that is one frame
@@ -286,6 +287,24 @@ def decode(path, vcfg: "VideoConfig", seek: bool | None = None) -> Clip:
     with _open(path) as container:
         scan = _scan(path, container)
     targets = sample_times(scan.info.duration, vcfg.fps, vcfg.max_frames, vcfg.min_frames)
+    return _clip_at(path, scan, targets, vcfg, seek)
+
+
+def decode_times(path, times, vcfg: "VideoConfig", seek: bool | None = None) -> Clip:
+    """The frames on screen at the given times (seconds from the start; any order, repeats allowed),
+    sized per `vcfg`; timestamps are the frames' own presentation times. For moment windows."""
+    if vcfg.backend != "pyav":
+        raise ValueError(f"video backend {vcfg.backend!r} is not available (only 'pyav')")
+    path = Path(path)
+    targets = np.asarray(times, dtype=np.float64).reshape(-1)
+    if targets.size == 0 or not np.isfinite(targets).all():
+        raise ValueError(f"decode_times: need finite target times, got {targets[:5].tolist()}")
+    with _open(path) as container:
+        scan = _scan(path, container)
+    return _clip_at(path, scan, targets, vcfg, seek)
+
+
+def _clip_at(path: Path, scan: _Scan, targets: np.ndarray, vcfg: "VideoConfig", seek: bool | None) -> Clip:
     idx = np.clip(np.searchsorted(scan.times, targets + 1e-9, side="right") - 1, 0, len(scan.times) - 1)
     want = np.unique(idx)
     size = frame_size(scan.info.height, scan.info.width, vcfg.min_pixels, vcfg.max_pixels)
