@@ -3,12 +3,18 @@
     vsr1 quickstart                    build the synthetic world, train + index the engine, evaluate it
     vsr1 synth [key=value ...]         build the synthetic fine-grained VCMR world
     vsr1 engine train [key=value ...]  contrastive training of the synthetic search engine
+    vsr1 engine channel DATASET        soft-token ceiling of the engine (per-query latents vs the truth)
     vsr1 index DATASET                 embed a corpus and build its FAISS index (resumable)
     vsr1 serve                         HTTP search service around the same engine
     vsr1 infer DATASET --checkpoint P  run the agent (or a baseline) on a split
     vsr1 report RUN.jsonl              metric table, result JSON and plots
     vsr1 evaluate PRED.jsonl           score predictions (paper view and TVR view)
     vsr1 make-tiny PATH --kind policy  a tiny random same-architecture checkpoint (demos, tests)
+    vsr1 build sft DATASET             SFT rows from the train index (top-1 pairs, traces, negatives)
+    vsr1 build DATASET [--from-step S] from raw videos: splits, frames, index, hard negatives, SFT/GRPO rows
+    vsr1 data layout|annotations|check DATASET   raw layout, VERIFIED FIG files, missing/corrupt/extra videos
+    vsr1 download checkpoint|data NAME released checkpoints by alias, the authors' prepared data (--mirror DIR)
+    vsr1 train sft DATASET --checkpoint P   SFT: token CE + InfoNCE of the SQR-refined query (accelerate)
 
 Every subcommand takes `--config FILE.yaml` and dotted overrides such as `agent.max_turns=2`.
 """
@@ -20,13 +26,17 @@ import sys
 COMMANDS = {
     "quickstart": "videosearch_r1.quickstart",
     "synth": "videosearch_r1.synth.build",
-    "engine": {"train": "videosearch_r1.engine.train"},
+    "engine": {"train": "videosearch_r1.engine.train", "channel": "videosearch_r1.engine.channel"},
     "index": "videosearch_r1.engine.index",
     "serve": "videosearch_r1.engine.server",
     "infer": "videosearch_r1.agent.infer",
     "report": "videosearch_r1.agent.report",
     "evaluate": "videosearch_r1.eval.evaluate",
     "make-tiny": "videosearch_r1.models.tiny",
+    "build": "videosearch_r1.data.build",  # `vsr1 build sft|grpo ...` goes on to build.sft_module / grpo_module
+    "data": "videosearch_r1.data.raw",
+    "download": "videosearch_r1.data.download",
+    "train": {"sft": "videosearch_r1.train.sft"},
 }
 
 

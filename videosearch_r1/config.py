@@ -133,6 +133,22 @@ class EngineTrainConfig:
 
 
 @dataclass
+class ChannelConfig:
+    """`vsr1 engine channel`: per-query latents fitted to the ground truth (the ceiling of refinement)."""
+
+    n_latents: int = 8  # soft tokens per query (the agent's agent.n_latents)
+    steps: int = 300  # Adam steps per query batch
+    lr: float = 0.1  # Adam learning rate (in units of the token-embedding RMS when scale="embed")
+    scale: str = "embed"  # "embed": soft = z * RMS of the engine's token embeddings | "none": raw soft tokens
+    init: str = "zeros"  # "zeros" | "random" (z ~ N(0, 1))
+    temperature: float = 0.05  # InfoNCE over the whole corpus
+    queries: int = 256  # a fixed random sample of the split's queries (0: all)
+    batch_size: int = 64  # queries optimised together (one batched forward per step)
+    eval_every: int = 50  # steps between exact-rank checks (the VR@1 curve)
+    seed: int = 0
+
+
+@dataclass
 class IndexConfig:
     """`vsr1 index`: FAISS factory string, search options, hard negatives for training queries."""
 
@@ -151,6 +167,28 @@ class ServeConfig:
     max_batch: int = 256
     max_k: int = 1000
     max_soft_tokens: int = 64  # soft tokens per refined query accepted by /embed_refined
+    max_body_mb: float = 64.0  # request bodies over this are refused (413) before they are read
+    max_text_chars: int = 4096  # longest query text accepted, in characters (413 beyond)
+    max_text_tokens: int = 1024  # longest query text accepted, in tokenizer tokens (413 beyond)
+
+
+# --------------------------------------------------------------------------------------- library
+@dataclass
+class LibraryConfig:
+    """`vsr1 library|search|clip|web`: your own videos, embedded as whole videos and moment windows."""
+
+    store: str = "faiss+sqlite://"  # faiss+sqlite:///DIR | milvus+sqlite:///DIR[?uri=http://HOST:19530]; no DIR: <workspace>/library
+    video_budget: str = "synth"  # frames sampled as datasets.<name>.video (the engine's budget); "": the global `video`
+    window: float = 8.0  # moment window length, seconds
+    stride: float = 4.0  # seconds between window starts (< window: overlapping moments)
+    window_frames: int = 16  # frame cap per moment window (sampled at the budget's fps)
+    windows_per_batch: int = 64  # windows decoded at once per video (bounds memory on long videos)
+    extensions: tuple[str, ...] = (".mp4", ".mkv", ".mov", ".webm", ".avi")  # scanned, case-insensitive
+    hash_bytes: int = 1 << 20  # leading bytes hashed into a file's fingerprint (with size and mtime)
+    thumb_size: int = 160  # longest side of a moment's JPEG thumbnail, pixels
+    top_k: int = 10  # moments listed by `vsr1 search` and the web page
+    host: str = "127.0.0.1"  # `vsr1 web` binds loopback unless told otherwise
+    port: int = 8780
 
 
 # --------------------------------------------------------------------------------------- agent
@@ -168,18 +206,104 @@ class AgentConfig:
     temperature: float = 0.0
     kv_cache: bool = True  # SQR rollout with a KV cache (False: the reference's full forward per step)
     reference_layout: bool = False  # load the authors' checkpoint layout and quirks
-    latent_dim: int = 0  # D of FRESH SQR modules (0: policy hidden); a saved sqr_config.json wins
-    embedder_hidden: int = 0  # He of FRESH SQR modules (0: policy hidden; set to the engine's hidden size)
-    cuda_graph: bool = True  # capture the decode step as a CUDA graph (GPU only)
+    decode_attention: str = "auto"  # decode-step attention: "auto" (matmul on CUDA, sdpa on CPU) | "sdpa" | "matmul"
+    decode_compile: bool = True  # torch.compile the decode step (CUDA only; once per process, eager if it fails)
+    cuda_graph: bool = True  # capture the decode step as a CUDA graph (CUDA only)
     device: str = "auto"  # policy device ("auto": cuda if available)
     dtype: str = "auto"  # policy dtype ("auto": bf16 on GPU, fp32 on CPU)
     profile_depths: tuple[int, ...] = ()  # also log the GT rank after refinement from the first d latents
+
+
+# --------------------------------------------------------------------------------------- training
+@dataclass
+class TrainConfig:
+    """Knobs shared by every policy trainer (base, SFT, GRPO; train/common.py, train/trainer.py)."""
+
+    init_checkpoint: str = ""  # policy to start from (hub id or path); `--checkpoint` overrides
+    output: str = ""  # run directory; empty: <workspace>/runs/<run_name or train-<stage>>
+    steps: int = 0  # optimizer steps; 0: `epochs` passes over the rows
+    epochs: float = 1.0  # used when steps = 0
+    batch_size: int = 2  # rows per micro-batch per process
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-5  # language model (and tied embeddings / lm_head)
+    lr_merger: float = 2e-5  # vision merger + deepstack mergers
+    lr_vision: float = 2e-6  # vision tower (ViT blocks, patch and position embeddings)
+    lr_sqr: float = 5e-5  # the three SQR projectors
+    train_llm: bool = True  # which parts train
+    train_merger: bool = True
+    train_vision: bool = False
+    train_sqr: bool = True  # only where the stage has an InfoNCE term (frozen otherwise)
+    weight_decay: float = 0.0  # AdamW, on matrices only
+    betas: tuple[float, ...] = (0.9, 0.999)  # AdamW
+    warmup: int = 0  # linear warm-up steps
+    schedule: str = "linear"  # after warm-up: "linear" decay | "cosine" | "constant"
+    min_lr_ratio: float = 0.0  # decay floor as a share of each group's lr
+    clip_grad: float = 1.0  # max grad norm (0: off)
+    checkpoint_every: int = 0  # steps between checkpoints (0: only the final one)
+    keep_checkpoints: int = 2  # newest step checkpoints kept (the final one always)
+    log_every: int = 1  # steps between metrics.jsonl lines
+    seed: int = 42  # data order and init randomness
+    grad_checkpointing: bool = False  # recompute decoder layers in backward (SQR rollout then runs uncached)
+    mixed_precision: str = "auto"  # "auto" (bf16 on GPU, none on CPU) | "no" | "bf16" (accelerate autocast)
+    max_tokens: int = 0  # rows longer than this (prompt + target tokens) are counted skips (0: no limit)
+    on_oom: str = "error"  # a CUDA OOM in a step: "error" (names the rows) | "skip" (counted in the summary)
+    fast_step: bool = True  # rope_positions + batched vision attention + linear patch embed (False: HF path)
+    clip_cache: int = 256  # decoded clips kept in memory (LRU)
+
+
+@dataclass
+class SFTConfig:
+    """`vsr1 build sft` / `vsr1 train sft`: supervised verification + grounding, plus InfoNCE on SQR."""
+
+    rows: str = ""  # training rows (JSONL); empty: <prepared>/sft_train.jsonl
+    infonce_weight: float = 0.3  # lambda: loss = CE(assistant tokens) + lambda * InfoNCE(refined query)
+    temperature: float = 0.1  # tau of the InfoNCE over [positive, negatives]
+    rollout_cached: bool = True  # latents from a KV-cached rollout (False or grad checkpointing: full forwards)
+    n_negatives: int = 24  # negatives per row: wrong top-1, then index hard negatives, then random fill
+    balance: bool = True  # add pairs (GT shown / hard negative shown) towards matched_share
+    matched_share: float = 0.5  # target share of matched rows when balancing
+    max_queries: int = 0  # training queries used (0: all)
+    teacher: str = ""  # real datasets: teacher VLM for reasoning traces ("none": template traces)
+    teacher_batch_size: int = 8
+    teacher_max_new_tokens: int = 256
+    seed: int = 0  # negatives' random fill and balancing choices
 
 
 @dataclass
 class EvalConfig:
     iou_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)
     recall_ks: tuple[int, ...] = (1, 5, 10, 100)
+
+
+# --------------------------------------------------------------------------------------- user paths
+@dataclass
+class DownloadConfig:
+    """`vsr1 download` and `vsr1 data annotations`: released checkpoints, prepared data, FIG files."""
+
+    hub_org: str = "VideoSearchR1"  # owner of the released checkpoint repos (alias table: data/download.py)
+    bucket: str = "hf://buckets/VideoSearchR1/data"  # prepared datasets: <bucket>/datasets/<key>/manifest.json
+    engine_model: str = "Qwen/Qwen3-VL-Embedding-2B"  # the engine whose vectors the prepared data ships
+    annotations_host: str = "github"  # where the VERIFIED FIG files are: "github" (raw files) | "hf" (dataset repo)
+    annotations_repo: str = "hlchen23/VERIFIED"  # that repository
+    annotations_path: str = "fine-grained-anno"  # its folder holding <dataset>-fig/<file>.jsonl
+    annotations_revision: str = "main"  # branch / tag / commit
+    mirror: str = ""  # a local directory laid out like the hub (offline machines, tests); empty: the network
+    checkpoints_dir: str = ""  # empty: <workspace>/checkpoints
+    workers: int = 4  # parallel transfers and conversions
+    verify: str = "sha256"  # file check: "sha256" where the source gives one (else size) | "size"
+    min_free_gb: float = 2.0  # headroom left free on the target disk after a download
+    keep_archives: bool = False  # keep the prepared data's tar shards after extraction
+
+
+@dataclass
+class BuildConfig:
+    """`vsr1 build DATASET`: the from-scratch pipeline (steps and their outputs: data/build.py)."""
+
+    splits: tuple[str, ...] = ()  # splits to build (empty: every split of the dataset)
+    workers: int = 0  # processes decoding videos into the frame store (0: one per CPU core)
+    verify: str = "sha256"  # check of a finished step's outputs before it is skipped: "sha256" | "size"
+    sft_module: str = "videosearch_r1.train.sft_data"  # `main([DATASET, ...])` of the SFT-data step
+    grpo_module: str = "videosearch_r1.train.grpo_data"  # `main([DATASET, ...])` of the GRPO-data step
 
 
 # --------------------------------------------------------------------------------------- root
@@ -195,10 +319,16 @@ class Config:
     synth: SynthConfig = field(default_factory=SynthConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     engine_train: EngineTrainConfig = field(default_factory=EngineTrainConfig)
+    channel: ChannelConfig = field(default_factory=ChannelConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    library: LibraryConfig = field(default_factory=LibraryConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
 
     # ---- derived paths (one place, so every command agrees on the workspace layout)
     def dataset_cfg(self, name: str | None = None) -> DatasetConfig:

@@ -1,0 +1,380 @@
+"""`vsr1 download`: released checkpoints by alias and the authors' prepared datasets, through huggingface_hub.
+
+    vsr1 download checkpoint didemo-grpo                 # -> <workspace>/checkpoints/VideoSearchR1__didemo-stage2
+    vsr1 download data charades                          # -> raw annotations, frame store, index (converted)
+    vsr1 download data all --mirror /mnt/hub-mirror      # offline: a directory laid out like the hub
+
+Checkpoint aliases (one table, ALIASES below; repos under download.hub_org, default VideoSearchR1):
+  <dataset>-sft  -> <org>/<dataset>-stage1   (Stage 1: SFT + InfoNCE)
+  <dataset>-grpo -> <org>/<dataset>-stage2   (Stage 2: GRPO)      for dataset in charades, didemo, activitynet
+The authors' own names (`didemo-stage2`, ...) and any `org/name` repo id work too. The released
+checkpoints are in the authors' layout: load them with `agent.reference_layout=true` (agent/reference_ckpt.py).
+
+Prepared datasets (`charades`, `didemo`, `activitynet`, `all`) come from the storage bucket
+download.bucket (hf://buckets/VideoSearchR1/data) under datasets/<key> (charades' key is `charades-sta`):
+a manifest.json listing tar shards (`shards/<name>`, or `parts` joined in order), extracted into
+<workspace>/data/<name>/authors/, then CONVERTED into our layout (convert.py):
+  raw_annotation/<split>.jsonl                 -> <root>/annotations/<our split file> (validated FIG)
+  <split>/video_npy_with_meta/<id>.npy + meta  -> <workspace>/data/<name>/prepared/frames (JPEG frame store)
+  <split>/video_embedding_1fps/*.npy + docid2row -> index_dir(engine.model=download.engine_model)/<split>
+  train/hard_negatives.json                    -> that index's train/hard_negatives.json
+sft_data/ and grpo_data/ stay as downloaded under authors/ (our rows come from `vsr1 build sft|grpo`).
+
+Sources: the network (HfApi list + hf_hub_download for repos, list_bucket_tree + download_bucket_files
+for buckets) or `--mirror DIR` (download.mirror), a directory laid out like the hub:
+  DIR/<org>/<repo>/<file>             model repos        DIR/datasets/<org>/<repo>/<file>   dataset repos
+  DIR/buckets/<ns>/<bucket>/<path>    buckets            DIR/github/<owner>/<repo>/<path>   GitHub raw files
+Every transfer resumes: a file already present with the listed size (and sha256, where the source
+gives one) is kept; a partial file continues from its `.part`; a shard extracted once is marked done.
+Before transferring, the free space of the target disk must cover what is left plus download.min_free_gb,
+or the command stops with a message saying how much is needed and where.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from videosearch_r1.config import Config
+
+DATASETS = ("charades", "didemo", "activitynet")
+ALIASES: dict[str, str] = {f"{d}-{stage}": f"{d}-{repo}" for d in DATASETS
+                           for stage, repo in (("sft", "stage1"), ("grpo", "stage2"))}
+ALIASES.update({f"{d}-{s}": f"{d}-{s}" for d in DATASETS for s in ("stage1", "stage2")})
+BUCKET_KEYS = {"charades": "charades-sta"}  # other datasets: the key is the name
+KINDS = ("model", "dataset", "bucket", "github")
+CHUNK = 1 << 20
+
+
+class DownloadError(RuntimeError):
+    """A download that cannot go on: missing remote file, failed integrity check, no space; names the file."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str  # relative to the repo / bucket root
+    size: int | None  # bytes, when the source lists it
+    sha256: str | None = None  # hex, when the source gives one (LFS files on the hub)
+
+
+@dataclass
+class SyncSummary:
+    target: str
+    fetched: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    bytes_fetched: int = 0
+
+    def format(self) -> str:
+        return (f"{self.target}: {len(self.fetched)} files fetched ({self.bytes_fetched / 2**20:.1f} MiB), "
+                f"{len(self.kept)} already complete")
+
+
+# ----------------------------------------------------------------------------- sources
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class MirrorSource:
+    """A local directory laid out like the hub (module doc)."""
+
+    def __init__(self, root):
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DownloadError(f"mirror directory not found: {self.root}")
+
+    def where(self, kind: str, repo: str) -> Path:
+        sub = {"model": (), "dataset": ("datasets",), "bucket": ("buckets",), "github": ("github",)}[kind]
+        return self.root.joinpath(*sub, *repo.split("/"))
+
+    def describe(self, kind: str, repo: str) -> str:
+        return str(self.where(kind, repo))
+
+    def list(self, kind: str, repo: str, prefix: str = "") -> list[RemoteFile]:
+        base = self.where(kind, repo)
+        top = base / prefix if prefix else base
+        if not top.exists():
+            raise DownloadError(f"{kind} {repo!r}: {top} not found in the mirror {self.root}")
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
+        return [RemoteFile(p.relative_to(base).as_posix(), p.stat().st_size) for p in files
+                if not p.name.startswith(".")]
+
+    def fetch(self, kind: str, repo: str, rf: RemoteFile, dest: Path) -> None:
+        src = self.where(kind, repo) / rf.path
+        if not src.is_file():
+            raise DownloadError(f"{kind} {repo!r}: {rf.path} not found in the mirror ({src})")
+        part = dest.with_name(dest.name + ".part")
+        done = part.stat().st_size if part.exists() else 0
+        if done > src.stat().st_size:
+            part.unlink()
+            done = 0
+        with open(src, "rb") as fi, open(part, "ab") as fo:  # resume after the bytes already there
+            fi.seek(done)
+            shutil.copyfileobj(fi, fo, CHUNK)
+        part.replace(dest)
+
+
+class HubSource:
+    """The Hugging Face Hub through huggingface_hub (and GitHub raw files through its HTTP session)."""
+
+    def __init__(self, revision: str = "main"):
+        from huggingface_hub import HfApi
+
+        self.api = HfApi()
+        self.revision = revision
+
+    def describe(self, kind: str, repo: str) -> str:
+        return {"model": f"hf://{repo}", "dataset": f"hf://datasets/{repo}", "bucket": f"hf://buckets/{repo}",
+                "github": f"https://github.com/{repo}"}[kind]
+
+    def list(self, kind: str, repo: str, prefix: str = "") -> list[RemoteFile]:
+        if kind == "bucket":
+            items = self.api.list_bucket_tree(repo, prefix=prefix or None, recursive=True)
+            return [RemoteFile(i.path, int(i.size)) for i in items if getattr(i, "type", "") == "file"]
+        if kind in ("model", "dataset"):
+            items = self.api.list_repo_tree(repo, path_in_repo=prefix or None, recursive=True, repo_type=kind)
+            return [RemoteFile(i.path, int(i.size), i.lfs.sha256 if getattr(i, "lfs", None) else None)
+                    for i in items if hasattr(i, "size")]
+        raise DownloadError(f"a {kind} source cannot be listed; name the files")
+
+    def fetch(self, kind: str, repo: str, rf: RemoteFile, dest: Path) -> None:
+        part = dest.with_name(dest.name + ".part")
+        if kind == "bucket":
+            self.api.download_bucket_files(repo, [(rf.path, str(part))], raise_on_missing_files=True)
+        elif kind in ("model", "dataset"):
+            from huggingface_hub import hf_hub_download
+
+            root = dest
+            for _ in Path(rf.path).parts:
+                root = root.parent
+            # writes <root>/<rf.path>; resumes its own partial files under <root>/.cache/huggingface
+            hf_hub_download(repo, rf.path, repo_type=kind, local_dir=root,
+                            revision=self.revision if kind == "dataset" else None)
+            return
+        else:
+            self._fetch_url(f"https://raw.githubusercontent.com/{repo}/{self.revision}/{rf.path}", part, rf)
+        part.replace(dest)
+
+    @staticmethod
+    def _fetch_url(url: str, part: Path, rf: RemoteFile) -> None:
+        from huggingface_hub.utils import get_session
+
+        done = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={done}-"} if done else {}
+        with get_session().stream("GET", url, headers=headers, follow_redirects=True) as r:
+            if r.status_code == 404:
+                raise DownloadError(f"{url}: not found (404); {rf.path} is not published there")
+            r.raise_for_status()
+            mode = "ab" if done and r.status_code == 206 else "wb"
+            with open(part, mode) as f:
+                for chunk in r.iter_bytes(CHUNK):
+                    f.write(chunk)
+
+
+def make_source(cfg: Config):
+    return MirrorSource(cfg.download.mirror) if cfg.download.mirror else HubSource(cfg.download.annotations_revision)
+
+
+# ----------------------------------------------------------------------------- transfers
+def is_complete(path: Path, rf: RemoteFile, verify: str) -> bool:
+    if not path.is_file() or (rf.size is not None and path.stat().st_size != rf.size):
+        return False
+    return not (verify == "sha256" and rf.sha256) or sha256_file(path) == rf.sha256
+
+
+def check_space(target: Path, need: int, min_free_gb: float, what: str) -> None:
+    """Stop with a clear message when `need` bytes plus the headroom do not fit on target's disk."""
+    probe = target
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    headroom = int(min_free_gb * 2**30)
+    if need + headroom > free:
+        raise DownloadError(
+            f"not enough disk space for {what}: {need / 2**30:.2f} GiB still to write into {target} plus "
+            f"download.min_free_gb={min_free_gb:g} GiB headroom, but only {free / 2**30:.2f} GiB are free on "
+            f"that disk; free some space or point the workspace (VSR1_HOME / workspace=...) at a larger disk")
+
+
+def sync_files(source, kind: str, repo: str, files: list[RemoteFile], local_root: Path, cfg: Config,
+               strip: str = "", what: str = "") -> SyncSummary:
+    """Bring every file to local_root/<path minus `strip`>: keep complete ones, fetch the rest, verify."""
+    from videosearch_r1.utils import progress
+
+    verify = cfg.download.verify
+    summary = SyncSummary(str(local_root))
+    todo = []
+    for rf in files:
+        rel = rf.path[len(strip):].lstrip("/") if strip and rf.path.startswith(strip) else rf.path
+        dest = local_root / rel
+        if is_complete(dest, rf, verify):
+            summary.kept.append(rel)
+        else:
+            todo.append((rf, dest, rel))
+    need = sum((rf.size or 0) - _part_size(dest) for rf, dest, _ in todo)
+    check_space(local_root, max(0, need), cfg.download.min_free_gb, what or f"{kind} {repo}")
+    bar = progress(total=sum(rf.size or 0 for rf, _, _ in todo), desc=f"download {Path(repo).name}", unit="B")
+
+    def one(job) -> None:
+        rf, dest, rel = job
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        source.fetch(kind, repo, rf, dest)
+        if not is_complete(dest, rf, verify):
+            got = dest.stat().st_size
+            bad = dest.with_name(dest.name + ".bad")
+            dest.replace(bad)
+            raise DownloadError(f"{source.describe(kind, repo)}/{rf.path}: integrity check failed (size {got}, "
+                                f"expected {rf.size}{', sha256 ' + rf.sha256 if rf.sha256 else ''}); kept as {bad}")
+        bar.update(rf.size or 0)
+
+    with ThreadPoolExecutor(max(1, cfg.download.workers)) as pool:
+        list(pool.map(one, todo))
+    bar.close()
+    summary.fetched = [rel for _, _, rel in todo]
+    summary.bytes_fetched = sum(rf.size or 0 for rf, _, _ in todo)
+    return summary
+
+
+def _part_size(dest: Path) -> int:
+    part = dest.with_name(dest.name + ".part")
+    return part.stat().st_size if part.exists() else 0
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def resolve_alias(cfg: Config, name: str) -> str:
+    """An alias (`didemo-grpo`, `didemo-stage2`) -> `<hub_org>/<repo>`; an `org/name` id as is."""
+    if name in ALIASES:
+        return f"{cfg.download.hub_org}/{ALIASES[name]}"
+    if name.count("/") == 1 and all(name.split("/")):
+        return name
+    raise DownloadError(f"unknown checkpoint {name!r}: use an alias ({', '.join(sorted(ALIASES))}) or an org/name "
+                        f"repo id")
+
+
+def checkpoints_dir(cfg: Config) -> Path:
+    return Path(cfg.download.checkpoints_dir or Path(cfg.workspace) / "checkpoints").expanduser()
+
+
+def download_checkpoint(cfg: Config, name: str, source=None) -> Path:
+    """Every file of the alias' model repo into <checkpoints_dir>/<org>__<repo>; returns that directory."""
+    source = source or make_source(cfg)
+    repo = resolve_alias(cfg, name)
+    files = source.list("model", repo)
+    if not files:
+        raise DownloadError(f"{source.describe('model', repo)}: the repo lists no files")
+    dest = checkpoints_dir(cfg) / repo.replace("/", "__")
+    summary = sync_files(source, "model", repo, files, dest, cfg, what=f"checkpoint {repo}")
+    from videosearch_r1.utils import atomic_write_json
+
+    atomic_write_json(dest / ".vsr1_download.json", {"repo": repo, "source": source.describe("model", repo),
+                                                      "files": [vars(f) for f in files]})
+    print(summary.format(), flush=True)
+    return dest
+
+
+# ----------------------------------------------------------------------------- prepared datasets
+def bucket_location(cfg: Config, name: str) -> tuple[str, str]:
+    """(bucket id, prefix of the dataset inside it) from download.bucket."""
+    uri = cfg.download.bucket.rstrip("/")
+    if not uri.startswith("hf://buckets/"):
+        raise DownloadError(f"download.bucket must look like hf://buckets/<namespace>/<name>[/path], got {uri!r}")
+    parts = uri[len("hf://buckets/"):].split("/")
+    if len(parts) < 2:
+        raise DownloadError(f"download.bucket {uri!r} names no bucket")
+    return "/".join(parts[:2]), "/".join([*parts[2:], "datasets", BUCKET_KEYS.get(name, name)])
+
+
+def _shard_files(manifest: dict, where: str) -> list[tuple[str, list[str], dict]]:
+    """[(shard name, [paths relative to the dataset prefix, in join order], shard entry)]."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards:
+        raise DownloadError(f"{where}: manifest lists no shards")
+    out = []
+    for i, s in enumerate(shards):
+        if not isinstance(s, dict) or not isinstance(s.get("name"), str) or not s["name"]:
+            raise DownloadError(f"{where}: shards[{i}]: expected an object with a 'name'")
+        parts = s.get("parts") or [f"shards/{s['name']}"]
+        if not all(isinstance(p, str) and p and ".." not in p.split("/") for p in parts):
+            raise DownloadError(f"{where}: shards[{i}] ({s['name']}): bad 'parts' {parts!r}")
+        out.append((s["name"], list(parts), s))
+    return out
+
+
+def download_dataset(cfg: Config, name: str, source=None) -> dict:
+    """Fetch, extract and convert one prepared dataset; returns the conversion summary."""
+    from videosearch_r1.data.convert import convert_prepared, extract_shards
+
+    source = source or make_source(cfg)
+    cfg.dataset_cfg(name)  # ConfigError on an unknown dataset
+    bucket, prefix = bucket_location(cfg, name)
+    ddir = Path(cfg.workspace).expanduser() / "data" / name
+    cache, staging = ddir / "download", ddir / "authors"
+    listing = {f.path: f for f in source.list("bucket", bucket, prefix)}
+    mkey = f"{prefix}/manifest.json"
+    if mkey not in listing:
+        raise DownloadError(f"{source.describe('bucket', bucket)}/{mkey}: no manifest for dataset {name!r}")
+    sync_files(source, "bucket", bucket, [listing[mkey]], cache, cfg, strip=prefix, what=f"{name} manifest")
+    where = str(cache / "manifest.json")
+    try:
+        manifest = json.loads((cache / "manifest.json").read_text())
+    except ValueError as e:
+        raise DownloadError(f"{where}: not JSON: {e}") from None
+    shards = _shard_files(manifest, where)
+    done_dir = staging / ".vsr1_shards"
+    wanted = []
+    for sname, parts, entry in shards:
+        if (done_dir / f"{sname}.done").is_file():
+            continue
+        for p in parts:
+            rf = listing.get(f"{prefix}/{p}")
+            if rf is None:
+                raise DownloadError(f"{source.describe('bucket', bucket)}/{prefix}/{p}: listed by the manifest "
+                                    f"(shard {sname}) but not in the bucket")
+            sha = (entry.get("sha256") if len(parts) == 1 else (entry.get("parts_sha256") or {}).get(p))
+            wanted.append(RemoteFile(rf.path, rf.size, sha if isinstance(sha, str) else None))
+    # the shards are extracted next to their archives: room for both
+    extra = sum(f.size or 0 for f in wanted)
+    check_space(ddir, extra, cfg.download.min_free_gb, f"extracting {name}")
+    s = sync_files(source, "bucket", bucket, wanted, cache, cfg, strip=prefix, what=f"prepared {name}")
+    print(s.format(), flush=True)
+    extract_shards([(n, [cache / p for p in parts]) for n, parts, _ in shards], staging, done_dir,
+                   keep=cfg.download.keep_archives)
+    return convert_prepared(cfg, name, staging)
+
+
+# ----------------------------------------------------------------------------- the command
+def main(argv: list[str] | None = None) -> int:
+    from videosearch_r1.config import ConfigError
+    from videosearch_r1.utils import command_parser, config_from_args, parse_command
+
+    parser = command_parser("vsr1 download", __doc__)
+    parser.add_argument("what", choices=("checkpoint", "data"), help="a checkpoint alias or a prepared dataset")
+    parser.add_argument("name", help="checkpoint alias / repo id, or dataset (charades, didemo, activitynet, all)")
+    parser.add_argument("--mirror", default=None, help="a local directory laid out like the hub (download.mirror)")
+    args = parse_command(parser, argv)
+    cfg = config_from_args(args, [f"download.mirror={args.mirror}"] if args.mirror else [])
+    try:
+        if args.what == "checkpoint":
+            path = download_checkpoint(cfg, args.name)
+            print(f"checkpoint {args.name}: {path}\n  run: vsr1 infer DATASET --checkpoint {path}"
+                  + (" agent.reference_layout=true" if args.name in ALIASES else ""))
+            return 0
+        names = list(DATASETS) if args.name == "all" else [args.name]
+        for n in names:
+            summary = download_dataset(cfg, n)
+            print(summary["text"], flush=True)
+        return 0
+    except (DownloadError, ConfigError, OSError) as e:
+        print(f"vsr1 download: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
