@@ -23,7 +23,7 @@ def world(tmp_path_factory):
     raw = base / "data" / "synth" / "raw"
     damaged = base / "damaged"
     shutil.copytree(raw, damaged)
-    videos = sorted((damaged / "videos").glob("test*.mp4"))
+    videos = sorted((damaged / "videos").glob("s0-test*.mp4"))
     videos[0].write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
     videos[1].unlink()
     cfg = load_config(None, [f"workspace={base}"])
@@ -107,4 +107,67 @@ def test_changed_settings_reembed(world, tmp_path, capsys):
     index_mod.build_index(cfg, "synth", "val", max_new_shards=1)
     cfg2 = load_config(None, _overrides(world, tmp_path, world["raw"], ["engine.instruction=Find the video."]))
     s = index_mod.build_index(cfg2, "synth", "val")
-    assert "other settings (instruction)" in capsys.readouterr().err and s.complete
+    assert "other settings (engine_fingerprint, instruction)" in capsys.readouterr().err and s.complete
+
+
+def _small(world, ws, eng, root):
+    return [f"workspace={ws}", f"engine.model={eng}", "index.shard_size=2", "engine.batch_size=2",
+            f"datasets.synth.root={root}"]
+
+
+def test_engine_retrained_in_place_is_reembedded_and_the_old_pairing_refused(world, tmp_path, capsys):
+    """Same engine path, new weights: `vsr1 index` must not reuse the old shards, and an index opened with
+    an engine that did not build it is refused, naming both fingerprints."""
+    from videosearch_r1.engine.embedder import Embedder
+    from videosearch_r1.engine.search import EngineMismatchError
+    from videosearch_r1.models.tiny import make_tiny_checkpoint
+    from videosearch_r1.video.decode import load_clip
+
+    eng = tmp_path / "engine"
+    over = _small(world, tmp_path, eng, world["raw"])
+    cfg = load_config(None, over)
+    make_tiny_checkpoint(eng, kind="embedder", video_cfg=cfg.video_cfg("synth"), seed=11)
+    assert index_mod.main(["synth", "--split", "val", *over]) == 0
+    out = cfg.index_dir("synth") / "val"
+    old_vecs, old_emb = np.load(out / "embeddings.npy"), Embedder.from_config(cfg, "synth")
+    capsys.readouterr()
+    make_tiny_checkpoint(eng, kind="embedder", video_cfg=cfg.video_cfg("synth"), seed=12)  # retrained in place
+    assert index_mod.main(["synth", "--split", "val", *over]) == 0
+    assert "other settings (engine_fingerprint); re-embedding" in capsys.readouterr().err
+    new_emb = Embedder.from_config(cfg, "synth")
+    new_vecs, ids = np.load(out / "embeddings.npy"), json.loads((out / "ids.json").read_text())
+    assert not np.allclose(new_vecs, old_vecs, atol=1e-3)
+    clips = [load_clip(cfg, "synth", v) for v in ids]
+    np.testing.assert_allclose(new_vecs, new_emb.embed_videos(clips).numpy(), atol=1e-5)
+    assert json.loads((out / "meta.json").read_text())["engine_fingerprint"] == new_emb.fingerprint()
+    SearchEngine.load(out, embedder=new_emb)  # the engine that built it: fine
+    with pytest.raises(EngineMismatchError) as err:
+        SearchEngine.load(out, embedder=old_emb)
+    assert old_emb.fingerprint() in str(err.value) and new_emb.fingerprint() in str(err.value)
+    assert old_emb.fingerprint() != new_emb.fingerprint()
+
+
+def test_no_video_decodes_is_an_error_and_a_repaired_video_is_reembedded(world, tmp_path, capsys):
+    from videosearch_r1.models.tiny import make_tiny_checkpoint
+
+    root = tmp_path / "raw"
+    shutil.copytree(world["raw"], root)
+    val = sorted((root / "videos").glob("s0-val*.mp4"))
+    keep = {p.name: p.read_bytes() for p in val}
+    for p in val:
+        p.write_bytes(b"not a video at all")
+    eng = tmp_path / "engine"
+    over = _small(world, tmp_path, eng, root)
+    cfg = load_config(None, over)
+    make_tiny_checkpoint(eng, kind="embedder", video_cfg=cfg.video_cfg("synth"), seed=3)
+    assert index_mod.main(["synth", "--split", "val", *over]) == 2
+    err = capsys.readouterr().err
+    assert f"none of the {len(val)} videos" in err and val[0].stem in err and "no index written" in err
+    out = cfg.index_dir("synth") / "val"
+    assert not any((out / name).exists() for name in FILES)
+    (root / "videos" / val[0].name).write_bytes(keep[val[0].name])  # one video repaired
+    assert index_mod.main(["synth", "--split", "val", *over]) == 0
+    text = capsys.readouterr()
+    assert "video files changed since it was embedded" in text.err
+    assert f"1 of {len(val)} videos embedded, {len(val) - 1} skipped" in text.out
+    assert json.loads((out / "ids.json").read_text()) == [val[0].stem]

@@ -194,3 +194,17 @@ def test_presets_and_overrides():
     with pytest.raises(ValueError, match="unknown preset"):
         resolve(load_config(None, ["synth.preset=huge"]).synth)
     assert synth_build.main(["synth.preset=huge"]) == 2
+
+
+def test_video_and_query_ids_do_not_repeat_across_seeds():
+    """Two worlds (e.g. the benchmark and the engine's training world) never share an id."""
+    worlds = [sample_world(resolve(load_config(None, ["synth.preset=tiny", f"synth.seed={seed}"]).synth))
+              for seed in (0, 1, 7919)]
+    vids = [{v.video_id for v in w.videos()} for w in worlds]
+    qids = [{r["desc_id"] for split in ("train", "val", "test") for r in synth_build.annotation_rows(w, split)}
+            for w in worlds]
+    for i in range(3):
+        assert vids[i] and qids[i]
+        for j in range(i):
+            assert not vids[i] & vids[j] and not qids[i] & qids[j]
+    assert all(v.startswith("s7919-") for v in vids[2])

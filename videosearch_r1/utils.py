@@ -82,22 +82,44 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
+class JSONLError(ValueError):
+    """A line of a resumable jsonl that is not a JSON object and is not a torn last line."""
+
+
 def read_jsonl_resumable(path: str | Path) -> list[dict]:
-    """Rows of a jsonl being appended to; a torn last line (from a kill) is dropped and truncated away."""
+    """Rows of a jsonl being appended to (append_jsonl). Only the LAST line may be torn by a kill: when it
+    has no trailing newline or does not decode, it is dropped and truncated away. Any other line that is
+    not a JSON object raises JSONLError naming file and line, and the file is left untouched. Blank lines
+    are not rows."""
     path = Path(path)
     if not path.exists():
         return []
-    rows, good = [], 0
-    with open(path, "rb") as f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
+    data = path.read_bytes()
+    lines = data.split(b"\n")  # the element after the final newline is b"" (or the torn tail)
+    rows, good, torn = [], 0, False
+    for lineno, raw in enumerate(lines, 1):
+        last = lineno == len(lines) or (lineno == len(lines) - 1 and lines[-1] == b"")
+        complete = lineno < len(lines)  # followed by a newline
+        if not raw.strip():
+            good += len(raw) + complete
+            continue
+        try:
+            obj = json.loads(raw) if complete else None
+        except ValueError as e:  # JSONDecodeError or bad UTF-8
+            obj, err = None, e
+        else:
+            err = None if complete else "no trailing newline"
+        if obj is not None and not isinstance(obj, dict):
+            raise JSONLError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        if obj is None:
+            if last:
+                torn = True
                 break
-            try:
-                rows.append(json.loads(raw))
-            except json.JSONDecodeError:
-                break
-            good += len(raw)
-    if good != path.stat().st_size:
+            raise JSONLError(f"{path}:{lineno}: unreadable line ({err}); only a torn last line is dropped "
+                             f"automatically: repair or remove this line")
+        rows.append(obj)
+        good += len(raw) + 1
+    if torn or good != len(data):
         with open(path, "r+b") as f:
             f.truncate(good)
     return rows

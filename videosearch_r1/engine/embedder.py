@@ -24,6 +24,7 @@ the weights when trainable). bf16 on GPU, fp32 on CPU by default.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,8 @@ class Embedder:
         self.batch_size = max(1, int(batch_size))
         self.truncated_queries = 0  # running count of queries shortened to max_query_tokens
         self._tail_ids = self.tokenizer.encode(GEN_TAIL, add_special_tokens=False)
+        self.source: str | None = None  # the checkpoint directory the weights were loaded from (from_pretrained)
+        self._fingerprint: str | None = None
 
     @classmethod
     def from_pretrained(cls, path_or_id, device="auto", dtype="auto", instruction="Represent the user's input.",
@@ -94,8 +97,12 @@ class Embedder:
         if fast_vision:
             enable_fast_vision_attention(model)
         processor = configure_processor(AutoProcessor.from_pretrained(path), video_cfg or VideoConfig())
-        return cls(model, processor, device=device, dtype=torch_dtype, instruction=instruction,
-                   soft_insert=soft_insert, max_query_tokens=max_query_tokens, dim=dim, batch_size=batch_size)
+        emb = cls(model, processor, device=device, dtype=torch_dtype, instruction=instruction,
+                  soft_insert=soft_insert, max_query_tokens=max_query_tokens, dim=dim, batch_size=batch_size)
+        emb.source = str(path)
+        if not trainable:
+            emb.fingerprint()  # of the files as loaded now (a later rewrite of them must not change it)
+        return emb
 
     @classmethod
     def from_config(cls, cfg, dataset: str | None = None, **overrides) -> "Embedder":
@@ -106,6 +113,27 @@ class Embedder:
                       video_cfg=cfg.video_cfg(dataset))
         kwargs.update(overrides)
         return cls.from_pretrained(cfg.engine_model(), **kwargs)
+
+    def fingerprint(self) -> str:
+        """What decides this embedder's vectors (videosearch_r1/fingerprint.py): the weight files' content
+        (frozen weights loaded from a directory; else the parameters in memory), instruction and dim."""
+        from videosearch_r1 import fingerprint as fp
+
+        frozen = not any(p.requires_grad for p in self.model.parameters())
+        if self._fingerprint is not None and frozen:
+            return self._fingerprint
+        if self.source and frozen:
+            weights = fp.dir_digest(self.source)
+        else:
+            h = hashlib.sha256()
+            for name, t in sorted(self.model.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+            weights = "state:" + h.hexdigest()[:fp.SHORT]
+        out = fp.digest({"weights": weights, "instruction": self.instruction, "dim": self.dim})
+        if frozen:
+            self._fingerprint = out
+        return out
 
     def save_pretrained(self, path) -> None:
         """Model (Qwen3VLModel layout) + processor; loads back with from_pretrained."""

@@ -6,11 +6,18 @@
 2. embed the videos shard by shard (index.shard_size videos each; video.load_clip -> Embedder.embed_videos
    in batches of engine.batch_size). Each finished shard is written atomically to <out>/shards/, so a
    killed run resumes at the first missing shard and ends with identical files. A missing or corrupt
-   video is a counted, reported skip.
+   video is a counted, reported skip; a corpus where no video decodes is an error (EmptyIndexError, no
+   index written).
 3. build the FAISS index (index.factory) and write <out>/index.faiss, embeddings.npy, ids.json, meta.json
 4. for a train split: hard negatives per query (top index.hard_negatives videos by the query vector,
    GT excluded) -> <out>/hard_negatives.json
 where <out> = cfg.index_dir(DATASET)/<split>. `--max-shards N` stops after N new shards (rerun to go on).
+Content-keyed reuse: <out>/shards/manifest.json holds the engine's fingerprint (Embedder.fingerprint: weight
+files' content, instruction, dim), the video sampling and the corpus ids; any difference (an engine
+retrained in place included) drops the shards and the old index and re-embeds, naming what changed. Each
+shard records its videos' (size, mtime) and is re-embedded when a file changed (e.g. a repaired video).
+<out> is named after the engine folder, not its content: a different engine of the same folder name
+rebuilds it here, and SearchEngine.load refuses to pair an index with an engine that did not build it.
 """
 from __future__ import annotations
 
@@ -26,6 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from videosearch_r1.engine.search import SearchEngine
+
+
+class EmptyIndexError(ValueError):
+    """No video of the corpus could be embedded: an index would hold nothing."""
 
 
 @dataclass
@@ -55,18 +66,32 @@ class IndexSummary:
 
 # ----------------------------------------------------------------------------- shards
 def _manifest(cfg, dataset: str, corpus: list[str], embedder) -> dict:
+    """What decides the stored vectors: the engine's fingerprint (weights content, instruction, dim), the
+    video sampling and the corpus. The engine's path is not part of it (a moved engine is the same engine;
+    a retrained one at the same path is not)."""
     from videosearch_r1.video.decode import fingerprint
 
     vcfg = cfg.video_cfg(dataset)
-    return {"engine_model": cfg.engine_model(), "instruction": cfg.engine.instruction,
+    return {"engine_fingerprint": embedder.fingerprint(), "instruction": cfg.engine.instruction,
             "engine_dim": int(embedder.dim), "batch_size": cfg.engine.batch_size,
             "video_config": dataclasses.asdict(vcfg), "video_fingerprint": fingerprint(vcfg),
             "shard_size": cfg.index.shard_size, "corpus_size": len(corpus),
             "corpus_sha1": hashlib.sha1("\n".join(corpus).encode()).hexdigest()}
 
 
+FINAL_FILES = ("embeddings.npy", "ids.json", "meta.json", "index.faiss", "hard_negatives.json")
+
+
+def _clear_final(out: Path) -> None:
+    """Remove a previous build's index files (they no longer describe the shards)."""
+    for name in FINAL_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
 def _prepare_shard_dir(shard_dir: Path, manifest: dict) -> None:
-    """Keep finished shards only if they were made by the same engine, video config and corpus."""
+    """Keep finished shards only if they were made by the same engine, video config and corpus; otherwise
+    drop them and the index built from them."""
+    from videosearch_r1.fingerprint import changed
     from videosearch_r1.utils import atomic_write_json
 
     path = shard_dir / "manifest.json"
@@ -74,16 +99,44 @@ def _prepare_shard_dir(shard_dir: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
         if old == manifest:
             return
-        changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-        print(f"index: existing shards in {shard_dir} were made with other settings ({', '.join(changed)}); "
-              f"re-embedding", file=sys.stderr)
+        print(f"index: existing shards in {shard_dir} were made with other settings "
+              f"({', '.join(changed(old, manifest))}); re-embedding", file=sys.stderr)
         shutil.rmtree(shard_dir)
+    elif shard_dir.is_dir():
+        shutil.rmtree(shard_dir)  # shards without a manifest: nothing says what made them
+    _clear_final(shard_dir.parent)
     shard_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, manifest)
 
 
 def _shard_paths(shard_dir: Path, s: int) -> tuple[Path, Path]:
     return shard_dir / f"shard_{s:05d}.npy", shard_dir / f"shard_{s:05d}.json"
+
+
+def _files_key(cfg, dataset: str, vids: list[str]) -> str:
+    """Digest of (size, mtime_ns) of a shard's video files (None where missing): a video replaced or
+    repaired since its shard was embedded changes it, so that shard is embedded again."""
+    from videosearch_r1.fingerprint import digest
+
+    dcfg = cfg.dataset_cfg(dataset)
+    vdir = cfg.dataset_root(dataset) / dcfg.video_dir
+    stats = []
+    for v in vids:
+        try:
+            st = (vdir / f"{v}{dcfg.video_ext}").stat()
+            stats.append([v, st.st_size, st.st_mtime_ns])
+        except OSError:
+            stats.append([v, None, None])
+    return digest(stats)
+
+
+def _shard_done(meta_path: Path, files_key: str) -> bool:
+    if not meta_path.is_file():
+        return False
+    if json.loads(meta_path.read_text()).get("files") == files_key:
+        return True
+    print(f"index: {meta_path.name}: video files changed since it was embedded; re-embedding", file=sys.stderr)
+    return False
 
 
 def load_clip_or_reason(cfg, dataset: str, vid: str):
@@ -128,7 +181,12 @@ def embed_corpus(cfg, dataset: str, corpus: list[str], embedder, shard_dir: Path
     size = max(1, cfg.index.shard_size)
     n_shards = (len(corpus) + size - 1) // size
     summary.shards_total = n_shards
-    todo = [s for s in range(n_shards) if not _shard_paths(shard_dir, s)[1].is_file()]
+    keys = [_files_key(cfg, dataset, corpus[s * size:(s + 1) * size]) for s in range(n_shards)]
+    todo = [s for s in range(n_shards) if not _shard_done(_shard_paths(shard_dir, s)[1], keys[s])]
+    for s in todo:
+        _shard_paths(shard_dir, s)[1].unlink(missing_ok=True)
+    if todo:
+        _clear_final(shard_dir.parent)  # an index from before no longer matches the shards
     todo_set = set(todo)
     done_videos = sum(min(size, len(corpus) - s * size) for s in range(n_shards) if s not in todo_set)
     new = 0
@@ -143,7 +201,7 @@ def embed_corpus(cfg, dataset: str, corpus: list[str], embedder, shard_dir: Path
             with atomic_path(npy) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, vecs)
-            atomic_write_json(meta, {"ids": kept, "skipped": skipped})  # written last: marks the shard done
+            atomic_write_json(meta, {"ids": kept, "skipped": skipped, "files": keys[s]})  # last: marks it done
             new += 1
         bar.close()
     vecs, ids = [], []
@@ -205,10 +263,16 @@ def build_index(cfg, dataset: str, split: str, embedder=None, max_new_shards: in
     if got is None:
         return summary
     vectors, ids = got
+    if not ids:
+        first = "; ".join(f"{v}: {why}" for v, why in summary.skipped[:3])
+        raise EmptyIndexError(f"index {dataset}/{split}: none of the {len(corpus)} videos of the corpus could be "
+                              f"decoded ({len(summary.skipped)} skipped, e.g. {first}); no index written. "
+                              f"Check datasets.{dataset}.root and the videos")
     ix = cfg.index
     engine = SearchEngine.build(vectors, ids, factory=ix.factory, embedder=embedder, nprobe=ix.nprobe,
                                 ef_search=ix.ef_search)
-    meta = {"dataset": dataset, "split": split, **{k: v for k, v in manifest.items() if k != "batch_size"},
+    meta = {"dataset": dataset, "split": split, "engine_model": cfg.engine_model(),
+            **{k: v for k, v in manifest.items() if k != "batch_size"},
             "embedded": len(ids), "skipped": [{"id": v, "reason": r} for v, r in summary.skipped]}
     engine.save(out, extra_meta=meta)
     if split == "train" and ix.hard_negatives > 0 and ids:

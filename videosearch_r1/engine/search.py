@@ -10,12 +10,15 @@ nprobe; "HNSW32" with efSearch). Row r of the index is video `ids[r]`. An exact 
 run as one torch matmul + top-k (on CUDA when `use_gpu` and no faiss GPU build; on CPU when faiss is
 missing). `rank_of` never uses the ANN: it counts inner products exactly (ties broken by row order,
 the same order a stable exact sort gives). An index directory holds embeddings.npy, ids.json,
-meta.json and (when faiss is installed) index.faiss; `vsr1 index` writes it.
+meta.json and (when faiss is installed) index.faiss; `vsr1 index` writes it. meta.json names the engine that
+built it (engine_fingerprint): `load` with an embedder refuses another engine (the index directory is
+named after the engine folder, so a retrained or different engine of that name is caught here).
 The HTTP client (engine/client.py) implements the same methods.
 """
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -34,6 +37,29 @@ class SearchResult(NamedTuple):
 
 class UnknownIdError(ValueError):
     """A video id that is not in the index (a target of rank_of, or an exclude entry)."""
+
+
+class EngineMismatchError(ValueError):
+    """An index opened with another engine (embedder fingerprint) than the one that built it."""
+
+
+def check_engine(meta: dict, embedder, where) -> None:
+    """Refuse an embedder whose fingerprint differs from the index's `engine_fingerprint` (meta.json);
+    warn (stderr) when the index records none, as then nothing can be checked."""
+    fingerprint = getattr(embedder, "fingerprint", None)
+    if fingerprint is None:  # not an Embedder (e.g. a remote client): nothing to compare
+        return
+    built = meta.get("engine_fingerprint")
+    if not built:
+        print(f"warning: {where} records no engine fingerprint (built before fingerprints, or saved without "
+              f"an embedder): cannot check that the loaded engine built it", file=sys.stderr)
+        return
+    now = fingerprint()
+    if now != built:
+        raise EngineMismatchError(
+            f"{where} was built by engine {meta.get('engine_model', '?')} (fingerprint {built}), but the loaded "
+            f"engine {getattr(embedder, 'source', None) or '(in memory)'} has fingerprint {now}: its vectors "
+            f"would not match the queries; rebuild the index with `vsr1 index` or load the engine that built it")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -171,12 +197,15 @@ class SearchEngine:
     @classmethod
     def load(cls, index_dir, embedder=None, use_gpu: bool = False, nprobe: int | None = None,
              ef_search: int | None = None) -> "SearchEngine":
-        """Open an index directory written by `save` / `vsr1 index`."""
+        """Open an index directory written by `save` / `vsr1 index`; with an `embedder`, refuse one whose
+        fingerprint differs from the engine that built the index (EngineMismatchError, check_engine)."""
         d = Path(index_dir)
         for name in ("embeddings.npy", "ids.json", "meta.json"):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d / name} missing: build the index with `vsr1 index`")
         meta = json.loads((d / "meta.json").read_text())
+        if embedder is not None:
+            check_engine(meta, embedder, d)
         ids = json.loads((d / "ids.json").read_text())
         vectors = np.load(d / "embeddings.npy")
         factory = meta.get("factory", "Flat")
@@ -190,7 +219,8 @@ class SearchEngine:
                    ef_search=meta.get("ef_search", 256) if ef_search is None else ef_search)
 
     def save(self, index_dir, extra_meta: dict | None = None) -> Path:
-        """Write embeddings.npy, ids.json, meta.json (+ index.faiss), each atomically."""
+        """Write embeddings.npy, ids.json, meta.json (+ index.faiss), each atomically; meta.json records
+        the embedder's fingerprint (engine_fingerprint) when the engine has one."""
         from videosearch_r1.utils import atomic_path, atomic_write_json
 
         d = Path(index_dir)
@@ -203,7 +233,10 @@ class SearchEngine:
             self._ensure_faiss()
             with atomic_path(d / "index.faiss") as tmp:
                 faiss.write_index(self.index, str(tmp))
-        meta = {**self.meta, **(extra_meta or {}), "factory": self.factory, "count": len(self.ids),
+        meta = {**self.meta, **(extra_meta or {})}
+        if self.embedder is not None and hasattr(self.embedder, "fingerprint"):
+            meta.setdefault("engine_fingerprint", self.embedder.fingerprint())
+        meta = {**meta, "factory": self.factory, "count": len(self.ids),
                 "dim": self.dim, "nprobe": self.nprobe, "ef_search": self.ef_search}
         self.meta = meta
         atomic_write_json(d / "meta.json", meta)

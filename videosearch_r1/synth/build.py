@@ -97,16 +97,19 @@ def _clean_temps(vdir: Path) -> None:
 
 # ----------------------------------------------------------------------------- annotations
 def annotation_rows(world: World, split: str) -> list[dict]:
-    """FIG rows of one split: desc_id counts up from 0 in file order (video order, main query first)."""
+    """FIG rows of one split in file order (video order, main query first); desc_id is seed-unique:
+    world.desc_id(seed, row number)."""
     from videosearch_r1.data.fig import fig_row
+    from videosearch_r1.synth.world import desc_id
 
+    seed = int(world.config["seed"])
     rows = []
     for fam in world.families:
         if fam.split != split:
             continue
         for v in fam.videos:
             for q in v.queries:
-                rows.append(fig_row(v.video_id, len(rows), q.start, q.end, v.duration, q.cog_desc, q.fig_desc,
+                rows.append(fig_row(v.video_id, desc_id(seed, len(rows)), q.start, q.end, v.duration, q.cog_desc, q.fig_desc,
                                     score=1.0 if q.main else 0.5))
     return rows
 

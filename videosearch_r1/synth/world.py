@@ -14,6 +14,9 @@ fine details ("A small red triangle jumps in front of a blue striped wall.") sin
 Guarantees (checked, RuntimeError otherwise): within a family the main coarse captions are equal and
 the main fine descriptions differ; within a split no two queries share a fine description.
 Deterministic: family i of a split is drawn from SeedSequence([seed, i, attempt]) alone.
+Ids are seed-unique, so two worlds never share a video id or a query id (the engine's training world
+uses another seed than the benchmark): video `s{seed}-{split}{family:04d}v{variant}` (video_id), query
+desc_id = seed * ID_STRIDE + row number within the split file (desc_id; seed >= 0).
 """
 from __future__ import annotations
 
@@ -25,6 +28,22 @@ from typing import Optional, Sequence
 import numpy as np
 
 from videosearch_r1.config import SynthConfig
+
+ID_STRIDE = 10**6  # query ids of seed s are s * ID_STRIDE + n, n < ID_STRIDE rows per split file
+
+
+def video_id(seed: int, split: str, family: int, variant: int) -> str:
+    """The seed-unique id (and mp4 file stem) of one video."""
+    return f"s{seed}-{split}{family:04d}v{variant}"
+
+
+def desc_id(seed: int, n: int) -> int:
+    """The seed-unique FIG desc_id of row n (0-based) of a split's annotation file."""
+    if not 0 <= n < ID_STRIDE or seed < 0:
+        raise ValueError(f"synth: query row {n} of seed {seed} is outside the id range (seed >= 0, "
+                         f"< {ID_STRIDE} queries per split)")
+    return seed * ID_STRIDE + n
+
 
 # ----------------------------------------------------------------------------- presets
 PRESETS: dict[str, dict] = {
@@ -478,7 +497,7 @@ def _timed(rng: np.random.Generator, s: SynthConfig, split: str, k: int, drafts:
         spans, num_frames = _timings(rng, len(d.actions), dur, s.fps)
         segs = _segments(d, pos, spans)
         spec = VideoSpec(
-            video_id=f"{split}{k:04d}v{v}", family=k, variant=v, split=split, duration=num_frames / s.fps,
+            video_id=video_id(s.seed, split, k, v), family=k, variant=v, split=split, duration=num_frames / s.fps,
             num_frames=num_frames, fps=s.fps, width=s.width, height=s.height, seed=int(rng.integers(2**31)),
             thing=d.thing, wall=d.wall, companion=d.companion, companion_x=companion_x,
             y=round(y + _uniform(rng, -0.03, 0.03), 3), x_start=round(pos[0][0], 3), segments=segs, main=m,
