@@ -269,6 +269,43 @@ class SFTConfig:
     seed: int = 0  # negatives' random fill and balancing choices
 
 
+def _grpo_reward_weights() -> dict[str, float]:
+    return {"format": 0.1, "verification": 1.0, "iou": 1.0, "retrieval": 0.5, "turn_cost": 0.0}
+
+
+@dataclass
+class GRPOConfig:
+    """`vsr1 train grpo`: multi-turn GRPO from an SFT checkpoint, rollouts through the agent loop
+    (train/grpo.py). Optimizer parts, schedule, steps and checkpoints come from `train`; turns, latents
+    and the refine mode from `agent`."""
+
+    split: str = "train"  # queries rolled out; its index must exist (`vsr1 index DATASET --split train`)
+    engine_url: str = ""  # empty: the engine in-process; else a `vsr1 serve` URL the rollouts search through
+    queries_per_step: int = 4  # queries per optimizer step (each rolled out group_size times)
+    group_size: int = 8  # G trajectories per query; advantages are normalised within a group
+    temperature: float = 1.0  # rollout sampling temperature
+    top_p: float = 1.0  # rollout nucleus sampling
+    max_new_tokens: int = 256  # generated tokens per turn in rollouts
+    lr: float = 1e-6  # this stage's policy lr (replaces train.lr)
+    lr_sqr: float = 1e-5  # this stage's SQR-module lr (replaces train.lr_sqr)
+    iterations: int = 1  # policy updates per rollout batch (1: on-policy, ratio 1, clipping inactive)
+    micro_batch: int = 8  # turns per forward/backward (gradients accumulate over the step)
+    clip_eps: float = 0.2  # PPO ratio clip, lower side (and upper unless clip_eps_high > 0)
+    clip_eps_high: float = 0.0  # upper clip bound (DAPO clip-higher); 0: clip_eps
+    kl_beta: float = 0.01  # k3 KL to the frozen SFT policy; 0: no reference model is kept
+    aggregation: str = "token"  # "token": mean over every loss token of the step | "sequence": per turn, then mean
+    scale_rewards: str = "group"  # "group": (r - mean) / std within a group | "none": r - mean
+    reward_weights: dict[str, float] = field(default_factory=_grpo_reward_weights)  # train/rewards.py REWARDS
+    retrieval_reward: str = "exp_neg_loss"  # "exp_neg_loss": p of the refined query | "delta": p_after - p_before
+    retrieval_tau: float = 0.1  # temperature of the retrieval probability and of the InfoNCE term
+    n_negatives: int = 24  # per query: the corpus videos nearest to the original query, GT excluded
+    latent_objective: str = "infonce"  # SQR in this stage: "infonce" | "gaussian" | "both" | "none" (frozen)
+    latent_weight: float = 0.3  # weight of the latent objective in the loss
+    latent_sigma: float = 0.05  # std of the Gaussian latent action (soft-token units), "gaussian" / "both"
+    max_queries: int = 0  # training queries used (0: all of the split)
+    seed: int = 0  # rollout sampling, latent noise and query order
+
+
 @dataclass
 class EvalConfig:
     iou_thresholds: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -326,6 +363,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
