@@ -324,6 +324,30 @@ def outputs_valid(cfg: Config, record: dict, verify: str) -> str | None:
     return None
 
 
+_SHARD = re.compile(r"^(shard_\d+)\.(npy|json)$")
+
+
+def drop_changed(cfg: Config, record: dict) -> list[str]:
+    """Delete recorded outputs that changed since they were written, so the step's resume rebuilds them
+    (an index shard goes with its partner file: the pair is one unit of work). Returns what was deleted."""
+    gone = []
+    for rel, want in record.get("outputs", {}).items():
+        p = _abs(cfg, rel)
+        if not p.is_file():
+            continue
+        if p.stat().st_size == want["size"] and ("sha256" not in want or sha256_file(p) == want["sha256"]):
+            continue
+        m = _SHARD.match(p.name)
+        for q in ([p.with_name(f"{m.group(1)}.npy"), p.with_name(f"{m.group(1)}.json")] if m else [p]):
+            if q.is_file():
+                q.unlink()
+                gone.append(_rel(cfg, q))
+    if gone:
+        print(f"  removed changed outputs (rebuilt now): {', '.join(gone[:10])}"
+              + (f" and {len(gone) - 10} more" if len(gone) > 10 else ""), flush=True)
+    return gone
+
+
 # ----------------------------------------------------------------------------- the pipeline
 def parse_step(value: str | None) -> int:
     if value is None or value == "":
@@ -375,6 +399,8 @@ def run_build(cfg: Config, dataset: str, from_step: str | None = None) -> dict:
             continue
         if i < start:
             raise BuildError(f"{head} is not complete ({why}); run without --from-step first")
+        if record is not None:
+            drop_changed(cfg, record)
         print(f"{head}: running ({why})", flush=True)
         t0 = time.time()
         result = step.run(ctx)
