@@ -194,8 +194,32 @@ class DecodeOptions:
     reuse: bool = True  # SQR rollouts keep their static cache + captured step on the model (see pooled_prefill)
 
     def __post_init__(self):
-        if self.attention not in ("sdpa", "matmul"):
+        if self.attention not in ATTENTION:
             raise ValueError(f"DecodeOptions.attention must be 'sdpa' or 'matmul', got {self.attention!r}")
+
+    @property
+    def name(self) -> str:
+        """e.g. "matmul+graph+compile" (the label the benchmarks print)."""
+        return f"{self.attention}{'+graph' if self.cuda_graph else ''}{'+compile' if self.compile else ''}"
+
+
+ATTENTION = ("sdpa", "matmul")
+
+
+def decode_options_for(device, attention: str = "auto", compile: bool = True, cuda_graph: bool = True,
+                       reuse: bool = True) -> DecodeOptions:
+    """The decode path for `device` (what Policy uses, and `vsr1 infer` through agent.decode_attention /
+    agent.decode_compile / agent.cuda_graph). CUDA: matmul attention + CUDA graph + torch.compile, the
+    fastest correct combination in bench/bench_agent.py; "auto" attention picks matmul there (inside a
+    graph, masked SDPA for one query position was slower). CPU: eager steps with SDPA (graphs are CUDA-only;
+    compile and graph flags are ignored off CUDA)."""
+    cuda = torch.device(device).type == "cuda"
+    if attention == "auto":
+        attention = "matmul" if cuda else "sdpa"
+    if attention not in ATTENTION:
+        raise ValueError(f"decode attention must be 'auto', 'sdpa' or 'matmul', got {attention!r}")
+    return DecodeOptions(cuda_graph=bool(cuda_graph) and cuda, attention=attention, compile=bool(compile) and cuda,
+                         reuse=reuse)
 
 
 def _attend(q, keys, values, key_mask, scale, how: str):
@@ -254,6 +278,32 @@ def _compiled_step():
     return _COMPILED["step"]
 
 
+def _compiled_or_eager(model, cache: DecodeCache, attention: str):
+    """The compiled step over `cache`. If torch.compile cannot build it (no working Triton / C++
+    toolchain, an unsupported GPU), decoding goes on eagerly with one printed message, and later runners
+    of this process skip compiling (`_COMPILED["failed"]` holds the reason). A compile failure raises
+    before the step writes anything; an error the eager step also raises is a real one and propagates."""
+    eager = lambda x, pos: _step_logits(model, cache, x, pos, attention)  # noqa: E731
+    if "failed" in _COMPILED:
+        return eager
+    step = _compiled_step()
+
+    def run(x, pos):
+        if "failed" in _COMPILED:
+            return eager(x, pos)
+        try:
+            return step(model, cache, x, pos, attention)
+        except Exception as e:  # noqa: BLE001  (any backend error; the eager retry re-raises real bugs)
+            if not cache.static:  # a growing cache may have been appended to: no safe retry
+                raise
+            _COMPILED["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"[decode] torch.compile of the decode step failed, decoding without it "
+                  f"(agent.decode_compile=false skips the attempt): {_COMPILED['failed']}", flush=True)
+            return eager(x, pos)
+
+    return run
+
+
 class _StepRunner:
     """Runs decode steps eagerly, or through one captured CUDA graph (static cache on CUDA)."""
 
@@ -262,8 +312,7 @@ class _StepRunner:
         self.graph = None
         self.fn = lambda x, pos: _step_logits(model, cache, x, pos, options.attention)  # eager (no self: no cycle)
         if options.compile:
-            step = _compiled_step()
-            self.fn = lambda x, pos: step(model, cache, x, pos, options.attention)
+            self.fn = _compiled_or_eager(model, cache, options.attention)
             if cache.static:  # one compiled step for every cache length (no recompile per prompt length)
                 for t in cache.keys + cache.values:
                     torch._dynamo.maybe_mark_dynamic(t, 2)

@@ -76,6 +76,8 @@ def load_policy(cfg: Config, engine):
     policy = Policy.from_pretrained(a.checkpoint, device=a.device, dtype=a.dtype,
                                     reference_layout=a.reference_layout, embedder_hidden=he, seed=cfg.seed)
     configure_processor(policy.processor, cfg.video_cfg(cfg.dataset))  # the dataset's video budget
+    opts = policy.set_decode(a.decode_attention, a.decode_compile, a.cuda_graph)
+    print(f"policy decode path on {policy.device}: {opts.name}", flush=True)
     if a.method == "sqr" and policy.sqr_config.soft_insert != cfg.engine.soft_insert:
         raise ConfigError(f"the policy's soft tokens were trained for engine.soft_insert="
                           f"{policy.sqr_config.soft_insert!r}, the config has {cfg.engine.soft_insert!r}")

@@ -61,6 +61,8 @@ def check_agent_config(acfg: AgentConfig) -> None:
         raise ValueError(f"agent.method must be one of {METHODS}, got {acfg.method!r}")
     if acfg.refine_mode not in REFINE_MODES:
         raise ValueError(f"agent.refine_mode must be one of {REFINE_MODES}, got {acfg.refine_mode!r}")
+    if acfg.decode_attention not in ("auto", "sdpa", "matmul"):
+        raise ValueError(f"agent.decode_attention must be 'auto', 'sdpa' or 'matmul', got {acfg.decode_attention!r}")
     if acfg.max_turns < 1 or acfg.n_latents < 1 or acfg.batch_size < 1:
         raise ValueError(f"agent.max_turns, n_latents and batch_size must be >= 1, got {acfg.max_turns}, "
                          f"{acfg.n_latents}, {acfg.batch_size}")

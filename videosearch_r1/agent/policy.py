@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import videosearch_r1  # noqa: F401  (torchvision shim before transformers)
-from videosearch_r1.agent.decode import DecodeOptions
+from videosearch_r1.agent.decode import DecodeOptions, decode_options_for
 from videosearch_r1.agent.prompts import REFINE_TOKEN, build_messages
 
 if TYPE_CHECKING:
@@ -153,11 +153,18 @@ class Policy:
             self.eos_token_ids = sorted(set(eos + ([tok.eos_token_id] if tok.eos_token_id is not None else [])))
             pad = tok.pad_token_id
         self.pad_token_id = pad if pad is not None else (self.eos_token_ids or [0])[0]
-        self.decode_options = DecodeOptions()  # cuda graph / attention kernel / compile of the decode step
         text_hidden = model.config.text_config.hidden_size
         if sqr_config.hidden_size != text_hidden:
             raise PolicyLoadError(f"SQR hidden_size {sqr_config.hidden_size} != policy hidden {text_hidden}")
         enable_fast_vision_attention(model)
+        self.set_decode()
+
+    def set_decode(self, attention: str = "auto", compile: bool = True, cuda_graph: bool = True) -> DecodeOptions:
+        """Pick the decode path for the policy's current device (decode.decode_options_for): on CUDA by
+        default matmul attention + CUDA graph + torch.compile, on CPU eager SDPA steps. `vsr1 infer` passes
+        agent.decode_attention / agent.decode_compile / agent.cuda_graph; call again after moving the model."""
+        self.decode_options = decode_options_for(self.device, attention, compile, cuda_graph)
+        return self.decode_options
 
     # ---- properties
     @property
@@ -232,7 +239,7 @@ class Policy:
                                       f"unexpected {unexpected}")
         model.to(dev).eval()
         sqr.to(dev).eval()
-        return cls(model, processor, sqr, sqr_cfg)
+        return cls(model, processor, sqr, sqr_cfg)  # decode path: set_decode() defaults for `dev`
 
     def save_pretrained(self, path: str | Path) -> Path:
         """HF model + processor files, plus sqr.safetensors and sqr_config.json (written atomically)."""
@@ -307,17 +314,26 @@ class Policy:
         keep_state keeps the KV cache and per-token hidden states so an SQR rollout can continue
         from the generated <REFINE> without a second prefill (`reserve` cache columns for latents).
         """
+        inputs = self.build_inputs(queries, clips, method)
+        res = self.generate_ids(inputs, max_new_tokens, temperature=temperature, keep_state=keep_state,
+                                reserve=reserve, seed=seed, ignore_eos=ignore_eos)
+        return self._finish(res, inputs["input_ids"].shape[1])
+
+    @torch.no_grad()
+    def generate_ids(self, inputs: dict, max_new_tokens: int = 256, temperature: float = 0.0,
+                     keep_state: bool = False, reserve: int = 16, seed: int | None = None,
+                     ignore_eos: bool = False):
+        """`generate` on a processor batch (left padded, on the policy's device): the same decode path
+        (self.decode_options), ids in and out, no text (bench/bench_agent.py times this). -> DecodeResult"""
         from videosearch_r1.agent.decode import generate_tokens
 
-        inputs = self.build_inputs(queries, clips, method)
         gen = None
         if seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(seed)
-        res = generate_tokens(self.model, inputs, self.positions(inputs), max_new_tokens, self.eos_token_ids,
-                              self.pad_token_id, temperature=temperature, generator=gen, options=self.decode_options,
-                              keep_state=keep_state, reserve=reserve, ignore_eos=ignore_eos)
-        return self._finish(res, inputs["input_ids"].shape[1])
+        return generate_tokens(self.model, inputs, self.positions(inputs), max_new_tokens, self.eos_token_ids,
+                               self.pad_token_id, temperature=temperature, generator=gen, options=self.decode_options,
+                               keep_state=keep_state, reserve=reserve, ignore_eos=ignore_eos)
 
     def _finish(self, res, prompt_len: int) -> Generation:
         ids = res.ids.cpu().tolist()
