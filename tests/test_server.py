@@ -47,7 +47,8 @@ def served(embedder):
     x = rng.standard_normal((120, embedder.dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     engine = SearchEngine.build(x, [f"vid{i}" for i in range(120)], embedder=embedder)
-    server, thread, url = _serve(create_app(engine, max_batch=16, max_k=50, max_soft_tokens=8))
+    server, thread, url = _serve(create_app(engine, max_batch=16, max_k=50, max_soft_tokens=8, max_body_mb=1,
+                                            max_text_chars=4096, max_text_tokens=1024))
     yield engine, url
     server.should_exit = True
     thread.join(timeout=10)
@@ -116,6 +117,82 @@ def test_bad_requests_get_clear_4xx(served):
             client.rank_of(np.asarray(ok), ["nope"])
         with pytest.raises(ValueError, match="exceeds the limit"):
             client.search(np.asarray(ok), k=1000)
+
+
+def test_bad_request_then_good_one_on_the_same_client(served):
+    """Every kind of bad input costs one 4xx; the same SearchClient's next valid call works."""
+    engine, url = served
+    d = engine.dim
+    ok = [[0.1] * d]
+    cases = [  # (path, payload, status, needle in the message)
+        ("/embed_queries", {"texts": [""]}, 400, "texts[0] is empty or blank"),
+        ("/embed_queries", {"texts": ["fine", "  \t\n"]}, 400, "texts[1] is empty or blank"),
+        ("/embed_queries", {"texts": ["a" * 4097]}, 413, "4097 characters, over serve.max_text_chars=4096"),
+        ("/embed_queries", {"texts": ["x " * 2000]}, 413, "tokens, over serve.max_text_tokens=1024"),
+        ("/embed_refined", {"texts": [" "], "soft": [[[0.0] * engine.embedder.hidden_size]]}, 400, "blank"),
+        ("/search", {"qvecs": ok, "k": True}, 422, "valid integer"),          # strict: no bool -> int
+        ("/search", {"qvecs": ok, "k": "2"}, 422, "valid integer"),           # nor str -> int
+        ("/search", {"qvecs": ok, "k": 2.0}, 422, "valid integer"),
+        ("/search", {"qvecs": [["0.1"] * d], "k": 1}, 422, "valid number"),  # nor str -> float
+        ("/search", {"qvecs": [[True] * d], "k": 1}, 422, "valid number"),
+        ("/search", {"qvecs": ok, "k": 1, "exlcude": [["vid1"]]}, 422, "exlcude"),  # a typo is not ignored
+        ("/rank_of", {"qvecs": ok, "target_ids": [7]}, 422, "valid string"),
+        ("/search", {"qvecs": ok * 10000, "k": 1}, 413, "serve.max_body_mb"),  # 1 MB cap, from Content-Length
+    ]
+    with SearchClient(url) as client:
+        want = engine.search(np.asarray(ok, dtype=np.float32), k=3).ids
+        for path, payload, status, needle in cases:
+            with pytest.raises(ValueError) as ei:
+                client._call("POST", path, payload)
+            assert f"HTTP {status}" in str(ei.value) and needle in str(ei.value), (path, str(ei.value)[:300])
+            assert client.search(np.asarray(ok), k=3).ids == want  # the same client, the next call
+        assert client.embed_queries(["a red star spins"]).shape == (1, d)
+    raw = [b"[" * 100_000 + b"]" * 100_000,                                 # nested 100,000 deep
+           b'{"qvecs": [[1]], "k": ' + b"9" * 5000 + b"}",                 # a 5,000-digit integer
+           b'{"qvecs": [[0.1]], "k": 1']                                    # torn
+    with httpx.Client(base_url=url) as http:
+        for body in raw:
+            r = http.post("/search", content=body, headers={"content-type": "application/json"})
+            assert r.status_code in (400, 422), (r.status_code, r.text[:200])
+            assert http.post("/search", json={"qvecs": ok, "k": 3}).json()["ids"] == want
+
+        def chunked():  # no Content-Length: refused as soon as the count passes the cap, not at the end
+            for _ in range(200):
+                yield b" " * 65536
+        r = http.post("/search", content=chunked(), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "max_body_mb" in r.text
+    with httpx.Client(base_url=url) as http:
+        assert http.post("/search", json={"qvecs": ok, "k": 3}).json()["ids"] == want
+        assert http.get("/info").json()["max_body_bytes"] == 2**20
+
+
+def test_unexpected_error_is_a_500_and_the_client_goes_on(served):
+    """A bug behind an endpoint is one JSON 500 (the connection is kept); and a server that drops the
+    connection after its 500 (a bare FastAPI app, a proxy) does not break the client's next call."""
+    from fastapi import FastAPI
+
+    engine, _ = served
+
+    def boom():
+        raise RuntimeError("a bug")
+
+    guarded = create_app(SearchEngine(engine.vectors, engine.ids))
+    bare = FastAPI()
+    bare.get("/health")(lambda: {"status": "ok"})
+    for app in (guarded, bare):
+        app.get("/boom")(boom)
+        server, thread, url = _serve(app)
+        try:
+            with SearchClient(url) as client:
+                for _ in range(3):
+                    with pytest.raises(RuntimeError, match="HTTP 500"):
+                        client._call("GET", "/boom")
+                    assert client.health()["status"] == "ok"
+            if app is guarded:
+                assert "RuntimeError: a bug" in httpx.get(url + "/boom").json()["detail"]
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
 
 
 def test_no_embedder_gives_503(served):

@@ -5,8 +5,11 @@
     res = engine.search(q, k=5, exclude=[{"vid3"}])      # same SearchResult as in-process
     engine.rank_of(q, ["vid7"])
 
-Server errors come back as the same exception types the in-process engine raises: ValueError (400/413),
-UnknownIdError (404), RuntimeError (503 and anything else), with the server's message.
+Server errors come back as the same exception types the in-process engine raises: ValueError (400/413/
+422), UnknownIdError (404), RuntimeError (503 and anything else), with the server's message. The client
+stays usable after any error answer: a 5xx drops its pooled connections, and a request that meets a
+connection the server closed (after an error, or idle) is sent once more on a fresh one (every endpoint
+is a pure function of its input, so a repeat is safe).
 """
 from __future__ import annotations
 
@@ -22,13 +25,29 @@ class SearchClient:
         import httpx
 
         self.url = url.rstrip("/")
+        self.timeout = timeout
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
         self._info: dict | None = None
         self._ids: list[str] | None = None
 
     # ---- plumbing
+    def _reset(self) -> None:
+        """Drop the pooled connections (the server may close them after an error answer)."""
+        import httpx
+
+        self._http.close()
+        self._http = httpx.Client(base_url=self.url, timeout=self.timeout)
+
     def _call(self, method: str, path: str, payload: dict | None = None) -> dict:
-        r = self._http.request(method, path, json=payload)
+        import httpx
+
+        try:
+            r = self._http.request(method, path, json=payload)
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+            self._reset()  # a kept-alive connection the server had dropped: once more on a fresh one
+            r = self._http.request(method, path, json=payload)
+        if r.status_code >= 500:
+            self._reset()
         if r.status_code < 400:
             return r.json()
         try:
