@@ -143,7 +143,7 @@ def test_scripted_rollout_rewards_and_latent_gradient():
         kn = Knobs(0.2, 0.0, 0.0, "token", objective, 1.0, 0.1, 0.1)
         pol.model.zero_grad()
         pol.sqr.zero_grad()
-        loss, st = micro_loss(kn, module, None, batch, adv_rows, None, den, embedder=W.engine().embedder,
+        loss, st = micro_loss(kn, module, batch, adv_rows, den, embedder=W.engine().embedder,
                               scorer=scorer, negatives={t.index: t.negatives for t in trajs},
                               gt={t.index: t.record.gt_video for t in trajs}, device="cpu", dtype=torch.float32)
         loss.backward()

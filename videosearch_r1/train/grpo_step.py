@@ -2,7 +2,7 @@
 
     batch = collate_turns(policy, turns, clips)                 # prompt (env, masked) + sampled ids (loss)
     logp, ent, soft = module(batch.inputs, batch.loss_mask, batch.refine_pos, latent_rows)
-    stats = update(acc, module, policy, opt, trajs, clips, adv, knobs, ref_model=ref, embedder=emb, scorer=sc)
+    loss, stats = micro_loss(knobs, module, batch, adv_rows, denominators, ref_logp=batch_logprobs(ref, batch, dev, dt))
 
 A TurnBatch row is the real conversation of one assistant turn: the prompt rendered by the one prompt
 builder (system, user = query text + the shown video) followed by the SAMPLED completion ids, left
@@ -178,9 +178,20 @@ def latent_loss(kn: Knobs, soft: torch.Tensor, turns: list[TurnSample], adv: tor
     return total, parts
 
 
-def micro_loss(kn: Knobs, module, ref_model, batch: TurnBatch, adv_rows: torch.Tensor, old_logp: Optional[torch.Tensor],
-               denominators: dict, embedder=None, scorer=None, negatives=None, gt=None, device=None, dtype=None):
-    """The loss of one micro-batch, scaled so micro-batches of a step add up to the step's loss;
+@torch.no_grad()
+def batch_logprobs(model, batch: TurnBatch, device, dtype, fast: bool = True) -> torch.Tensor:
+    """Log-probs [T] of a batch's sampled ids under `model` (the frozen reference, or the policy before
+    its first update when grpo.iterations > 1), no grad."""
+    inputs = to_device(batch.inputs, device, dtype)
+    return sampled_logprobs(model, inputs, batch.loss_mask.to(device), fast)[0]
+
+
+def micro_loss(kn: Knobs, module, batch: TurnBatch, adv_rows: torch.Tensor, denominators: dict,
+               ref_logp: Optional[torch.Tensor] = None, old_logp: Optional[torch.Tensor] = None, embedder=None,
+               scorer=None, negatives=None, gt=None, device=None, dtype=None):
+    """The loss of one micro-batch, scaled so micro-batches of a step add up to the step's loss
+    (denominators: the step's loss tokens, turns and refined turns); ref_logp / old_logp: [T] from
+    batch_logprobs (None: no KL term / ratio against the current policy, i.e. 1).
     -> (loss, stats of sums: tokens, logp, entropy, kl, clip, latent parts)."""
     inputs = to_device(batch.inputs, device, dtype)
     mask = batch.loss_mask.to(device)
@@ -189,10 +200,7 @@ def micro_loss(kn: Knobs, module, ref_model, batch: TurnBatch, adv_rows: torch.T
     logp, ent, soft = module(inputs, mask, batch.refine_pos.to(device), latent_rows)
     sel = mask[:, 1:].bool()
     full = lambda x: torch.zeros(sel.shape, dtype=x.dtype, device=x.device).masked_scatter(sel, x)  # noqa: E731
-    ref = None
-    if ref_model is not None:
-        with torch.no_grad():
-            ref = full(sampled_logprobs(ref_model, inputs, mask)[0])
+    ref = None if ref_logp is None else full(ref_logp.to(device))
     old = full(logp.detach() if old_logp is None else old_logp.to(device))
     den = denominators["tokens"] if kn.aggregation == "token" else denominators["turns"]
     loss, st = policy_loss(full(logp), old, adv_rows.to(device), sel, clip_eps=kn.clip_eps,

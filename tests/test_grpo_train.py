@@ -1,0 +1,94 @@
+"""`vsr1 train grpo` on the tiny synthetic world: steps log every reward and KL/entropy, parameters
+(policy and SQR) move, and a killed run resumes to exactly the uninterrupted run."""
+import json
+
+import pytest
+import torch
+
+import _world as W
+from videosearch_r1.train.common import latest_checkpoint
+from videosearch_r1.train.grpo import check_grpo_config, run_grpo
+
+MATCH = W.MATCH.format(s="1.0", e="3.0")
+
+
+def _cfg(out, *extra):
+    return W.world().cfg("grpo.split=test", "grpo.queries_per_step=2", "grpo.group_size=2", "grpo.max_new_tokens=48",
+                         "grpo.micro_batch=3", "grpo.latent_objective=both", "grpo.lr=1e-3", "grpo.lr_sqr=1e-2",
+                         "grpo.reward_weights.turn_cost=0.2", "agent.max_turns=2", "train.steps=2",
+                         "train.checkpoint_every=1", f"train.output={out}", "train.log_every=1", *extra)
+
+
+def _policy(scripted: bool):
+    """A tiny policy; scripted: its generations follow a script (copy k of a query alternates between a
+    wrong match and a refusal, so a group's rewards differ) while the loss sees the real head."""
+    pol = W.policy()
+    if not scripted:
+        return pol
+    real = pol.model.lm_head
+    W.forced(pol, lambda q, v, k: MATCH if k % 2 == 0 else W.NOT_MATCH)
+    forced, gen = pol.model.lm_head, pol.generate
+    on = {"v": False}
+    forced_forward = forced.forward
+    forced.forward = lambda h: forced_forward(h) if on["v"] else real(h)
+
+    def generate(*a, **kw):
+        on["v"] = True
+        try:
+            return gen(*a, **kw)
+        finally:
+            on["v"] = False
+    pol.generate = generate
+    return pol
+
+
+def _lines(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_grpo_steps_log_rewards_and_move_parameters(tmp_path):
+    pol = _policy(scripted=True)
+    before = {n: p.detach().clone() for n, p in [("lm", pol.model.model.language_model.layers[0].mlp.up_proj.weight),
+                                                   ("readout", pol.sqr.readout[0].weight),
+                                                   ("to_embedder", pol.sqr.to_embedder[1].weight)]}
+    summary = run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=pol)
+    assert summary["complete"] and summary["steps"] == 2 and summary["trajectories"] == 8
+    lines = _lines(tmp_path)
+    assert [x["step"] for x in lines] == [1, 2]
+    for x in lines:
+        for k in ("reward/format", "reward/verification", "reward/iou", "reward/retrieval", "reward/turn_cost",
+                  "reward/total", "kl", "entropy", "clip_frac", "latent_infonce", "latent_gaussian", "rollout_s",
+                  "logprob_s", "update_s", "tokens_per_s"):
+            assert k in x and x[k] is not None, k
+        assert x["reward/format"] == 1.0 and x["entropy"] > 0 and x["refined_turns"] > 0
+    assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-6) and lines[1]["kl"] > 0  # the policy left the reference
+    now = {"lm": pol.model.model.language_model.layers[0].mlp.up_proj.weight, "readout": pol.sqr.readout[0].weight,
+           "to_embedder": pol.sqr.to_embedder[1].weight}
+    for k, p in now.items():
+        assert not torch.equal(p.detach().cpu(), before[k]), k
+    assert latest_checkpoint(tmp_path).name == "final" and (tmp_path / "final" / "sqr.safetensors").is_file()
+    assert run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=pol)["steps"] == 2  # finished: no retraining
+
+
+def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
+    """Sampled rollouts (seeded per step) of the real tiny policy: kill after step 1, rerun, compare."""
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    overrides = ("grpo.latent_objective=none", "grpo.kl_beta=0.0", "grpo.max_new_tokens=8")
+    run_grpo(_cfg(full, *overrides), "synth", engine=W.engine(), policy=_policy(False))
+    run_grpo(_cfg(cut, *overrides), "synth", engine=W.engine(), policy=_policy(False), stop_after=1)
+    assert latest_checkpoint(cut).name == "checkpoint-000001" and len(_lines(cut)) == 1
+    run_grpo(_cfg(cut, *overrides), "synth", engine=W.engine(), policy=_policy(False))
+    a, b = _lines(full), _lines(cut)
+    assert [x["step"] for x in b] == [1, 2]
+    for k in ("entropy", "completion_tokens", "reward/total", "turns"):
+        assert [x[k] for x in a] == pytest.approx([x[k] for x in b], rel=1e-4), k
+
+
+def test_bad_grpo_settings_name_the_field():
+    cfg = W.world().cfg("grpo.group_size=1")
+    with pytest.raises(ValueError, match="grpo.group_size"):
+        check_grpo_config(cfg.grpo)
+    with pytest.raises(ValueError, match="grpo.reward_weights: unknown reward"):
+        check_grpo_config(W.world().cfg("grpo.reward_weights.speed=1.0").grpo)
+    with pytest.raises(ValueError, match="grpo.latent_objective"):
+        check_grpo_config(W.world().cfg("grpo.latent_objective=ppo").grpo)

@@ -1,0 +1,344 @@
+"""`vsr1 train grpo`: Stage 2, multi-turn GRPO of the agent as it runs at inference, SQR trained too.
+
+    vsr1 index synth --split train                                          # the rollouts' corpus
+    vsr1 train grpo synth --checkpoint RUNS/sft-synth/final run_name=grpo-synth
+    vsr1 train grpo synth --checkpoint P grpo.engine_url=http://127.0.0.1:8765   # search via `vsr1 serve`
+    accelerate launch --num_processes 4 -m videosearch_r1.cli train grpo synth --checkpoint P run_name=grpo
+Rerun the same command to resume a killed run (same run_name: newest checkpoint, same query order and
+the same rollout seeds, so a resumed run repeats the uninterrupted one).
+
+Top to bottom (train/common.py holds the accelerate set-up, parameter groups, checkpoints and data order
+shared with SFT; train/trainer.py the policy preparation):
+1. queries: the grpo.split of DATASET (grpo.max_queries); the engine in-process (SearchEngine over the
+   split's index + the embedder) or a SearchClient to grpo.engine_url; the split index's video vectors
+   (retrieval reward, InfoNCE) and the frozen embedder are always local.
+2. the policy from --checkpoint (an SFT checkpoint; train.init_checkpoint otherwise), fresh SQR modules
+   sized to the engine if it has none; a frozen copy of it is the KL reference (grpo.kl_beta > 0).
+3. per step (train.steps, or train.epochs passes over the queries): grpo.queries_per_step queries x
+   grpo.group_size trajectories rolled out through the agent loop with sampling (grpo_rollout.py; seed
+   = grpo.seed and the step), rewards (rewards.py, grpo.reward_weights), group-normalised advantages,
+   reference log-probs, then grpo.iterations updates of the clipped objective + grpo.latent_weight x the
+   latent objective over micro-batches of grpo.micro_batch turns (grpo_step.py), AdamW at grpo.lr /
+   grpo.lr_sqr with train's schedule and clipping.
+4. <out_dir>/metrics.jsonl (one line a step): reward/<name> per reward function, reward/total, kl,
+   entropy, clip_frac, latent losses, turns, tokens, rollout_s / logprob_s / update_s, tokens_per_s;
+   checkpoint-N/ and final/ (load with `vsr1 infer DATASET --checkpoint <out_dir>/final`), summary.json.
+   Curves: `python -m videosearch_r1.train.grpo_report <out_dir>/metrics.jsonl` (PNG beside it).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from videosearch_r1.train import common
+from videosearch_r1.train.grpo_loss import ADV_SCALES, AGGREGATIONS, group_advantages
+from videosearch_r1.train.grpo_rollout import RetrievalScorer, reward_columns, rollout
+from videosearch_r1.train.grpo_step import (LATENT_OBJECTIVES, GRPOModule, Knobs, batch_logprobs, collate_turns,
+                                            micro_loss)
+from videosearch_r1.train.rewards import RETRIEVAL_MODES, check_weights, score
+
+
+def check_grpo_config(g) -> None:
+    """ValueError naming the grpo.* field that cannot run."""
+    if g.group_size < 2:
+        raise ValueError(f"grpo.group_size must be >= 2 (advantages compare a group), got {g.group_size}")
+    for name in ("queries_per_step", "iterations", "micro_batch", "max_new_tokens", "n_negatives"):
+        if getattr(g, name) < 1:
+            raise ValueError(f"grpo.{name} must be >= 1, got {getattr(g, name)}")
+    if not 0 < g.top_p <= 1 or g.temperature < 0:
+        raise ValueError(f"grpo.top_p must be in (0, 1] and grpo.temperature >= 0, got {g.top_p}, {g.temperature}")
+    for name, value, allowed in (("aggregation", g.aggregation, AGGREGATIONS), ("scale_rewards", g.scale_rewards, ADV_SCALES),
+                                 ("retrieval_reward", g.retrieval_reward, RETRIEVAL_MODES),
+                                 ("latent_objective", g.latent_objective, LATENT_OBJECTIVES)):
+        if value not in allowed:
+            raise ValueError(f"grpo.{name} must be one of {allowed}, got {value!r}")
+    if g.latent_objective in ("gaussian", "both") and g.latent_sigma <= 0:
+        raise ValueError(f"grpo.latent_sigma must be > 0 for the Gaussian latent objective, got {g.latent_sigma}")
+    check_weights(g.reward_weights)
+
+
+def knobs(g) -> Knobs:
+    return Knobs(g.clip_eps, g.clip_eps_high, g.kl_beta, g.aggregation, g.latent_objective, g.latent_weight,
+                 g.latent_sigma, g.retrieval_tau)
+
+
+# ------------------------------------------------------------------------------------ set-up
+@dataclasses.dataclass
+class Run:
+    """Everything a GRPO step reads (built once by `setup`)."""
+
+    cfg: object
+    acc: object
+    policy: object
+    module: object
+    opt: object
+    ref_model: object
+    loop: object
+    scorer: RetrievalScorer
+    embedder: object
+    queries: list
+    order: object
+    total: int
+    out_dir: Path
+
+
+def _engines(cfg, dataset: str, split: str, need_embedder: bool):
+    """(engine the loop searches, local SearchEngine with the video vectors, embedder or None)."""
+    from videosearch_r1.agent.infer import load_engine
+    from videosearch_r1.engine.index import load_embedder
+    from videosearch_r1.engine.search import SearchEngine
+
+    g = cfg.grpo
+    if not g.engine_url:
+        engine = load_engine(cfg, dataset, split)
+        return engine, engine, engine.embedder
+    from videosearch_r1.engine.client import SearchClient
+
+    local = SearchEngine.load(cfg.index_dir(dataset) / split)
+    remote = SearchClient(g.engine_url)
+    if list(remote.ids) != list(local.ids):
+        raise ValueError(f"{g.engine_url} serves another corpus than {cfg.index_dir(dataset) / split}")
+    return remote, local, load_embedder(cfg, dataset) if need_embedder else None
+
+
+def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy=None) -> tuple[Run, object]:
+    """Steps 1-2 of the module docstring, the accelerator, optimizer and resume point -> (run, state)."""
+    from videosearch_r1.agent.loop import AgentLoop
+    from videosearch_r1.agent.policy import Policy
+    from videosearch_r1.config import ConfigError
+    from videosearch_r1.data.fig import load_split
+    from videosearch_r1.models.qwen3vl import configure_processor
+    from videosearch_r1.train.trainer import _prepare_policy
+    from videosearch_r1.video.decode import load_clip
+
+    g, tc = cfg.grpo, cfg.train
+    check_grpo_config(g)
+    split = load_split(cfg, dataset, g.split)
+    queries = split.queries[: g.max_queries] if g.max_queries else split.queries
+    latent_on = g.latent_objective != "none" and g.latent_weight > 0
+    need_emb = g.latent_objective in ("infonce", "both") and latent_on
+    if engine is None:
+        engine, local, embedder = _engines(cfg, dataset, g.split, need_emb)
+    else:
+        local, embedder = engine, engine.embedder
+    if policy is None:
+        ckpt = checkpoint or tc.init_checkpoint
+        if not ckpt:
+            raise ConfigError("no policy to start from: pass --checkpoint PATH (the SFT checkpoint)")
+        he = embedder.hidden_size if embedder is not None else int(local.meta.get("hidden_size", 0) or 0)
+        policy = Policy.from_pretrained(ckpt, device="cpu", dtype="fp32", embedder_hidden=he, seed=cfg.seed)
+    configure_processor(policy.processor, cfg.video_cfg(dataset))
+    acc = common.make_accelerator(tc)
+    common.seed_everything(tc.seed)
+    ref = copy.deepcopy(policy.model).requires_grad_(False).eval() if g.kl_beta > 0 else None
+    _prepare_policy(policy, tc, acc)
+    if ref is not None:
+        ref.to(acc.device)
+    if hasattr(policy, "set_decode"):  # the decode path for the device the policy now lives on
+        policy.set_decode(cfg.agent.decode_attention, cfg.agent.decode_compile, cfg.agent.cuda_graph)
+    resume = common.latest_checkpoint(out_dir)
+    if resume is not None:
+        common.load_weights(policy, resume)
+    stage_tc = dataclasses.replace(tc, lr=g.lr, lr_sqr=g.lr_sqr, grad_accum=1)
+    groups = common.param_groups(policy, stage_tc, sqr=latent_on)
+    opt = torch.optim.AdamW(groups, lr=g.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
+                            fused=acc.device.type == "cuda")
+    module, opt = acc.prepare(GRPOModule(policy, cfg.agent.n_latents, tc.fast_step), opt)
+    state = common.load_trainer_state(acc, opt, resume) if resume is not None else common.TrainState()
+    acfg = dataclasses.replace(cfg.agent, method="sqr", max_new_tokens=g.max_new_tokens)
+    clip_fn = functools.lru_cache(maxsize=max(1, tc.clip_cache))(lambda v: load_clip(cfg, dataset, v))
+    loop = AgentLoop(acfg, engine, policy, clip_fn=clip_fn, durations={v: r.duration for v, r in split.videos.items()},
+                     query_field=cfg.dataset_cfg(dataset).query_field)
+    order = common.DataOrder(len(queries), g.queries_per_step, g.seed, acc.num_processes, acc.process_index)
+    scorer = RetrievalScorer(local.vectors, local.ids, g.retrieval_tau, g.n_negatives)
+    if embedder is not None:
+        embedder.model.requires_grad_(False)
+    run = Run(cfg, acc, policy, module, opt, ref, loop, scorer, embedder, queries, order,
+              common.total_steps(stage_tc, order), out_dir)
+    return run, state
+
+
+# ------------------------------------------------------------------------------------ one step
+def rollout_step(run: Run, state) -> tuple[list, dict]:
+    """Roll out this step's queries (seeded by grpo.seed and the step): (trajectories, clips)."""
+    g, policy = run.cfg.grpo, run.policy
+    qs = [run.queries[i] for i in run.order.next(state)]
+    seed = g.seed * 1_000_003 + state.step * 7919 + run.acc.process_index
+    gen = torch.Generator(device=policy.device).manual_seed(seed)
+    noise = torch.Generator().manual_seed(seed + 1)
+    sigma = g.latent_sigma if g.latent_objective in ("gaussian", "both") else 0.0
+    policy.model.eval()
+    try:
+        return rollout(run.loop, qs, g.group_size, scorer=run.scorer, generator=gen, temperature=g.temperature,
+                       top_p=g.top_p, latent_sigma=sigma, noise_generator=noise)
+    finally:
+        policy.model.train()
+
+
+def rewards_step(run: Run, trajs: list) -> tuple[torch.Tensor, dict]:
+    """Advantages [N] and the reward stats (reward/<name> means) of a rollout batch."""
+    g = run.cfg.grpo
+    completions, cols = reward_columns(trajs, run.loop.durations)
+    total, parts = score(g.reward_weights, completions, mode=g.retrieval_reward, **cols)
+    adv = group_advantages(torch.tensor(total, dtype=torch.float32), g.group_size, g.scale_rewards)
+    stats = {f"reward/{k}": float(np.mean(v)) for k, v in parts.items()}
+    r = np.asarray(total).reshape(-1, g.group_size)
+    stats.update({"reward/total": float(r.mean()), "reward/std_in_group": float(r.std(axis=1, ddof=1).mean()),
+                  "groups_all_equal": int((r.std(axis=1) == 0).sum())})
+    return adv, stats
+
+
+def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
+    """Reference (and old) log-probs, then grpo.iterations optimizer updates over micro-batches."""
+    g, acc, policy = run.cfg.grpo, run.acc, run.policy
+    kn = knobs(g)
+    turns = [ts for t in trajs for ts in t.turns]
+    chunks = [turns[i:i + g.micro_batch] for i in range(0, len(turns), g.micro_batch)]
+    batches = [collate_turns(policy, c, clips) for c in chunks]
+    latent_on = kn.latent_objective != "none" and kn.latent_weight > 0
+    den = {"tokens": sum(len(t.completion_ids) for t in turns), "turns": len(turns),
+           "refined": sum(t.refined for t in turns) if latent_on else 0}
+    dev, dt = acc.device, policy.model.dtype
+    t0 = time.perf_counter()
+    with acc.autocast():
+        refs = [batch_logprobs(run.ref_model, b, dev, dt) if run.ref_model is not None else None for b in batches]
+        olds = [batch_logprobs(policy.model, b, dev, dt) if g.iterations > 1 else None for b in batches]
+    t1 = time.perf_counter()
+    negatives = {t.index: t.negatives for t in trajs}
+    gt = {t.index: t.record.gt_video for t in trajs}
+    sums: dict[str, float] = {}
+    for _ in range(g.iterations):
+        for b, c, ref, old in zip(batches, chunks, refs, olds):
+            adv_rows = adv[[ts.traj for ts in c]]
+            loss, st = micro_loss(kn, run.module, b, adv_rows, den, ref_logp=ref, old_logp=old, embedder=run.embedder,
+                                  scorer=run.scorer, negatives=negatives, gt=gt, device=dev, dtype=dt)
+            acc.backward(loss)
+            for k, v in st.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+        grad_norm = None
+        if run.cfg.train.clip_grad > 0:
+            grad_norm = float(acc.clip_grad_norm_(run.module.parameters(), run.cfg.train.clip_grad))
+        run.opt.step()
+        run.opt.zero_grad(set_to_none=True)
+    t2 = time.perf_counter()
+    n_tok, it = max(1.0, sums.get("tokens", 0.0)), g.iterations
+    out = {"loss": sums.get("loss", 0.0) / it, "kl": sums.get("kl", 0.0) / n_tok, "entropy": sums.get("entropy", 0.0) / n_tok,
+           "clip_frac": sums.get("clip_frac", 0.0) / n_tok, "grad_norm": grad_norm, "turns": len(turns),
+           "completion_tokens": den["tokens"], "forward_tokens": sum(b.n_tokens for b in batches),
+           "refined_turns": den["refined"], "logprob_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4)}
+    for k in ("latent_infonce", "latent_gaussian"):
+        if k in sums:
+            out[k] = sums[k] / it / max(1, den["refined"])
+    return out
+
+
+def train_step(run: Run, state) -> dict | None:
+    """One whole step: rollout, rewards, update; its metrics line (None when nothing was generated)."""
+    factor = common.lr_factor(state.step, run.total, run.cfg.train)
+    common.set_lr(run.opt, factor)
+    t0 = time.perf_counter()
+    trajs, clips = rollout_step(run, state)
+    t1 = time.perf_counter()
+    if not any(t.turns for t in trajs):
+        state.skipped["empty_step"] = state.skipped.get("empty_step", 0) + 1
+        return None
+    adv, stats = rewards_step(run, trajs)
+    stats.update(update_step(run, trajs, clips, adv))
+    recs = [t.record for t in trajs]
+    stats.update({"lr": run.cfg.grpo.lr * factor, "rollout_s": round(t1 - t0, 4),
+                  "turns_per_trajectory": float(np.mean([len(r.turns) for r in recs])),
+                  "found": float(np.mean([r.stop_reason == "matched" and r.turns[-1].gt_shown for r in recs])),
+                  "stop_reasons": dict(sorted({r.stop_reason: sum(x.stop_reason == r.stop_reason for x in recs)
+                                               for r in recs}.items()))})
+    state.rows_seen += len(trajs)
+    state.tokens_seen += stats["forward_tokens"]
+    return stats
+
+
+# ------------------------------------------------------------------------------------ the run
+def run_grpo(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = None, engine=None,
+             policy=None) -> dict:
+    """Steps 1-4 of the module docstring; returns the summary (also <out_dir>/summary.json)."""
+    from videosearch_r1.config import save_config
+    from videosearch_r1.utils import append_jsonl, atomic_write_json, progress
+
+    out_dir = Path(cfg.train.output) if cfg.train.output else cfg.runs_dir() / (cfg.run_name or f"grpo-{dataset}")
+    done = common.latest_checkpoint(out_dir)
+    if done is not None and done.name == common.FINAL and (out_dir / "summary.json").is_file():
+        return json.loads((out_dir / "summary.json").read_text())
+    save_config(cfg, out_dir)
+    run, state = setup(cfg, dataset, checkpoint, out_dir, engine=engine, policy=policy)
+    acc, tc = run.acc, cfg.train
+    metrics = out_dir / "metrics.jsonl"
+    if acc.is_main_process:
+        common.trim_metrics(metrics, state.step)
+    bar = progress(total=run.total, desc="grpo", unit="step") if acc.is_main_process else None
+    if bar is not None:
+        bar.update(state.step)
+    done_here = 0
+    while state.step < run.total and (stop_after is None or done_here < stop_after):
+        t0 = time.perf_counter()
+        stats = train_step(run, state)
+        state.step += 1
+        done_here += 1
+        if stats is not None and acc.is_main_process and state.step % max(1, tc.log_every) == 0:
+            dt = time.perf_counter() - t0
+            stats.update(step=state.step, seconds=round(dt, 4), tokens_per_s=round(stats["forward_tokens"] / dt, 1))
+            append_jsonl(metrics, [stats])
+        if bar is not None:
+            bar.update(1)
+            if stats is not None:
+                bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.4f}")
+        if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.step < run.total:
+            common.save_checkpoint(acc, run.module, run.policy, run.opt, state, cfg,
+                                   out_dir / common.checkpoint_name(state.step), keep=tc.keep_checkpoints)
+    if bar is not None:
+        bar.close()
+    finished = state.step >= run.total
+    final = common.save_checkpoint(acc, run.module, run.policy, run.opt, state, cfg, out_dir / common.FINAL) \
+        if finished else None
+    summary = _summary(out_dir, state, run, finished, final)
+    if acc.is_main_process:
+        atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _summary(out_dir: Path, state, run: Run, finished: bool, final) -> dict:
+    from videosearch_r1.utils import read_jsonl_resumable
+
+    log = read_jsonl_resumable(out_dir / "metrics.jsonl") if run.acc.is_main_process else []
+    return {"out_dir": str(out_dir), "steps": state.step, "total_steps": run.total, "complete": finished,
+            "final_checkpoint": str(final) if final else None, "queries": len(run.queries),
+            "trajectories": state.rows_seen, "tokens_seen": state.tokens_seen, "skipped": dict(state.skipped),
+            "rewards": [r.get("reward/total") for r in log], "last": log[-1] if log else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from videosearch_r1.config import ConfigError
+    from videosearch_r1.utils import command_parser, config_from_args, parse_command
+
+    parser = command_parser("vsr1 train grpo", __doc__)
+    parser.add_argument("dataset", help="dataset name (an entry under `datasets` in the config)")
+    parser.add_argument("--checkpoint", default="", help="the SFT policy to start from (default: train.init_checkpoint)")
+    args = parse_command(parser, argv)
+    cfg = config_from_args(args, [f"dataset={args.dataset}"])
+    try:
+        summary = run_grpo(cfg, args.dataset, args.checkpoint)
+    except (FileNotFoundError, ValueError, ConfigError, OSError) as e:
+        print(f"vsr1 train grpo: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "rewards"}, indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
