@@ -22,7 +22,9 @@ benchmark's own 240 train videos instead: 11.4 / 50.4 after 150 steps, 8.3 / 40.
    InfoNCE), so repeated coarse captions are not pushed apart. Learnable (or fixed) temperature, AdamW,
    linear warm-up + cosine decay, bf16 autocast on CUDA.
 5. save atomically (temp dir, then rename) to engine_train.output or cfg.engine_model(), loadable by
-   Embedder.from_pretrained; the train log (jsonl) goes to the run dir and into the checkpoint
+   Embedder.from_pretrained; the train log (jsonl) goes to the run dir and into the checkpoint, with
+   train_summary.json recording train_key / train_fingerprint (what decides the weights: `vsr1
+   quickstart` retrains when the config's differ)
 6. evaluate the saved checkpoint through the real Embedder path on cfg.dataset's val/test splits: fine-query
    VR@1 / VR@10 over each split's corpus (exact ranks); queries whose video failed to decode count as misses.
 """
@@ -307,8 +309,33 @@ def prepare(cfg, device: str):
     return out, world, embedder, cache, pairs, skipped, params
 
 
+# engine_train fields that do not change the trained weights (where they go, logging, evaluation)
+_KEY_DROP = ("output", "log_every", "eval_every", "eval_splits")
+
+
+def train_key(cfg) -> dict:
+    """What decides the weights `train` produces (videosearch_r1/fingerprint.py): engine_train.* but
+    _KEY_DROP, the engine prompt (instruction, max_query_tokens), the dataset and its video sampling,
+    and the training data: the synth section for a generated engine world (world_families > 0), else the
+    content of cfg.dataset's train annotation file."""
+    from videosearch_r1 import fingerprint as fp
+
+    key = {"engine_train": fp.section(cfg, "engine_train", drop=_KEY_DROP),
+           "engine": {"instruction": cfg.engine.instruction, "max_query_tokens": cfg.engine.max_query_tokens},
+           "dataset": cfg.dataset, "video": asdict(cfg.video_cfg(cfg.dataset))}
+    if cfg.dataset == "synth" and cfg.engine_train.world_families > 0:
+        key["synth"] = fp.section(cfg, "synth", drop=("workers", "sheet_families"))
+    else:
+        dcfg = cfg.dataset_cfg(cfg.dataset)
+        path = cfg.dataset_root(cfg.dataset) / dcfg.annotation_dir / dcfg.splits.get("train", "")
+        key["train_file"] = fp.file_digest(path) if path.is_file() else "missing"
+    return key
+
+
 def train(cfg, log_path: Path | None = None) -> dict:
-    """Steps 1-6 of the module doc; returns the summary dict (also written into the checkpoint)."""
+    """Steps 1-6 of the module doc; returns the summary dict (also written into the checkpoint, with
+    train_key / train_fingerprint: `vsr1 quickstart` retrains when they differ from the config's)."""
+    from videosearch_r1.fingerprint import digest
     from videosearch_r1.utils import append_jsonl, progress, resolve_device
 
     tc, dataset = cfg.engine_train, cfg.dataset
@@ -316,6 +343,7 @@ def train(cfg, log_path: Path | None = None) -> dict:
     device = resolve_device(tc.device)
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))  # noqa
     t_start = time.time()
+    key = train_key(cfg)
     out, world, embedder, cache, pairs, skipped, params = prepare(cfg, device)
     eval_cache = ClipCache(embedder)  # the benchmark's val clips, for eval_every
     opt, log_scale = make_optimizer(embedder.model, tc, device)
@@ -349,7 +377,8 @@ def train(cfg, log_path: Path | None = None) -> dict:
     bar.close()
     summary = {"dataset": dataset, "trained_on": world, "output": str(out), "size": tc.size, "params": params, "device": device,
                "pairs": len(pairs), "skipped_videos": [list(s) for s in skipped],
-               "train_seconds": time.time() - t_start, "config": asdict(tc),
+               "train_seconds": time.time() - t_start, "config": asdict(tc), "train_key": key,
+               "train_fingerprint": digest(key),
                "first_loss": log[0]["loss"] if log else None,
                "last_loss": float(np.mean([r["loss"] for r in log[-10:]])) if log else None}
     return finish(cfg, embedder, out, log, summary)
