@@ -112,3 +112,49 @@ def test_cli_errors_are_clean(capsys):
     assert cli.main(["infer", "synth", f"workspace={ws}", f"run_name={_name('nockpt')}"]) == 2
     assert "--checkpoint" in capsys.readouterr().err
     assert cli.main(["infer", "nosuch", f"workspace={ws}"]) == 2
+
+
+def test_resume_refuses_another_world_index_or_weights(tmp_path):
+    """synth.*, index.*, engine.max_query_tokens and the content of both checkpoints key a run."""
+    import shutil
+
+    from videosearch_r1.models.tiny import make_tiny_checkpoint
+
+    wcfg = W.world().cfg()
+    pol, eng = tmp_path / "policy", tmp_path / "e" / "synth-engine"  # same folder name: same index dir
+    shutil.copytree(W.world().policy_path, pol)
+    shutil.copytree(wcfg.engine_model(), eng)
+    base = {"agent.checkpoint": str(pol), "engine.model": str(eng)}
+    name = _name("keyed")
+    _run(name, max_batches=1, **base)
+    for key, value in (("synth.seed", 5), ("index.factory", "HNSW32"), ("engine.max_query_tokens", 64)):
+        with pytest.raises(ConfigError, match=key.split(".")[0] if key != "engine.max_query_tokens" else key):
+            _run(name, **base, **{key: value})
+    vcfg = wcfg.video_cfg("synth")
+    make_tiny_checkpoint(pol, kind="policy", video_cfg=vcfg, seed=9)  # the policy retrained in place
+    with pytest.raises(ConfigError, match="policy_weights"):
+        _run(name, **base)
+    shutil.rmtree(pol)
+    shutil.copytree(W.world().policy_path, pol)  # the same content again: resumes
+    assert _run(name, **base)[1]["complete"]
+    make_tiny_checkpoint(eng, kind="embedder", video_cfg=vcfg, seed=9)  # the engine retrained in place
+    with pytest.raises(ConfigError, match="engine_weights"):
+        _run(name, **base)
+
+
+def test_queries_whose_video_is_not_in_the_index_are_counted(capsys):
+    import numpy as np
+
+    from videosearch_r1.engine.search import SearchEngine
+
+    full, sp = W.engine(), W.split()
+    gone = sp.queries[0].video_id
+    keep = [i for i, v in enumerate(full.ids) if v != gone]
+    engine = SearchEngine(full.vectors[keep], [full.ids[i] for i in keep], embedder=full.embedder)
+    summary = run_infer(W.world().cfg(f"run_name={_name('gap')}", "agent.method=engine"), engine=engine)
+    n = sum(q.video_id == gone for q in sp.queries)
+    assert summary["gt_not_in_index"] == n >= 1 and summary["index_videos"] == len(full.ids) - 1
+    assert f"ground truth not in the index: {n} of {len(sp.queries)} queries" in capsys.readouterr().out
+    empty = SearchEngine(np.zeros((0, full.dim), np.float32), [], embedder=full.embedder)
+    with pytest.raises(ValueError, match="holds no videos"):
+        run_infer(W.world().cfg(f"run_name={_name('empty')}", "agent.method=engine"), engine=empty)

@@ -12,13 +12,17 @@
    <run_dir>/summary.json atomically; print the metric table.
 <run_dir> = <workspace>/runs/<run_name> (default infer-<time>), with the resolved config.yaml.
 Resume: rerun with the same run_name: queries whose qid is already in predictions.jsonl are skipped (a
-kill leaves at most a torn last line, which is dropped). Batches are fixed slices of the query list,
-so a resumed run forms the same batches as an uninterrupted one. Resuming with a different agent /
-engine / dataset setting is refused (use another run_name). Timings in summary.json cover the last
-invocation only.
+kill leaves at most a torn last line, which is dropped; any other unreadable line is an error). Batches
+are fixed slices of the query list, so a resumed run forms the same batches as an uninterrupted one.
+Resuming with a different agent / engine / dataset / synth / index / video setting, or with other
+weights (engine or policy checkpoint content) or another index build (fingerprints.json in the run dir),
+is refused (use another run_name). summary.json counts the queries whose ground-truth video is not in
+the index (gt_not_in_index: scored as misses) and the printed summary says how many. Timings in
+summary.json cover the last invocation only.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
@@ -30,26 +34,67 @@ from videosearch_r1.config import Config, ConfigError, to_dict
 from videosearch_r1.utils import (append_jsonl, atomic_write_json, command_parser, config_from_args, make_run_dir,
                                   parse_command, progress, read_jsonl_resumable)
 
-# config fields that must match to resume a run (batch_size only changes the grouping of the work)
-_RESUME_KEYS = ("dataset", "split", "agent", "engine.model", "engine.instruction", "engine.soft_insert",
-                "engine.dim", "video", "datasets")
+# config fields that must match to resume a run -> fields of them that may differ (they only regroup the
+# work or say how a build ran)
+_RESUME_KEYS = {"dataset": (), "split": (), "agent": ("batch_size",), "engine.model": (),
+                "engine.instruction": (), "engine.soft_insert": (), "engine.dim": (),
+                "engine.max_query_tokens": (), "video": (), "datasets": (),
+                "synth": ("workers", "sheet_families"), "index": ("shard_size", "hard_negatives")}
+FINGERPRINTS = "fingerprints.json"  # in the run dir: the weights and index the predictions were made with
 
 
-def _pick(d: dict, dotted: str):
+def _pick(d: dict, dotted: str, drop: tuple[str, ...] = ()):
     for part in dotted.split("."):
         d = d.get(part, {}) if isinstance(d, dict) else {}
-    if isinstance(d, dict) and "batch_size" in d and dotted == "agent":
-        d = {k: v for k, v in d.items() if k != "batch_size"}
-    return d
+    return {k: v for k, v in d.items() if k not in drop} if isinstance(d, dict) else d
 
 
-def check_resumable(run_dir: Path, cfg: Config) -> None:
-    """Refuse to append to predictions made under a different setting."""
+def _weights(path_or_id: str) -> str:
+    from videosearch_r1.fingerprint import dir_digest
+    from videosearch_r1.models.hub import resolve_checkpoint
+
+    try:
+        return dir_digest(resolve_checkpoint(path_or_id))
+    except FileNotFoundError as e:
+        return f"unavailable ({e})"
+
+
+def run_fingerprints(cfg: Config) -> dict:
+    """Content fingerprints of what a run's predictions depend on beyond its config: the engine's and the
+    policy's weight files and the index (its meta.json: engine, corpus, skips)."""
+    from videosearch_r1.fingerprint import digest
+
+    meta = cfg.index_dir(cfg.dataset) / cfg.split / "meta.json"
+    policy = cfg.agent.checkpoint if cfg.agent.method != "engine" else ""
+    return {"engine_weights": _weights(cfg.engine_model()),
+            "policy_weights": _weights(policy) if policy else "",
+            "index": digest(meta.read_text()) if meta.is_file() else "missing"}
+
+
+def resume_key(cfg: Config) -> str:
+    """8 hex chars over everything check_resumable compares (config keys + run_fingerprints): a run name
+    that includes it is never refused, and a changed setting gets a fresh run dir."""
+    from videosearch_r1.fingerprint import digest
+
+    d = to_dict(cfg)
+    return digest({"config": {k: _pick(d, k, drop) for k, drop in _RESUME_KEYS.items()},
+                   "fingerprints": run_fingerprints(cfg)})[:8]
+
+
+def check_resumable(run_dir: Path, cfg: Config, fingerprints: dict) -> None:
+    """Refuse to append to predictions made under a different setting, other weights or another index."""
+    from videosearch_r1.fingerprint import changed
+
     old_path, pred = run_dir / "config.yaml", run_dir / "predictions.jsonl"
     if not (old_path.is_file() and pred.is_file() and pred.stat().st_size > 0):
         return
     old, new = yaml.safe_load(old_path.read_text()) or {}, to_dict(cfg)
-    diff = [k for k in _RESUME_KEYS if _pick(old, k) != _pick(new, k)]
+    diff = [k for k, drop in _RESUME_KEYS.items() if _pick(old, k, drop) != _pick(new, k, drop)]
+    fp_path = run_dir / FINGERPRINTS
+    if not fp_path.is_file():
+        diff.append(f"(unrecorded) weights and index: {fp_path.name} is missing")
+    else:
+        diff += changed(json.loads(fp_path.read_text()), fingerprints)
     if diff:
         raise ConfigError(f"{run_dir} holds predictions made with a different {', '.join(diff)}; "
                           f"use another run_name (or delete the run directory)")
@@ -110,9 +155,11 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     print(split.summary.format(), flush=True)
     queries = split.queries[:limit] if limit is not None else split.queries
     run_dir = cfg.runs_dir() / cfg.run_name if cfg.run_name else None
+    fingerprints = run_fingerprints(cfg)
     if run_dir is not None:
-        check_resumable(run_dir, cfg)
+        check_resumable(run_dir, cfg, fingerprints)
     run_dir = make_run_dir(cfg, "infer")
+    atomic_write_json(run_dir / FINGERPRINTS, fingerprints)
     pred_path = run_dir / "predictions.jsonl"
     done = {str(r.get("qid")) for r in read_jsonl_resumable(pred_path)}
     todo_batches = _batches(queries, done, max(1, cfg.agent.batch_size))
@@ -122,6 +169,8 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     loop = None
     if todo_batches:
         engine = engine if engine is not None else load_engine(cfg, dataset, split_name)
+        if getattr(engine, "ids", None) is not None and len(engine.ids) == 0:
+            raise ValueError(f"the index of {dataset}/{split_name} holds no videos: rebuild it with `vsr1 index`")
         if policy is None and cfg.agent.method != "engine":
             policy = load_policy(cfg, engine)
         loop = make_loop(cfg, split, engine, policy)
@@ -138,9 +187,16 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     wanted = {q.qid for q in queries}
     rows = [r for r in read_jsonl_resumable(pred_path) if str(r.get("qid")) in wanted]
     result = evaluate_rows(rows, gt_queries=queries, iou_thresholds=cfg.eval.iou_thresholds, ks=cfg.eval.recall_ks)
+    index_ids, index_skipped = _index_contents(cfg, engine)
+    gt_missing = None if index_ids is None else sum(q.video_id not in index_ids for q in queries)
     summary = {
         "dataset": dataset, "split": split_name, "method": cfg.agent.method, "checkpoint": cfg.agent.checkpoint,
+        "decode": getattr(getattr(policy, "decode_options", None), "name", None),  # this invocation's path
         "run_dir": str(run_dir), "queries": len(queries), "finished": len(rows), "complete": len(rows) == len(queries),
+        "gt_not_in_index": gt_missing,  # queries whose GT video the index lacks (always misses); None: unknown
+        "index_videos": None if index_ids is None else len(index_ids),
+        "index_skipped_videos": index_skipped,  # corpus videos `vsr1 index` could not decode
+        "fingerprints": fingerprints,
         "stop_reasons": dict(sorted(Counter(r.get("stop_reason") for r in rows).items())),
         "load_summary": {"rows": split.summary.rows, "loaded": split.summary.loaded,
                          "clamped_end": split.summary.clamped_end,
@@ -153,8 +209,25 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     }
     atomic_write_json(run_dir / "summary.json", summary)
     print(format_table(result), flush=True)
+    if gt_missing is None:
+        print("ground truth not in the index: unknown (no index contents to check)", flush=True)
+    else:
+        print(f"ground truth not in the index: {gt_missing} of {len(queries)} queries (scored as misses); "
+              f"index: {len(index_ids)} videos, {index_skipped} of the corpus skipped at indexing", flush=True)
     print(f"predictions: {pred_path}\nsummary: {run_dir / 'summary.json'}", flush=True)
     return summary
+
+
+def _index_contents(cfg: Config, engine) -> tuple[set[str] | None, int | None]:
+    """(video ids, corpus videos skipped at indexing) of the engine used, else of the index on disk."""
+    d = cfg.index_dir(cfg.dataset) / cfg.split
+    meta = json.loads((d / "meta.json").read_text()) if (d / "meta.json").is_file() else {}
+    skipped = len(meta["skipped"]) if isinstance(meta.get("skipped"), list) else None
+    if getattr(engine, "ids", None) is not None:
+        return set(engine.ids), skipped
+    if (d / "ids.json").is_file():
+        return set(json.loads((d / "ids.json").read_text())), skipped
+    return None, skipped
 
 
 def _batches(queries: list, done: set[str], size: int) -> list[list]:
