@@ -1,8 +1,8 @@
 """Draw a synthetic VideoSpec into frames (numpy) and write it as an mp4 (PyAV, libx264, yuv420p).
 
     for frame in render_frames(spec, noise=4.0): ...        # [H, W, 3] uint8, one per 1/fps s
-    write_video(spec, "videos/train0000v0.mp4", noise=4.0)  # atomic; the render key goes in the metadata
-    read_key("videos/train0000v0.mp4")                      # -> that key, or None (missing / unreadable)
+    write_video(spec, "videos/s0-train0000v0.mp4", noise=4.0)  # atomic; the render key goes in the metadata
+    read_key("videos/s0-train0000v0.mp4")                   # -> that key, or None (missing / unreadable)
 
 Each frame: the wall (colour + texture with a random layout and a fixed grain), the idle companion, the
 object at its timeline state (position, jump offset, rotation, scale, colour), anti-aliased by 2x2
