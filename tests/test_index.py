@@ -145,6 +145,10 @@ def test_engine_retrained_in_place_is_reembedded_and_the_old_pairing_refused(wor
         SearchEngine.load(out, embedder=old_emb)
     assert old_emb.fingerprint() in str(err.value) and new_emb.fingerprint() in str(err.value)
     assert old_emb.fingerprint() != new_emb.fingerprint()
+    from videosearch_r1.engine.embedder import engine_fingerprint  # the same key without loading the model
+    from videosearch_r1.fingerprint import dir_digest
+
+    assert engine_fingerprint(dir_digest(eng), cfg.engine.instruction, new_emb.dim) == new_emb.fingerprint()
 
 
 def test_no_video_decodes_is_an_error_and_a_repaired_video_is_reembedded(world, tmp_path, capsys):

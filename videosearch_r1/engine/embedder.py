@@ -130,7 +130,7 @@ class Embedder:
                 h.update(name.encode())
                 h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
             weights = "state:" + h.hexdigest()[:fp.SHORT]
-        out = fp.digest({"weights": weights, "instruction": self.instruction, "dim": self.dim})
+        out = engine_fingerprint(weights, self.instruction, self.dim)
         if frozen:
             self._fingerprint = out
         return out
@@ -259,6 +259,15 @@ class Embedder:
             with torch.set_grad_enabled(grad):
                 out.append(self._soft_forward(batch, soft[i: i + self.batch_size]))
         return torch.cat(out) if out else torch.empty(0, self.dim)
+
+
+def engine_fingerprint(weights: str, instruction: str, dim: int) -> str:
+    """Embedder.fingerprint from its parts, for code that writes an index without loading the model (e.g.
+    converted released embeddings): weights = fingerprint.dir_digest(checkpoint dir), instruction as
+    configured, dim = the vector width (engine.dim, or the hidden size when that is 0)."""
+    from videosearch_r1.fingerprint import digest
+
+    return digest({"weights": weights, "instruction": _with_period(instruction), "dim": int(dim)})
 
 
 def _with_period(instruction: str) -> str:
