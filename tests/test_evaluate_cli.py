@@ -75,3 +75,46 @@ def test_evaluate_without_gt_uses_rows_and_errors_exit_2(files, capsys):
     assert main([str(p), "--gt", "x.jsonl", "--split", "test", f"workspace={tmp}"]) == 2
     err = capsys.readouterr().err
     assert "nope.jsonl" in err and "synth_fig_test.jsonl" in err and "either --gt" in err
+
+
+def test_ground_truth_in_rows_is_validated(tmp_path):
+    """Rows carrying a reversed / negative / NaN / zero-length GT span are bad_gt, never scored."""
+    good = pred("1", "v1", "matched", 0.0, 6.0)
+    bad = [dict(pred(str(i), "v1", "matched", 5.0, 1.0), gt_start=s, gt_end=e)
+           for i, (s, e) in enumerate([(10.0, 0.0), (-5.0, 1.0), (float("nan"), 3.0), (4.0, 4.0), (0.0, float("inf"))], 2)]
+    p = tmp_path / "pred.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in [good] + bad))  # json.dumps writes NaN / Infinity
+    out = tmp_path / "m.json"
+    assert main([str(p), "--json", str(out), f"workspace={tmp_path}"]) == 0
+    r = json.loads(out.read_text())
+    assert r["counts"]["unscorable_by_reason"] == {"bad_gt": 5} and r["counts"]["scored"] == 1 and r["n"] == 6
+    assert r["paper"]["vcmr_r1"]["0.5"] == pytest.approx(100 / 6)  # the reversed GT vs reversed pred scores nothing
+    for line in range(2, 7):
+        assert any(m.startswith(f"{p}:{line}: bad_gt") for m in r["messages"]), line
+
+
+def test_hostile_lines_are_counted_bad_json_and_bom_is_accepted(tmp_path):
+    rows = [pred("1", "v1", "matched", 0.0, 6.0), pred("2", "v1", "matched", 0.0, 10.0)]
+    p = tmp_path / "pred.jsonl"
+    with open(p, "wb") as f:
+        f.write(b"\xef\xbb\xbf" + json.dumps(rows[0]).encode() + b"\n")   # UTF-8 BOM on line 1
+        f.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")                   # nested 100,000 deep
+        f.write(b'{"qid": "9", "text_tokens": ' + b"7" * 5000 + b"}\n")    # a 5,000-digit integer
+        f.write(json.dumps(dict(rows[1], text_tokens=10 ** 4000)).encode() + b"\n")  # legal JSON, no count
+        f.write(json.dumps(dict(rows[1], qid="3", gt_end=10 ** 400)).encode() + b"\n")  # too large for a float
+    out = tmp_path / "m.json"
+    assert main([str(p), "--json", str(out), f"workspace={tmp_path}"]) == 0
+    r = json.loads(out.read_text())
+    assert r["counts"]["unscorable_by_reason"] == {"bad_json": 2, "bad_type": 2}
+    assert r["counts"]["scored"] == 1 and r["n"] == 5  # the BOM row scores; unreadable lines are more queries
+    assert any(f"{p}:2: bad_json" in m and "RecursionError" in m for m in r["messages"])
+    assert any(f"{p}:3: bad_json" in m for m in r["messages"])
+
+
+def test_unwritable_json_path_is_one_line_error(files, capsys):
+    p, _, tmp = files
+    (tmp / "afile").write_text("x")
+    assert main([str(p), "--json", str(tmp / "afile" / "m.json"), f"workspace={tmp}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vsr1 evaluate: error: cannot write --json") and "afile" in err
+    assert "\n" not in err and "Traceback" not in err

@@ -75,6 +75,9 @@ MALFORMED = [
     (row(desc_id=7, fig_desc=3), "fig_desc"),
     (row(desc_id=7, fig_desc="  "), "fig_desc"),
     (row(desc_id=7, fig_desc_score="high"), "fig_desc_score"),
+    (b"[" * 100_000 + b"]" * 100_000, "(json)"),                        # nested 100,000 deep
+    (json.dumps(row(desc_id=7)).encode().replace(b"28.0", b"9" * 5000), "(json)"),  # a 5,000-digit integer
+    (json.dumps(row(desc_id=7, duration=10 ** 400)).encode(), "duration"),  # legal JSON, too large for a float
 ] + [({k: v for k, v in row(desc_id=7).items() if k != f}, f)
      for f in ("video", "time", "desc_id", "duration", "cog_desc", "fig_desc")]
 
@@ -144,3 +147,29 @@ def test_fig_row_roundtrip_and_atomic_write(tmp_path):
     with pytest.raises(ValueError):  # NaN refuses to serialise; the old file stays whole, no temp left
         write_fig_jsonl(path, rows + [dict(rows[0], duration=float("nan"))])
     assert path.read_bytes() == before and sorted(p.name for p in path.parent.iterdir()) == ["fig.jsonl"]
+
+
+def test_clamped_end_is_kept_as_annotated_for_scoring(tmp_path):
+    """`end` is clamped (training targets, display); `annotated_end` is the file's end, what scoring uses."""
+    from videosearch_r1.eval import evaluate_rows
+
+    path = write_lines(tmp_path / "fig.jsonl", [row(video="A", desc_id=1, time=[20.0, 52.8], duration=28.0),
+                                                row(video="B", desc_id=2, time=[2.0, 6.0], duration=28.0)])
+    (clamped, plain), s = load_fig_jsonl(path)
+    assert (clamped.end, clamped.annotated_end, clamped.end_clamped, clamped.raw_end) == (28.0, 52.8, True, 52.8)
+    assert (plain.end, plain.annotated_end, plain.end_clamped) == (6.0, 6.0, False) and s.clamped_end == 1
+    final = {"video": "A", "answer": "matched", "start": 20.0, "end": 28.0}  # exactly the clamped span
+    rows = [{"qid": "1", "final": final, "turns": [{"video": "A", "answer": "matched"}], "stop_reason": "matched",
+             "text_tokens": 1, "latent_tokens": 0}]
+    r = evaluate_rows(rows, [clamped], (0.3, 0.5), (1,))
+    assert r["paper"]["miou"] == pytest.approx(100 * 8.0 / 32.8)  # IoU against [20, 52.8], not 1.0
+    assert r["paper"]["vcmr_r1"] == {"0.3": 0.0, "0.5": 0.0}
+
+
+def test_zero_length_moment_is_loaded_and_counted(tmp_path, caplog):
+    path = write_lines(tmp_path / "fig.jsonl", [row(), row(desc_id=9, time=[4.0, 4.0])])
+    with caplog.at_level(logging.WARNING):
+        queries, s = load_fig_jsonl(path)
+    assert [q.qid for q in queries] == ["65", "9"] and s.zero_length == 1 and s.loaded == 2
+    assert len(s.messages) == 1 and f"{path}:2" in s.messages[0] and "zero-length" in s.messages[0]
+    assert f"{path}:2" in caplog.text and "1 zero-length moments" in s.format()

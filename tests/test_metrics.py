@@ -4,7 +4,7 @@ import math
 import pytest
 
 from videosearch_r1.data import Query
-from videosearch_r1.eval import GT, Pred, Turn, evaluate_rows, paper_metrics, temporal_iou, tvr_metrics
+from videosearch_r1.eval import GT, Pred, Turn, evaluate_rows, format_table, paper_metrics, temporal_iou, tvr_metrics
 from videosearch_r1.eval.metrics import iou_hit, valid_span, verification_correct
 
 
@@ -157,3 +157,18 @@ def test_evaluate_rows_tvr_view_and_ranked_checks():
     assert r["tvr"]["vcmr"]["0.5"] == pytest.approx({"1": 0.0, "2": 100 / 3})
     assert r["tvr"]["vr"] == pytest.approx({"1": 0.0, "2": 100 / 3})
     assert not any(isinstance(v, float) and math.isnan(v) for v in r["paper"].values())
+
+
+def test_moment_recall_beyond_one_only_with_real_spans():
+    """The agent's ranked list grounds only its first entry: moment R@k>1 would equal R@1 by construction,
+    so it is not reported (video R@k is); with spans below the first it is."""
+    gts = [GT("a", 0, 10), GT("b", 0, 10)]
+    agent_like = [[("a", 0, 9, .9), ("x", None, None, .5)], [("x", None, None, .8), ("b", None, None, .7)]]
+    m = tvr_metrics(agent_like, gts, (0.5,), (1, 2, 5))
+    assert m["moment_ks"] == [1] and m["vcmr"] == {"0.5": {"1": 50.0}}
+    assert m["vr"] == pytest.approx({"1": 50.0, "2": 100.0, "5": 100.0})
+    spans = [[("a", 0, 9, .9)], [("x", 0, 1, .8), ("b", 0, 8, .7)]]
+    m = tvr_metrics(spans, gts, (0.5,), (1, 2, 5))
+    assert m["moment_ks"] == [1, 2, 5] and m["vcmr"]["0.5"] == pytest.approx({"1": 50.0, "2": 100.0, "5": 100.0})
+    r = evaluate_rows([row("1", ranked=[["v1", 0, 8, 0.9], ["v2", None, None, 0.5]])], None, (0.5,), (1, 10))
+    assert r["tvr"]["vcmr"] == {"0.5": {"1": 100.0}} and "R@10" not in format_table(r).split("VCMR")[1].split("\n")[0]

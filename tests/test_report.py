@@ -95,3 +95,24 @@ def test_ranked_list_demotes_only_explicitly_rejected_videos():
     assert traj(["not_matched", None]).ranked()[0] == ["v1", None, None, 0.8]
     # matched: first, with its span
     assert traj(["not_matched", "matched"]).ranked()[0][:3] == ["v1", 0.0, 1.0]
+
+
+def test_rows_carry_the_ground_truth_as_annotated():
+    """A clamped end (Charades: the file's end past `duration`) is scored as annotated: the row's gt_end
+    is the file's end, so `vsr1 report` (GT from rows) and `vsr1 infer` (GT from the split) agree."""
+    from dataclasses import replace
+
+    cfg = W.world().cfg("agent.max_turns=1")
+    sp = W.split()
+    pol = W.policy()
+    W.scripted(pol, lambda q, v, k: W.MATCH.format(s="1.0", e="4.0"))
+    qs = [replace(q, end_clamped=True, raw_end=q.duration + 7.5) if i % 2 == 0 else q
+          for i, q in enumerate(sp.queries[:4])]
+    loop = AgentLoop(cfg.agent, W.engine(), pol, clip_fn=W.clip_fn(cfg),
+                     durations={v: r.duration for v, r in sp.videos.items()}, ranked_k=5)
+    rows = [t.to_row() for t in loop.run(qs)]
+    assert [r["gt_end"] for r in rows] == [q.annotated_end for q in qs]
+    assert rows[0]["gt_end"] == qs[0].duration + 7.5 > qs[0].end
+    ious, ks = (0.1, 0.5), (1,)
+    assert evaluate_rows(rows, iou_thresholds=ious, ks=ks)["paper"] == \
+        evaluate_rows(rows, qs, iou_thresholds=ious, ks=ks)["paper"]

@@ -150,7 +150,7 @@ class AgentLoop:
         texts = [getattr(q, self.query_field) for q in queries]
         qv = self._timed("embed", self.engine.embed_queries, texts)  # [B, D]
         states = [_State(q, text, Trajectory(qid=q.qid, query=text, gt_video=q.video_id, gt_start=q.start,
-                                             gt_end=q.end, duration=q.duration, method=self.acfg.method),
+                                             gt_end=q.annotated_end, duration=q.duration, method=self.acfg.method),
                          qvec=qv[i]) for i, (q, text) in enumerate(zip(queries, texts))]
         for s, r in zip(states, self._ranks(qv, states)):
             s.traj.orig_rank = r

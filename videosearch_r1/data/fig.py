@@ -6,7 +6,10 @@
 
 What the loader does with each row (nothing is dropped without being counted in LoadSummary):
 - valid quirks of the real files load: ints for float fields (DiDeMo's 5-s grid), and an end past
-  `duration` (Charades up to ~25 s, DiDeMo up to 3 s) is clamped to `duration` (counted: clamped_end);
+  `duration` (Charades up to ~25 s, DiDeMo up to 3 s) is clamped to `duration` in `Query.end` (training
+  targets, display; counted: clamped_end) while scoring uses `Query.annotated_end`, the file's end;
+- a zero-length moment (start == end) loads with a warning naming file and line (counted:
+  zero_length): it is in the denominator but can never be a grounding hit;
 - a moment wholly past the video's end (start >= duration) is skipped with a warning naming file and
   line (counted: skipped_past_end); its video still belongs to the corpus;
 - a malformed row (bad JSON / UTF-8, a missing or mistyped field, a non-finite number, negative times,
@@ -48,10 +51,14 @@ def _bad(where: str, name: str, why: str) -> FIGFormatError:
 
 def _number(value, where: str, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _bad(where, name, f"expected a number, got {value!r}")
+        raise _bad(where, name, f"expected a number, got {repr(value)[:100]}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise _bad(where, name, f"an integer of {len(str(value))} digits is not a float") from None
     if not math.isfinite(value):
         raise _bad(where, name, f"not a finite number: {value!r}")
-    return float(value)
+    return value
 
 
 def _decode(raw: bytes, where: str) -> dict:
@@ -64,6 +71,8 @@ def _decode(raw: bytes, where: str) -> dict:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise _bad(where, "(json)", f"bad JSON: {e.msg} at column {e.colno}") from None
+    except (ValueError, RecursionError) as e:  # an integer over Python's digit limit; nesting too deep
+        raise _bad(where, "(json)", f"unreadable JSON: {e.__class__.__name__}: {str(e)[:120]}") from None
     if not isinstance(obj, dict):
         raise _bad(where, "(row)", f"expected a JSON object, got {type(obj).__name__}")
     return obj
@@ -136,12 +145,18 @@ def _read(path: Path, skip_bad: bool) -> tuple[list[Query], LoadSummary, dict[st
                 summary.skipped_past_end += 1
                 summary.messages.append(msg)
                 continue
+            if row.start == row.end:
+                msg = (f"{where}: desc_id {row.desc_id}: zero-length moment [{row.start:g}, {row.end:g}] "
+                       "(loaded; it can never be a grounding hit)")
+                log.warning(msg)
+                summary.zero_length += 1
+                summary.messages.append(msg)
             clamped = row.end > row.duration
             summary.clamped_end += clamped
             queries.append(Query(qid=str(row.desc_id), desc_id=row.desc_id, video_id=row.video,
                                  fig_desc=row.fig_desc, cog_desc=row.cog_desc, start=row.start,
                                  end=min(row.end, row.duration), duration=row.duration, line=lineno,
-                                 end_clamped=clamped))
+                                 end_clamped=clamped, raw_end=row.end if clamped else None))
     summary.loaded = len(queries)
     return queries, summary, durations
 

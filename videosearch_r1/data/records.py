@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 
 class FIGFormatError(ValueError):
@@ -23,14 +24,20 @@ class Query:
     fig_desc: str  # fine-grained query (the one evaluated)
     cog_desc: str  # coarse query
     start: float  # seconds
-    end: float  # seconds, clamped to duration when the file's end is past it
+    end: float  # seconds, clamped to duration when the file's end is past it (training targets, display)
     duration: float  # the file's duration field (metadata, not the decoded length)
     line: int  # 1-based line in the source file
     end_clamped: bool  # True when the file's end was past `duration`
+    raw_end: Optional[float] = None  # the file's end when it was clamped (None: `end` is as annotated)
 
     @property
     def text(self) -> str:
         return self.fig_desc
+
+    @property
+    def annotated_end(self) -> float:
+        """The end as annotated in the file, never clamped: what scoring uses (docs/metrics.md)."""
+        return self.end if self.raw_end is None else self.raw_end
 
 
 @dataclass(frozen=True)
@@ -52,12 +59,13 @@ class LoadSummary:
     clamped_end: int = 0  # loaded rows whose end was past `duration` (end clamped to duration)
     skipped_past_end: int = 0  # rows whose moment starts at/after the video's end (skipped)
     skipped_bad: int = 0  # malformed rows skipped under skip_bad=True
+    zero_length: int = 0  # loaded rows whose moment has start == end (never a grounding hit)
     messages: list[str] = field(default_factory=list)  # one line per skipped row / notable event
 
     def format(self, max_messages: int = 20) -> str:
         head = (f"{self.file}: {self.rows} rows, {self.loaded} loaded, {self.clamped_end} end clamped to "
                 f"duration, {self.skipped_past_end} skipped (moment past video end), "
-                f"{self.skipped_bad} skipped (malformed)")
+                f"{self.skipped_bad} skipped (malformed), {self.zero_length} zero-length moments (loaded)")
         lines = [head] + [f"  {m}" for m in self.messages[:max_messages]]
         if len(self.messages) > max_messages:
             lines.append(f"  ... {len(self.messages) - max_messages} more")

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 from videosearch_r1.config import ConfigError
 from videosearch_r1.data.fig import load_fig_jsonl, load_split
 from videosearch_r1.data.records import FIGFormatError, Query
-from videosearch_r1.eval.metrics import GT, Pred, Turn, paper_metrics, tvr_metrics
+from videosearch_r1.eval.metrics import GT, Pred, Turn, paper_metrics, tvr_metrics, valid_span
 from videosearch_r1.utils import atomic_write_json, config_from_args, parse_command
 
 MAX_MESSAGES = 100
@@ -41,14 +41,23 @@ def read_predictions(path: str | Path) -> tuple[list, list[str]]:
     rows, labels = [], []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # UTF-8 byte-order mark
             if not raw.strip():
                 continue
             labels.append(f"{path}:{lineno}")
-            try:
-                rows.append(json.loads(raw.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                rows.append(f"bad JSON ({e.__class__.__name__}: {e})")
+            rows.append(parse_line(raw))
     return rows, labels
+
+
+def parse_line(raw: bytes):
+    """One JSONL line -> its value, or an error string for an unreadable line. Bad UTF-8, bad JSON, a
+    nesting too deep for the parser (RecursionError) and an integer over Python's digit limit
+    (ValueError) are all unreadable lines, never a crash."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"bad JSON ({e.__class__.__name__}: {str(e)[:200]})"
 
 
 def _get(d: dict, key: str, types: tuple, where: str, qid=None, optional=False):
@@ -58,11 +67,20 @@ def _get(d: dict, key: str, types: tuple, where: str, qid=None, optional=False):
         raise Unscorable("missing_field", f"{where}{key!r} missing", qid)
     v = d[key]
     if not ((v is None and type(None) in types) or (isinstance(v, types) and not isinstance(v, bool))):
-        raise Unscorable("bad_type", f"{where}{key!r} = {v!r}", qid)
+        raise Unscorable("bad_type", f"{where}{key!r} = {repr(v)[:100]}", qid)
     return v
 
 
 NUM, OPT_NUM, OPT_STR = (int, float), (int, float, type(None)), (str, type(None))
+
+
+def _get_num(d: dict, key: str, types: tuple, where: str, qid=None) -> Optional[float]:
+    """A number field as float (None where allowed); an int too large for a float is bad_type."""
+    v = _get(d, key, types, where, qid)
+    try:
+        return None if v is None else float(v)
+    except OverflowError:
+        raise Unscorable("bad_type", f"{where}{key!r} = an integer of {len(str(v))} digits", qid) from None
 
 
 def check_prediction(row, need_gt: bool) -> tuple[Pred, Optional[GT]]:
@@ -76,8 +94,8 @@ def check_prediction(row, need_gt: bool) -> tuple[Pred, Optional[GT]]:
     final = _get(row, "final", (dict,), "", qid)
     video = _get(final, "video", OPT_STR, "final.", qid)
     answer = _get(final, "answer", OPT_STR, "final.", qid)
-    start = _get(final, "start", OPT_NUM, "final.", qid)
-    end = _get(final, "end", OPT_NUM, "final.", qid)
+    start = _get_num(final, "start", OPT_NUM, "final.", qid)
+    end = _get_num(final, "end", OPT_NUM, "final.", qid)
     turns = []
     for i, t in enumerate(_get(row, "turns", (list,), "", qid)):
         if not isinstance(t, dict):
@@ -86,13 +104,16 @@ def check_prediction(row, need_gt: bool) -> tuple[Pred, Optional[GT]]:
         turns.append(Turn(_get(t, "video", OPT_STR, where, qid), _get(t, "answer", OPT_STR, where, qid)))
     stop = _get(row, "stop_reason", (str,), "", qid)
     tokens = [_get(row, k, (int,), "", qid) for k in ("text_tokens", "latent_tokens")]
-    if min(tokens) < 0:
-        raise Unscorable("bad_type", f"negative token count {tokens}", qid)
+    if min(tokens) < 0 or max(tokens) >= 2**63:
+        raise Unscorable("bad_type", f"token count out of range [0, 2**63): {str(tokens)[:100]}", qid)
     ranked = _check_ranked(_get(row, "ranked", (list, type(None)), "", qid, optional=True), qid)
     gt = None
     if need_gt:
-        gt = GT(_get(row, "gt_video", (str,), "", qid), _get(row, "gt_start", NUM, "", qid),
-                _get(row, "gt_end", NUM, "", qid))
+        gt = GT(_get(row, "gt_video", (str,), "", qid), _get_num(row, "gt_start", NUM, "", qid),
+                _get_num(row, "gt_end", NUM, "", qid))
+        if not valid_span(gt.start, gt.end) or gt.start < 0:
+            raise Unscorable("bad_gt", f"ground truth [gt_start, gt_end] = [{gt.start!r}, {gt.end!r}] is not a "
+                             "finite, non-negative span with start < end", qid)
     return Pred(qid, video, answer, start, end, turns, stop, tokens[0], tokens[1], ranked), gt
 
 
@@ -104,8 +125,11 @@ def _check_ranked(ranked: Optional[list], qid: str) -> Optional[list[tuple]]:
         if (not isinstance(e, list) or len(e) != 4 or not isinstance(e[0], str)
                 or any(x is not None and (isinstance(x, bool) or not isinstance(x, NUM)) for x in e[1:3])
                 or isinstance(e[3], bool) or not isinstance(e[3], NUM)):
-            raise Unscorable("bad_type", f"ranked[{i}] = {e!r} is not [video, start, end, score]", qid)
-        out.append(tuple(e))
+            raise Unscorable("bad_type", f"ranked[{i}] = {str(e)[:200]} is not [video, start, end, score]", qid)
+        try:
+            out.append((e[0], *(None if x is None else float(x) for x in e[1:])))
+        except OverflowError:
+            raise Unscorable("bad_type", f"ranked[{i}] holds an integer too large for a float", qid) from None
     return out
 
 
@@ -115,7 +139,7 @@ def _gt_index(gt_queries) -> dict[str, GT]:
     for q in gt_queries:
         if q.qid in out:
             raise ValueError(f"ground truth has qid {q.qid!r} twice")
-        out[q.qid] = GT(q.video_id, q.start, q.end)
+        out[q.qid] = GT(q.video_id, q.start, getattr(q, "annotated_end", q.end))  # as annotated, not clamped
     return out
 
 
@@ -203,6 +227,9 @@ def format_table(result: dict) -> str:
         lines.append(f"TVR view ({tvr['with_ranked']} of {tvr['n']} queries have `ranked`)")
         for t, row in tvr["vcmr"].items():
             lines.append(f"  VCMR IoU>={t}: " + "  ".join(f"R@{k} {_f(v)}" for k, v in row.items()))
+        if len(tvr["moment_ks"]) < len(tvr["vr"]):
+            lines.append("  (VCMR R@k>1 not shown: ranked entries below the first carry no span, so it would "
+                         "equal R@1)")
         lines.append("  VR: " + "  ".join(f"R@{k} {_f(v)}" for k, v in tvr["vr"].items()))
     if result["messages"]:
         lines.append("messages:")
@@ -243,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     result["inputs"] = {"pred": str(args.pred), "gt": args.gt, "dataset": args.dataset, "split": args.split}
     print(format_table(result))
     if args.json:
-        atomic_write_json(args.json, result)
+        try:
+            atomic_write_json(args.json, result)
+        except OSError as e:
+            print(f"vsr1 evaluate: error: cannot write --json {args.json}: {e.strerror or e}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0
 

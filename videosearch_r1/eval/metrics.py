@@ -159,11 +159,22 @@ def first_hit_ranks(ranked: Optional[Sequence[tuple]], g: Optional[GT],
     return first, vrank
 
 
+def spans_beyond_first(ranked: Sequence[Optional[Sequence[tuple]]]) -> bool:
+    """True iff some entry at rank >= 2 of some list carries a span (start or end not None)."""
+    return any(e[1] is not None or e[2] is not None for lst in ranked if lst for e in lst[1:])
+
+
 def tvr_metrics(ranked: Sequence[Optional[Sequence[tuple]]], gts: Sequence[Optional[GT]],
                 iou_thresholds: Sequence[float] = (0.5, 0.7), ks: Sequence[int] = (1, 5, 10, 100)) -> dict:
     """TVR-style VCMR R@k at each IoU (moment rank in `ranked`) and VR@k (GT video's rank in the
-    de-duplicated video order). n = len(gts); a None list is a miss."""
+    de-duplicated video order). n = len(gts); a None list is a miss.
+
+    Moment R@k for k > 1 is reported only when ranked entries below the first carry spans: without
+    them it equals R@1 by construction (the agent grounds only the video it accepts), so `vcmr` then
+    has k <= 1 only and `moment_ks` says which ks it has.
+    """
     n = len(gts)
+    moment_ks = [k for k in ks if k <= 1 or spans_beyond_first(ranked)]
     moment = {t: Counter() for t in iou_thresholds}
     video = Counter()
     for lst, g in zip(ranked, gts, strict=True):
@@ -175,6 +186,7 @@ def tvr_metrics(ranked: Sequence[Optional[Sequence[tuple]]], gts: Sequence[Optio
     return {
         "n": n,
         "with_ranked": sum(lst is not None for lst in ranked),
-        "vcmr": {_key(t): {str(k): _pct(moment[t][k], n) for k in ks} for t in iou_thresholds},
+        "moment_ks": moment_ks,
+        "vcmr": {_key(t): {str(k): _pct(moment[t][k], n) for k in moment_ks} for t in iou_thresholds},
         "vr": {str(k): _pct(video[k], n) for k in ks},
     }
