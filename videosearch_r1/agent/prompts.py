@@ -1,6 +1,7 @@
 """The one prompt builder and the one output parser, shared by inference, SFT and GRPO.
 
     msgs = build_messages("a red circle spins", clip)             # system + user(query, video)
+    msgs = build_task_messages("Describe the events with their times.", clip)   # generic video task
     target = format_target("The circle spins at 3 s.", "matched", (3.0, 9.5))
     p = parse_output(target)                                      # ParsedOutput(answer="matched", ...)
 
@@ -76,6 +77,25 @@ def build_messages(query: str, clip: Any, method: str = "sqr") -> list[dict]:
     return [
         {"role": "system", "content": [{"type": "text", "text": system_prompt(method)}]},
         {"role": "user", "content": [{"type": "text", "text": user_text(query)},
+                                     {"type": "video", "video": clip}]},
+    ]
+
+
+TASK_SYSTEM_PROMPT = (
+    "You are a video assistant. Answer the request about the video below from what you actually see, "
+    "using the timestamps shown with the frames. Give times in seconds from the beginning of the video. "
+    "Be concise and do not invent details you cannot see."
+)
+
+
+def build_task_messages(instruction: str, clip: Any) -> list[dict]:
+    """Chat messages for a generic task about one video (base-policy pretraining, teacher traces):
+    system = TASK_SYSTEM_PROMPT, user = the instruction, then the video (same layout as build_messages)."""
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError(f"instruction must be a non-empty str, got {instruction!r}")
+    return [
+        {"role": "system", "content": [{"type": "text", "text": TASK_SYSTEM_PROMPT}]},
+        {"role": "user", "content": [{"type": "text", "text": f"{instruction.strip()}\nVideo: "},
                                      {"type": "video", "video": clip}]},
     ]
 

@@ -24,6 +24,8 @@ Quirks handled here (see environment.md §2, §8):
 - `get_rope_index` loops over the batch in Python; `rope_positions` computes the same ids vectorised.
 - The sdpa/eager vision attention runs one call per 2-frame chunk; `enable_fast_vision_attention`
   batches equal-length chunks into one SDPA call (identical outputs).
+- The fast step, one call for every use: `prepare_model(model)` (batched vision attention + the patch
+  embedding as a matmul) and `model_inputs(model, batch)` (forward kwargs with rope_positions).
 """
 from __future__ import annotations
 
@@ -265,3 +267,30 @@ def enable_linear_patch_embed(model) -> int:
     for m in mods:
         m.forward = types.MethodType(_linear_patch_embed, m)
     return len(mods)
+
+
+# ---------------------------------------------------------------------------------- the fast step
+def prepare_model(model, linear_patch_embed: bool = True) -> dict:
+    """The fast step for every use of a Qwen3-VL model (SFT, GRPO, indexing, inference), applied once:
+    the vision attention batched per chunk length (`enable_fast_vision_attention`) and the patch
+    embedding as one matmul (`enable_linear_patch_embed`). Pair it with `model_inputs` (mRoPE positions
+    without the per-sample loop). Idempotent; returns how many modules were patched."""
+    n_attn = enable_fast_vision_attention(model)
+    n_patch = 0
+    if linear_patch_embed and not getattr(model, "_vsr1_linear_patch_embed", False):
+        n_patch = enable_linear_patch_embed(model)
+        model._vsr1_linear_patch_embed = True
+    return {"vision_attention": n_attn, "patch_embed": n_patch}
+
+
+def model_inputs(model, inputs: dict, fast: bool = True) -> dict:
+    """Keyword arguments for `model(...)` / `model.model(...)` from a processor batch (input_ids or
+    inputs_embeds, attention_mask, pixels, grids, mm_token_type_ids). fast=True adds the mRoPE
+    `position_ids` from `rope_positions` (vectorised); fast=False leaves them to HF's get_rope_index."""
+    keys = ("input_ids", "inputs_embeds", "attention_mask", "pixel_values_videos", "video_grid_thw",
+            "pixel_values", "image_grid_thw", "mm_token_type_ids")
+    out = {k: inputs[k] for k in keys if inputs.get(k) is not None}
+    if fast:
+        out["position_ids"] = inputs["position_ids"] if inputs.get("position_ids") is not None \
+            else rope_positions(model, inputs)
+    return out

@@ -1,0 +1,299 @@
+"""Shared training infrastructure for every policy trainer (base, SFT, GRPO): accelerate, seeding,
+parameter groups, the LR schedule, checkpoints, the data order and the metrics log.
+
+    acc = make_accelerator(cfg.train)                     # one process, several GPUs, several nodes alike
+    groups = param_groups(policy, cfg.train, sqr=True)    # which parts train and their learning rates
+    save_checkpoint(acc, module, policy, opt, state, cfg, out_dir / "checkpoint-000100")
+    ckpt = latest_checkpoint(out_dir)                     # resume point (None: start fresh)
+
+Distribution is accelerate's business: `accelerate launch --config_file F -m videosearch_r1.cli train sft`
+(or torchrun) picks DDP, FSDP2 or DeepSpeed from accelerate's own config file; no code here chooses.
+Under FSDP / DeepSpeed the optimizer state goes through `accelerator.save_state` (a folder
+`accelerate_state/` inside the checkpoint); with one process or DDP it is part of `trainer_state.pt`.
+
+A checkpoint directory is what `vsr1 infer --checkpoint DIR` loads with no flags (Policy.save_pretrained:
+HF model + processor + sqr.safetensors + sqr_config.json), plus `trainer_state.pt` (optimizer, step, RNG
+states, data-order position, run counters) and the resolved `config.yaml`. It is written to a temp dir
+and renamed into place, so a kill never leaves a half checkpoint under the final name.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.pt"
+CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+FINAL = "final"
+
+
+# ----------------------------------------------------------------------------- accelerate / seeding
+def make_accelerator(tc):
+    """An accelerate Accelerator for the `train` section (mixed precision; unused params allowed under DDP,
+    since rows without <REFINE> leave the SQR modules out of a step)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    mp = tc.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    if mp not in ("no", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16; got {tc.mixed_precision!r}")
+    return Accelerator(mixed_precision=mp, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    out = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- parameters
+PARTS = ("llm", "merger", "vision", "sqr")
+
+
+def part_of(name: str) -> str:
+    """Which part a parameter of a Policy belongs to, from its name in `model` / `sqr`."""
+    if name.startswith("sqr."):
+        return "sqr"
+    if ".visual." in f".{name}":
+        return "merger" if (".merger." in name or ".deepstack_merger_list." in name) else "vision"
+    return "llm"
+
+
+def named_policy_parameters(policy):
+    yield from ((f"model.{n}", p) for n, p in policy.model.named_parameters())
+    yield from ((f"sqr.{n}", p) for n, p in policy.sqr.named_parameters())
+
+
+def param_groups(policy, tc, sqr: bool = True) -> list[dict]:
+    """Set requires_grad per part (train.train_llm/merger/vision/sqr; the SQR modules only when the stage
+    uses them: `sqr`) and return AdamW groups: one per part with its lr, matrices decayed, the rest not."""
+    lrs = {"llm": tc.lr, "merger": tc.lr_merger, "vision": tc.lr_vision, "sqr": tc.lr_sqr}
+    on = {"llm": tc.train_llm, "merger": tc.train_merger, "vision": tc.train_vision, "sqr": tc.train_sqr and sqr}
+    buckets: dict[tuple[str, bool], list] = {}
+    for name, p in named_policy_parameters(policy):
+        part = part_of(name)
+        p.requires_grad_(bool(on[part]))
+        if on[part]:
+            buckets.setdefault((part, p.ndim >= 2), []).append(p)
+    groups = []
+    for (part, decay), params in sorted(buckets.items()):
+        groups.append({"params": params, "lr": lrs[part], "base_lr": lrs[part], "part": part,
+                       "weight_decay": tc.weight_decay if decay else 0.0})
+    if not groups:
+        raise ValueError("nothing to train: every part is frozen (train.train_llm/merger/vision/sqr)")
+    return groups
+
+
+def count_parameters(groups: list[dict]) -> dict:
+    out: dict[str, int] = {}
+    for g in groups:
+        out[g["part"]] = out.get(g["part"], 0) + sum(p.numel() for p in g["params"])
+    return out
+
+
+def lr_factor(step: int, total: int, tc) -> float:
+    """Multiplier of each group's base lr at optimizer step `step` (0-based): linear warm-up over
+    train.warmup steps, then "linear" / "cosine" decay to min_lr_ratio at `total`, or "constant"."""
+    if tc.warmup and step < tc.warmup:
+        return (step + 1) / tc.warmup
+    if tc.schedule == "constant":
+        return 1.0
+    frac = min(1.0, (step - tc.warmup) / max(1, total - tc.warmup))
+    if tc.schedule == "linear":
+        shape = 1.0 - frac
+    elif tc.schedule == "cosine":
+        shape = 0.5 * (1 + math.cos(math.pi * frac))
+    else:
+        raise ValueError(f"train.schedule must be linear, cosine or constant; got {tc.schedule!r}")
+    return tc.min_lr_ratio + (1 - tc.min_lr_ratio) * shape
+
+
+def set_lr(optimizer, factor: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = g["base_lr"] * factor
+
+
+# ----------------------------------------------------------------------------- data order
+@dataclass
+class TrainState:
+    """Where a run is; saved in trainer_state.pt so a resumed run continues with the same data order."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current pass over the rows
+    cursor: int = 0  # micro-batches of this epoch consumed (all processes together)
+    rows_seen: int = 0
+    tokens_seen: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows (or steps, for "oom_step")
+    skipped_rows: list[tuple[str, str]] = field(default_factory=list)  # first (row id, reason) pairs
+
+    def skip(self, row_id: str, reason: str, kind: str) -> None:
+        self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        if len(self.skipped_rows) < 100:
+            self.skipped_rows.append((row_id, reason))
+
+
+class DataOrder:
+    """Epoch e visits the rows in permutation(seed, e); each micro-batch is `batch` rows per process.
+    Process p of P takes slice p of each group of P micro-batches. Pure function of (seed, epoch, cursor)."""
+
+    def __init__(self, n_rows: int, batch: int, seed: int, world: int = 1, rank: int = 0):
+        if n_rows < 1:
+            raise ValueError("no training rows")
+        self.n, self.batch, self.seed, self.world, self.rank = n_rows, max(1, batch), seed, world, rank
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return max(1, math.ceil(self.n / (self.batch * self.world)))
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        return self._perm[1]
+
+    def next(self, state: TrainState) -> list[int]:
+        """Row indices of this process's next micro-batch; advances state.epoch / state.cursor."""
+        if state.cursor >= self.micro_per_epoch:
+            state.epoch, state.cursor = state.epoch + 1, 0
+        perm = self.permutation(state.epoch)
+        start = (state.cursor * self.world + self.rank) * self.batch
+        state.cursor += 1
+        return perm[start:start + self.batch].tolist()
+
+
+def total_steps(tc, order: DataOrder) -> int:
+    if tc.steps > 0:
+        return int(tc.steps)
+    return max(1, math.ceil(tc.epochs * order.micro_per_epoch / max(1, tc.grad_accum)))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step:06d}"
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """The resume point: `final` if complete, else the highest `checkpoint-N` holding a trainer state."""
+    out_dir = Path(out_dir)
+    if (out_dir / FINAL / STATE_FILE).is_file():
+        return out_dir / FINAL
+    found = [(int(m.group(1)), p) for p in out_dir.glob("checkpoint-*")
+             if (m := CKPT_RE.match(p.name)) and (p / STATE_FILE).is_file()]
+    return max(found)[1] if found else None
+
+
+def _sharded(acc) -> bool:
+    from accelerate.utils import DistributedType
+
+    return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def save_checkpoint(acc, module, policy, optimizer, state: TrainState, cfg, path: Path, extra: dict | None = None,
+                    keep: int = 0) -> Path:
+    """Write a checkpoint directory atomically (temp dir + rename); main process writes the files."""
+    from safetensors.torch import save_file
+
+    from videosearch_r1.agent.policy import SQR_CONFIG, SQR_WEIGHTS
+    from videosearch_r1.config import save_config
+
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    if _sharded(acc):  # gather the full weights, and let accelerate save the sharded optimizer
+        full = acc.get_state_dict(module)
+        acc.save_state(str(tmp / "accelerate_state"))
+        if acc.is_main_process:
+            policy.model.save_pretrained(tmp, state_dict={k[len("model."):]: v for k, v in full.items()
+                                                          if k.startswith("model.")})
+            policy.processor.save_pretrained(tmp)
+            save_file({k[len("sqr."):]: v.float().contiguous().cpu() for k, v in full.items() if k.startswith("sqr.")},
+                      str(tmp / SQR_WEIGHTS), metadata={"format": "pt"})
+            (tmp / SQR_CONFIG).write_text(policy.sqr_config.to_json())
+    elif acc.is_main_process:
+        policy.save_pretrained(tmp)
+    if acc.is_main_process:
+        torch.save({"state": asdict(state), "rng": rng_state(),
+                    "optimizer": None if _sharded(acc) else optimizer.state_dict(), **(extra or {})},
+                   tmp / STATE_FILE)
+        save_config(cfg, tmp)
+        old = path.parent / f".{path.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+        if keep > 0:
+            prune_checkpoints(path.parent, keep)
+    acc.wait_for_everyone()
+    return path
+
+
+def prune_checkpoints(out_dir: Path, keep: int) -> None:
+    found = sorted((int(m.group(1)), p) for p in Path(out_dir).glob("checkpoint-*") if (m := CKPT_RE.match(p.name)))
+    for _, p in found[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def load_weights(policy, ckpt: Path) -> None:
+    """Copy a checkpoint's model + SQR weights into `policy` in place (before accelerate.prepare)."""
+    from safetensors.torch import load_file
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from videosearch_r1.agent.policy import SQR_WEIGHTS
+
+    saved = Qwen3VLForConditionalGeneration.from_pretrained(ckpt, dtype=policy.model.dtype)
+    missing, unexpected = policy.model.load_state_dict(saved.state_dict(), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{ckpt}: weights do not fit the policy: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    policy.sqr.load_state_dict(load_file(str(ckpt / SQR_WEIGHTS)))
+
+
+def load_trainer_state(acc, optimizer, ckpt: Path) -> TrainState:
+    """Optimizer, RNG and position of a checkpoint (after accelerate.prepare)."""
+    blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+    if blob.get("optimizer") is not None:
+        optimizer.load_state_dict(blob["optimizer"])
+    elif (ckpt / "accelerate_state").is_dir():
+        acc.load_state(str(ckpt / "accelerate_state"))
+    set_rng_state(blob["rng"])
+    s = blob["state"]
+    return TrainState(**{**s, "skipped_rows": [tuple(x) for x in s.get("skipped_rows", [])]})
+
+
+# ----------------------------------------------------------------------------- metrics log
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Drop log lines after `last_step` (a resumed run redoes those steps), atomically."""
+    from videosearch_r1.utils import atomic_write_text, read_jsonl_resumable
+
+    rows = read_jsonl_resumable(path)
+    kept = [r for r in rows if int(r.get("step", 0)) <= last_step]
+    if len(kept) != len(rows):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -1,0 +1,367 @@
+"""`vsr1 build sft DATASET`: SFT rows (train/rows.py schema) from the engine's top-1 on the TRAIN split.
+
+    vsr1 index synth --split train            # the train-split index + hard negatives (done here if missing)
+    vsr1 build sft synth [sft.max_queries=N] [sft.matched_share=0.5] [sft.n_negatives=24]
+    vsr1 build sft charades sft.teacher=Qwen/Qwen3-VL-8B-Instruct     # real data: teacher reasoning traces
+
+1. load the train split and open its index (cfg.index_dir(DATASET)/train; built here when missing)
+2. per training query: the engine's top-1 video (label matched iff it is the GT video); queries whose GT
+   video is not in the index are counted skips
+3. balance (sft.balance): add pairs towards sft.matched_share matched rows: the GT video shown for
+   queries whose top-1 was wrong, or the first hard negative shown for queries whose top-1 was right
+   (each query gives at most two rows; choices seeded by sft.seed)
+4. reasoning: synthetic world: written from the world's known timelines (world.json: what is seen, with
+   times, and how it differs from the query); real datasets: a teacher VLM (sft.teacher) loaded through
+   our Policy loader, batched, resumable (<prepared>/sft_teacher.jsonl), told the gold label; or
+   sft.teacher=none for plain template traces
+5. target: prompts.format_target(think, label, GT span if matched) (ends with <REFINE>)
+6. InfoNCE negatives per row (sft.n_negatives): the wrong top-1 first, then the index's hard negatives
+   in order, then a seeded random fill from the corpus. No "ambiguous negative" filter (reference.md
+   §3.2, §9.6): negatives the original query already ranks above the GT are exactly what SQR must beat.
+Writes <workspace>/data/<dataset>/prepared/sft_train.jsonl (atomic) and sft_train.summary.json.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from videosearch_r1.agent.prompts import format_target
+from videosearch_r1.train.rows import TrainRow, write_rows
+
+
+@dataclass
+class SFTDataSummary:
+    dataset: str
+    out: str = ""
+    queries: int = 0
+    rows: int = 0
+    matched: int = 0
+    not_matched: int = 0
+    top1_correct: int = 0  # queries whose engine top-1 is the GT video
+    added_matched: int = 0  # balancing pairs: GT shown
+    added_not_matched: int = 0  # balancing pairs: a hard negative shown
+    negatives_per_row: float = 0.0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    examples: list[str] = field(default_factory=list)  # first skipped items, one line each
+    traces: str = ""  # "synth-timeline" | "teacher:<id>" | "template"
+    same_description: int = 0  # not-matched pairs whose shown video also fits the query's wording
+
+    def skip(self, what: str, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if len(self.examples) < 20:
+            self.examples.append(f"{what}: {reason}")
+
+    def format(self) -> str:
+        lines = [f"sft rows {self.dataset}: {self.rows} rows ({self.matched} matched, {self.not_matched} not matched) "
+                 f"from {self.queries} queries; engine top-1 correct for {self.top1_correct}; balancing added "
+                 f"{self.added_matched} matched + {self.added_not_matched} not-matched pairs; "
+                 f"{self.negatives_per_row:.1f} negatives/row; traces: {self.traces}; skipped "
+                 f"{sum(self.skipped.values())} {self.skipped or ''} -> {self.out}"]
+        lines += [f"  {e}" for e in self.examples]
+        if self.same_description:
+            lines.append(f"  {self.same_description} not-matched pairs show a video that also fits the query text")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pairs
+def open_train_index(cfg, dataset: str):
+    """The train split's engine (index built first when missing)."""
+    from videosearch_r1.agent.infer import load_engine
+    from videosearch_r1.engine.index import build_index
+
+    index_dir = cfg.index_dir(dataset) / "train"
+    if not (index_dir / "meta.json").is_file():
+        s = build_index(cfg, dataset, "train")
+        print(s.format(), flush=True)
+        if not s.complete:
+            raise RuntimeError(f"the train index of {dataset} is incomplete; rerun `vsr1 index {dataset} --split train`")
+    return load_engine(cfg, dataset, "train")
+
+
+def top1_pairs(cfg, engine, queries, field_name: str, summary: SFTDataSummary) -> list[tuple]:
+    """[(query, shown video, label)] with the engine's top-1 for every query whose GT is indexed."""
+    kept = []
+    for q in queries:
+        if q.video_id in engine.row:
+            kept.append(q)
+        else:
+            summary.skip(f"query {q.qid}", "gt_video_not_indexed")
+    bs = max(1, cfg.engine.batch_size)
+    pairs = []
+    for i in range(0, len(kept), bs):
+        chunk = kept[i:i + bs]
+        res = engine.search(engine.embed_queries([getattr(q, field_name) for q in chunk]), k=1)
+        for q, ids in zip(chunk, res.ids):
+            label = "matched" if ids[0] == q.video_id else "not_matched"
+            pairs.append((q, ids[0], label))
+    summary.top1_correct = sum(1 for _, _, lab in pairs if lab == "matched")
+    return pairs
+
+
+def balance(pairs: list[tuple], hard: dict, engine, share: float, rng, summary: SFTDataSummary) -> list[tuple]:
+    """Extra pairs towards `share` matched (see the module docstring, step 3)."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"sft.matched_share must be in (0, 1), got {share}")
+    m = sum(1 for p in pairs if p[2] == "matched")
+    n = len(pairs) - m
+    extra = []
+    if m < share * (m + n):
+        want = min(n, math.ceil((share * (m + n) - m) / (1 - share)))
+        cands = [p for p in pairs if p[2] == "not_matched"]
+        for i in sorted(rng.choice(len(cands), size=want, replace=False).tolist()):
+            q = cands[i][0]
+            extra.append((q, q.video_id, "matched"))
+        summary.added_matched = len(extra)
+    elif m > share * (m + n):
+        want = min(m, math.ceil(m / share - m - n))
+        cands = [p for p in pairs if p[2] == "matched"]
+        for i in sorted(rng.choice(len(cands), size=want, replace=False).tolist()):
+            q = cands[i][0]
+            neg = next((v for v in hard.get(q.qid, []) if v != q.video_id and v in engine.row), None)
+            if neg is None:
+                summary.skip(f"query {q.qid}", "no_hard_negative_for_balancing")
+                continue
+            extra.append((q, neg, "not_matched"))
+        summary.added_not_matched = len(extra)
+    return pairs + extra
+
+
+def negatives_for(q, shown: str, hard: dict, corpus: list[str], n: int, rng) -> list[str]:
+    """Wrong top-1 first, then hard negatives in order, then a random fill; never the GT; no filter."""
+    out: list[str] = []
+    for v in ([shown] if shown != q.video_id else []) + list(hard.get(q.qid, [])):
+        if v != q.video_id and v not in out and len(out) < n:
+            out.append(v)
+    pool = [v for v in corpus if v != q.video_id and v not in out]
+    if len(out) < n and pool:
+        out += [pool[i] for i in rng.choice(len(pool), size=min(n - len(out), len(pool)), replace=False)]
+    return out
+
+
+# ----------------------------------------------------------------------------- synthetic traces
+class SynthTraces:
+    """Reasoning from the world's timelines: what the shown video contains, and how it differs."""
+
+    def __init__(self, world_path: Path):
+        if not world_path.is_file():
+            raise FileNotFoundError(f"{world_path} missing: rebuild the world with `vsr1 synth`")
+        data = json.loads(world_path.read_text())
+        self.videos = data["videos"]
+        self.style = {(f["split"], f["family"]): f["style"] for f in data["families"]}
+
+    def _spec(self, vid: str):
+        from videosearch_r1.synth.world import Segment, Thing, Wall
+
+        v = self.videos[vid]
+        comp = Thing(**v["companion"]) if v["companion"] else None
+        return Thing(**v["thing"]), Wall(**v["wall"]), comp, [Segment(**s) for s in v["segments"]]
+
+    def describe(self, vid: str) -> str:
+        from videosearch_r1.synth.world import phrase, wall_phrase
+
+        thing, wall, comp, segs = self._spec(vid)
+        from videosearch_r1.synth.world import _article
+
+        beside = f" next to {_article(f'{comp.colour} {comp.shape}')}" if comp else ""
+        acts = ", then ".join(f"{phrase(s)} ({s.start:.1f}-{s.end:.1f} s)" for s in segs)
+        return (f"I see {_article(f'{thing.size} {thing.colour} {thing.shape}')}{beside} in front of "
+                f"{_article(wall_phrase(wall))}. It {acts}.")
+
+    def trace(self, q, shown: str, label: str) -> tuple[str, bool]:
+        """(reasoning, whether the shown video also fits the query's wording)."""
+        from videosearch_r1.synth.world import Style, _article, colour_at, fine_desc, kind_of, phrase, wall_phrase
+
+        g = self.videos[q.video_id]
+        qs = next((x for x in g["queries"] if x["fig_desc"] == q.fig_desc), None)
+        if qs is None:
+            raise KeyError(f"query {q.qid} is not in world.json (world and annotations out of sync)")
+        gt_thing, gt_wall, gt_comp, gt_segs = self._spec(q.video_id)
+        seg = gt_segs[qs["segment"]]
+        seen = self.describe(shown)
+        if label == "matched":
+            return f"{seen} From {seg.start:.1f} to {seg.end:.1f} s it {phrase(seg)}, as the query asks.", False
+        style = Style(**self.style[(g["split"], g["family"])])
+        thing, wall, comp, segs = self._spec(shown)
+        fits = any(fine_desc(style, thing, wall, comp, segs, i, qs["context"]) == q.fig_desc
+                   for i in range(len(segs)) if (qs["context"] != "after" or i >= 1)
+                   and (qs["context"] != "then" or i + 1 < len(segs)))
+        same = [i for i, s in enumerate(segs) if phrase(s) == phrase(seg)]
+        near = same or [i for i, s in enumerate(segs) if kind_of(s.action) == kind_of(seg.action)]
+        want_colour = colour_at(gt_thing, gt_segs, qs["segment"])
+        have_colour = colour_at(thing, segs, near[0]) if near else thing.colour
+        diffs = []
+        if gt_thing.size != thing.size:
+            diffs.append(f"it is {thing.size}, not {gt_thing.size}")
+        if want_colour != have_colour:
+            diffs.append(f"it is {have_colour}, not {want_colour}")
+        if gt_thing.shape != thing.shape:
+            diffs.append(f"it is {_article(thing.shape)}, not {_article(gt_thing.shape)}")
+        if (gt_wall.colour, gt_wall.texture) != (wall.colour, wall.texture):
+            diffs.append(f"the wall is {_article(wall_phrase(wall))}, not {_article(wall_phrase(gt_wall))}")
+        if gt_comp != comp:
+            have = _article(f"{comp.colour} {comp.shape}") if comp else "no second object"
+            want = _article(f"{gt_comp.colour} {gt_comp.shape}") if gt_comp else "none"
+            diffs.append(f"beside it there is {have}, not {want}")
+        if not same:
+            diffs.append(f"it never {phrase(seg)}")
+        elif qs["context"] == "after" and not any(i >= 1 and phrase(segs[i - 1]) == phrase(gt_segs[qs["segment"] - 1])
+                                                  for i in same):
+            diffs.append(f"it {phrase(seg)}, but not after it {phrase(gt_segs[qs['segment'] - 1])}")
+        elif qs["context"] == "then" and not any(i + 1 < len(segs) and phrase(segs[i + 1]) == phrase(gt_segs[qs["segment"] + 1])
+                                                 for i in same):
+            diffs.append(f"it {phrase(seg)}, but does not {phrase(gt_segs[qs['segment'] + 1])} next")
+        if not diffs:
+            diffs.append("its details do not add up to the queried moment")
+        return f"{seen} It does not match the query: {'; '.join(diffs)}.", fits
+
+
+def template_trace(q, label: str) -> str:
+    if label == "matched":
+        return f"The video shows what the query describes from {q.start:.1f} to {q.end:.1f} s."
+    return "The video does not show the moment the query describes."
+
+
+# ----------------------------------------------------------------------------- teacher (real datasets)
+def teacher_traces(cfg, dataset: str, pairs: list[tuple], summary: SFTDataSummary) -> dict:
+    """{(qid, shown): reasoning} from a teacher VLM told the gold label; resumable through a jsonl cache."""
+    import torch
+
+    from videosearch_r1.agent.decode import generate_tokens
+    from videosearch_r1.agent.policy import Policy
+    from videosearch_r1.agent.prompts import build_task_messages, format_seconds
+    from videosearch_r1.models.qwen3vl import configure_processor, render_chat, rope_positions, video_kwargs
+    from videosearch_r1.utils import append_jsonl, progress, read_jsonl_resumable
+    from videosearch_r1.video.decode import load_clip
+
+    s = cfg.sft
+    cache = cfg.prepared_dir(dataset) / "sft_teacher.jsonl"
+    done = {(r["qid"], r["video"]): r["think"] for r in read_jsonl_resumable(cache) if r.get("teacher") == s.teacher}
+    todo = [p for p in pairs if (p[0].qid, p[1]) not in done]
+    if todo:
+        teacher = Policy.from_pretrained(s.teacher, device=cfg.agent.device, dtype=cfg.agent.dtype)
+        configure_processor(teacher.processor, cfg.video_cfg(dataset))
+        bar = progress(total=len(todo), desc="teacher traces", unit="pair")
+        for i in range(0, len(todo), max(1, s.teacher_batch_size)):
+            chunk, clips, msgs = todo[i:i + s.teacher_batch_size], [], []
+            for q, shown, label in chunk:
+                clips.append(load_clip(cfg, dataset, shown))
+                fact = (f"It does contain this moment, from {format_seconds(q.start)} to {format_seconds(q.end)} s."
+                        if label == "matched" else "It does not contain this moment.")
+                msgs.append(render_chat(teacher.processor, build_task_messages(
+                    f'Search query: "{q.text}". {fact} In two or three sentences, say what the video shows and '
+                    f'how it {"matches" if label == "matched" else "differs from"} the query.', None)))
+            teacher.processor.tokenizer.padding_side = "left"
+            inputs = {k: v.to(teacher.device) for k, v in teacher.processor(
+                text=msgs, **video_kwargs(clips), padding=True, return_tensors="pt").items()}
+            with torch.no_grad():
+                res = generate_tokens(teacher.model, inputs, rope_positions(teacher.model, inputs),
+                                      s.teacher_max_new_tokens, teacher.eos_token_ids, teacher.pad_token_id)
+            tok = teacher.processor.tokenizer
+            new = []
+            for (q, shown, _), row, n in zip(chunk, res.ids.cpu().tolist(), res.n_text.cpu().tolist()):
+                text = tok.decode(row[:n], skip_special_tokens=True).strip()
+                new.append({"qid": q.qid, "video": shown, "teacher": s.teacher, "think": text})
+            append_jsonl(cache, new)
+            done.update({(r["qid"], r["video"]): r["think"] for r in new})
+            bar.update(len(chunk))
+        bar.close()
+    out = {}
+    for q, shown, _ in pairs:
+        text = done.get((q.qid, shown), "")
+        if text:
+            out[(q.qid, shown)] = text
+        else:
+            summary.skip(f"query {q.qid} / {shown}", "teacher_empty")
+    return out
+
+
+# ----------------------------------------------------------------------------- the command
+def build_sft_rows(cfg, dataset: str, engine=None) -> tuple[list[TrainRow], SFTDataSummary]:
+    """Steps 1-6 of the module docstring (nothing written)."""
+    from videosearch_r1.data.fig import load_split
+
+    s = cfg.sft
+    split = load_split(cfg, dataset, "train")
+    engine = engine if engine is not None else open_train_index(cfg, dataset)
+    summary = SFTDataSummary(dataset=dataset)
+    queries = split.queries[: s.max_queries] if s.max_queries > 0 else split.queries
+    summary.queries = len(queries)
+    field_name = cfg.dataset_cfg(dataset).query_field
+    hard_path = cfg.index_dir(dataset) / "train" / "hard_negatives.json"
+    hard = json.loads(hard_path.read_text()) if hard_path.is_file() else {}
+    rng = np.random.default_rng(s.seed)
+    pairs = top1_pairs(cfg, engine, queries, field_name, summary)
+    if s.balance and pairs:
+        pairs = balance(pairs, hard, engine, s.matched_share, rng, summary)
+    if dataset == "synth":
+        synth, summary.traces = SynthTraces(cfg.dataset_root(dataset) / "world.json"), "synth-timeline"
+    elif s.teacher and s.teacher != "none":
+        teacher, summary.traces = teacher_traces(cfg, dataset, pairs, summary), f"teacher:{s.teacher}"
+    elif s.teacher == "none":
+        summary.traces = "template"
+    else:
+        raise ValueError(f"{dataset}: reasoning traces need a teacher VLM: set sft.teacher=HUB_ID_OR_PATH "
+                         "(or sft.teacher=none for template traces)")
+    rows, corpus = [], list(engine.ids)
+    for q, shown, label in pairs:
+        text = getattr(q, field_name)
+        if summary.traces == "synth-timeline":
+            try:
+                think, fits = synth.trace(q, shown, label)
+            except KeyError as e:
+                summary.skip(f"query {q.qid}", f"no_timeline ({e})")
+                continue
+            summary.same_description += int(fits)
+        elif summary.traces == "template":
+            think = template_trace(q, label)
+        else:
+            think = teacher.get((q.qid, shown))
+            if think is None:
+                continue
+        span = (q.start, q.end) if label == "matched" else None
+        negs = negatives_for(q, shown, hard, corpus, s.n_negatives, rng)
+        rows.append(TrainRow(id=f"{q.qid}:{shown}", dataset=dataset, split="train", video=shown, kind="verify",
+                             query=text, target=format_target(think, label, span), positive=q.video_id,
+                             negatives=tuple(negs), meta={"label": label, "qid": q.qid,
+                                                          "gt_span": [q.start, q.end]}))
+    summary.rows = len(rows)
+    summary.matched = sum(1 for r in rows if r.meta["label"] == "matched")
+    summary.not_matched = summary.rows - summary.matched
+    summary.negatives_per_row = float(np.mean([len(r.negatives) for r in rows])) if rows else 0.0
+    return rows, summary
+
+
+def build_sft(cfg, dataset: str, engine=None) -> SFTDataSummary:
+    from videosearch_r1.utils import atomic_write_json
+
+    rows, summary = build_sft_rows(cfg, dataset, engine)
+    out = Path(cfg.sft.rows) if cfg.sft.rows else cfg.prepared_dir(dataset) / "sft_train.jsonl"
+    write_rows(out, rows)
+    summary.out = str(out)
+    atomic_write_json(out.with_suffix(".summary.json"), asdict(summary))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from videosearch_r1.utils import command_parser, config_from_args, parse_command
+
+    parser = command_parser("vsr1 build sft", __doc__)
+    parser.add_argument("dataset", help="dataset name (an entry under `datasets` in the config)")
+    args = parse_command(parser, argv)
+    cfg = config_from_args(args, [f"dataset={args.dataset}"])
+    try:
+        summary = build_sft(cfg, args.dataset)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
+        print(f"vsr1 build sft: {e}", file=sys.stderr)
+        return 2
+    print(summary.format(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
