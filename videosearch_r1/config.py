@@ -138,12 +138,12 @@ class ChannelConfig:
 
     n_latents: int = 8  # soft tokens per query (the agent's agent.n_latents)
     steps: int = 300  # Adam steps per query batch
-    lr: float = 0.1  # Adam learning rate (in units of the token-embedding RMS when scale="embed")
+    lr: float = 0.3  # Adam learning rate (in units of the token-embedding RMS when scale="embed")
     scale: str = "embed"  # "embed": soft = z * RMS of the engine's token embeddings | "none": raw soft tokens
     init: str = "zeros"  # "zeros" | "random" (z ~ N(0, 1))
     temperature: float = 0.05  # InfoNCE over the whole corpus
     queries: int = 256  # a fixed random sample of the split's queries (0: all)
-    batch_size: int = 64  # queries optimised together (one batched forward per step)
+    batch_size: int = 256  # queries optimised together (one batched forward per step; engine.batch_size splits it)
     eval_every: int = 50  # steps between exact-rank checks (the VR@1 curve)
     seed: int = 0
 
