@@ -80,8 +80,8 @@ def test_evaluate_without_gt_uses_rows_and_errors_exit_2(files, capsys):
 def test_ground_truth_in_rows_is_validated(tmp_path):
     """Rows carrying a reversed / negative / NaN / zero-length GT span are bad_gt, never scored."""
     good = pred("1", "v1", "matched", 0.0, 6.0)
-    bad = [dict(pred(str(i), "v1", "matched", 5.0, 1.0), gt_start=s, gt_end=e)
-           for i, (s, e) in enumerate([(10.0, 0.0), (-5.0, 1.0), (float("nan"), 3.0), (4.0, 4.0), (0.0, float("inf"))], 2)]
+    spans = [(10.0, 0.0), (-5.0, 1.0), (float("nan"), 3.0), (4.0, 4.0), (0.0, float("inf"))]
+    bad = [dict(pred(str(i), "v1", "matched", 5.0, 1.0), gt_start=s, gt_end=e) for i, (s, e) in enumerate(spans, 2)]
     p = tmp_path / "pred.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in [good] + bad))  # json.dumps writes NaN / Infinity
     out = tmp_path / "m.json"

@@ -116,3 +116,87 @@ def test_rows_carry_the_ground_truth_as_annotated():
     ious, ks = (0.1, 0.5), (1,)
     assert evaluate_rows(rows, iou_thresholds=ious, ks=ks)["paper"] == \
         evaluate_rows(rows, qs, iou_thresholds=ious, ks=ks)["paper"]
+
+
+def _row(qid, n_turns=1, hit=True, method="sqr"):
+    """A hand-written prediction row: n_turns turns, the last one matched (on the GT video when hit)."""
+    turns = [{"turn": t + 1, "video": f"v{qid}" if hit and t == n_turns - 1 else "x",
+              "answer": "matched" if t == n_turns - 1 else "not_matched", "span": None, "refined": False}
+             for t in range(n_turns)]
+    return {"qid": str(qid), "query": "q", "gt_video": f"v{qid}", "gt_start": 0.0, "gt_end": 10.0, "duration": 30.0,
+            "method": method, "turns": turns,
+            "final": {"video": turns[-1]["video"], "answer": "matched", "start": 0.0, "end": 8.0},
+            "stop_reason": "matched", "text_tokens": 30 * n_turns, "latent_tokens": 0}
+
+
+def _write_run(root, name, rows, summary=None):
+    path = root / name / "predictions.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if summary is not None:
+        (path.parent / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_report_names_query_sets_warns_and_restricts_to_common(tmp_path, capsys):
+    a = _write_run(tmp_path, "a", [_row(i, hit=i < 4) for i in range(8)], {"queries": 8, "complete": True})
+    b = _write_run(tmp_path, "b", [_row(i, hit=True) for i in range(4)], {"queries": 8, "complete": False})
+    out = tmp_path / "rep"
+    assert report_main([str(a), str(b), "--out", str(out), "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    assert "WARNING: the runs' query sets differ (8/4 queries, 4 common)" in text and "--common" in text
+    assert "WARNING: run b is incomplete: 4 of 8 queries have rows" in text
+    res = json.loads((out / "result.json").read_text())
+    ra, rb = res["runs"]
+    assert (ra["n"], rb["n"]) == (8, 4) and ra["query_set"]["hash"] != rb["query_set"]["hash"]
+    assert (ra["query_set"]["complete"], rb["query_set"]["complete"]) == (True, False)
+    assert res["query_sets"] == {**res["query_sets"], "identical": False, "common": 4, "restricted": False}
+    assert ra["paper"]["vr_r1"] == 50.0 and rb["paper"]["vr_r1"] == 100.0  # not comparable as they stand
+
+    assert report_main([str(a), str(b), "--out", str(out), "--no-plots", "--common"]) == 0
+    text = capsys.readouterr().out
+    assert "--common: every run scored on the 4 queries common to all runs" in text
+    assert "rows dropped per run: 4/0" in text and "query sets differ" not in text
+    res = json.loads((out / "result.json").read_text())
+    ra, rb = res["runs"]
+    assert ra["n"] == rb["n"] == 4 and ra["query_set"]["hash"] == rb["query_set"]["hash"]
+    assert ra["paper"]["vr_r1"] == rb["paper"]["vr_r1"] == 100.0 and res["query_sets"]["restricted"] is True
+
+    c = _write_run(tmp_path, "c", [_row(i) for i in range(20, 22)])  # nothing in common, no summary.json
+    assert report_main([str(a), str(c), "--out", str(out), "--common"]) == 2
+    assert "no query is common" in capsys.readouterr().err
+    assert report_main([str(a), str(a), "--out", str(out), "--no-plots"]) == 0
+    assert "query set: the runs have 8 queries (hash" in capsys.readouterr().out
+
+
+def test_report_plots_are_readable_with_one_turn_or_one_run(tmp_path):
+    """One run of one turn: bars on a 0-based axis, not one point on a 0.96-1.04 axis; several turns:
+    integer ticks 1..T; all-zero rates: still a 0-5 % axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from videosearch_r1.agent.report import load_run, analyse, plot_all, plot_soft_tokens, plot_tokens, plot_turns
+
+    def runs_of(name, rows):
+        return [analyse(load_run(_write_run(tmp_path, name, rows)), (0.3, 0.5), (1,))]
+
+    one = runs_of("one", [_row(i, hit=i % 3 == 0) for i in range(9)])
+    fig = plot_turns(one, plt)
+    for ax in fig.axes:
+        lo, hi = ax.get_ylim()
+        assert lo == 0 and 5 <= hi <= 105 and ax.containers  # bars, from 0
+        assert ax.get_xlim()[1] - ax.get_xlim()[0] >= 1
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["sqr (one)"]
+    plt.close(fig)
+    multi = runs_of("multi", [_row(i, n_turns=1 + i % 3) for i in range(9)])
+    fig = plot_turns(multi, plt)
+    assert list(fig.axes[0].get_xticks()) == [1, 2, 3] and fig.axes[0].get_ylim()[0] == 0
+    plt.close(fig)
+    zero = runs_of("zero", [_row(i, hit=False) for i in range(3)])
+    for make in (plot_turns, plot_soft_tokens, plot_tokens):
+        fig = make(zero, plt)
+        assert all(ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1 for ax in fig.axes)
+        plt.close(fig)
+    assert [p.name for p in plot_all(one, tmp_path)] == ["turns.png", "soft_tokens.png", "tokens.png"]
