@@ -10,6 +10,10 @@
     vsr1 report RUN.jsonl              metric table, result JSON and plots
     vsr1 evaluate PRED.jsonl           score predictions (paper view and TVR view)
     vsr1 make-tiny PATH --kind policy  a tiny random same-architecture checkpoint (demos, tests)
+    vsr1 library add|status|remove DIR your own video folders, embedded as videos + moments (incremental)
+    vsr1 search "TEXT" [--agent]       ranked moments of your library (or the agent's answer)
+    vsr1 clip RESULT --out FILE        cut a search result to a new mp4
+    vsr1 web                           a local page: search, thumbnails, play the moment
     vsr1 build sft DATASET             SFT rows from the train index (top-1 pairs, traces, negatives)
     vsr1 build DATASET [--from-step S] from raw videos: splits, frames, index, hard negatives, SFT/GRPO rows
     vsr1 data layout|annotations|check DATASET   raw layout, VERIFIED FIG files, missing/corrupt/extra videos
@@ -33,6 +37,10 @@ COMMANDS = {
     "report": "videosearch_r1.agent.report",
     "evaluate": "videosearch_r1.eval.evaluate",
     "make-tiny": "videosearch_r1.models.tiny",
+    "library": "videosearch_r1.library.build",
+    "search": "videosearch_r1.library.search",
+    "clip": "videosearch_r1.library.clip",
+    "web": "videosearch_r1.library.web",
     "build": "videosearch_r1.data.build",  # `vsr1 build sft|grpo ...` goes on to build.sft_module / grpo_module
     "data": "videosearch_r1.data.raw",
     "download": "videosearch_r1.data.download",
