@@ -38,7 +38,8 @@ def _statuses(capsys) -> str:
 
 def test_kill_mid_index_then_rerun_equals_uninterrupted(tmp_path, capsys):
     ws = tmp_path / "ws"
-    assert cli.main(["build", "synth", *_args(ws)]) == 0
+    args = _args(ws, "build.splits=[train]")
+    assert cli.main(["build", "synth", *args]) == 0
     out = _statuses(capsys)
     assert "index: done" in out and "sft: not available" in out and "grpo: not available" in out
     want = _tree(ws)
@@ -48,7 +49,7 @@ def test_kill_mid_index_then_rerun_equals_uninterrupted(tmp_path, capsys):
     shutil.rmtree(ws / "data" / "synth" / "prepared")
     shutil.rmtree(ws / "indexes")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "videosearch_r1.cli", "build", "synth", *_args(ws)],
+    proc = subprocess.Popen([sys.executable, "-m", "videosearch_r1.cli", "build", "synth", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     shards = ws / "indexes" / "synth" / "synth-engine" / "train" / "shards"
     deadline = time.time() + 300
@@ -60,7 +61,7 @@ def test_kill_mid_index_then_rerun_equals_uninterrupted(tmp_path, capsys):
     assert 2 <= n_done < 9  # killed mid-step: some of the 9 train shards written
     assert not (ws / "data" / "synth" / "prepared" / "build" / "index.json").exists()
 
-    assert cli.main(["build", "synth", *_args(ws)]) == 0
+    assert cli.main(["build", "synth", *args]) == 0
     out = _statuses(capsys)
     assert "frames: complete, skipped" in out and "index: running" in out
     assert _tree(ws) == want
