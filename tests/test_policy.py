@@ -121,24 +121,77 @@ def test_refine_token_is_added_when_missing(tmp_path):
     assert Policy.from_pretrained(tmp_path / "saved").refine_token_id == p.refine_token_id
 
 
-def test_reference_layout_checkpoint(policy, tmp_path):
-    sqr_cfg = SQRConfig(hidden_size=64, latent_dim=64, embedder_hidden=96)
-    theirs = SQRModules(sqr_cfg, seed=5)
+def _authors_checkpoint(policy, path, d=48, he=96, max_shard_size=None):
+    """A checkpoint in the authors' layout, built from reference.md section 1 alone (not from our mapping
+    or writer): their SQR modules are plain attributes of the Qwen3VLForConditionalGeneration, saved by
+    HF save_pretrained inside the model weights (bf16 here, as their bf16 training saves them):
+      refine_projector               Linear(H->D) -> LayerNorm(D) -> GELU -> Linear(D->D)
+      refine_gate                    Linear(H->1) (zero-init, unused)
+      refine_latent_input_projector  LayerNorm(D) -> Linear(D->H)
+      refine_append_input_projector  LayerNorm(D) -> Linear(D->He)
+      query_embedder_head            Identity (He == D in the released 2B: no tensors)"""
+    import copy
+
+    from torch import nn
+
+    h = policy.model.config.text_config.hidden_size
+    model = copy.deepcopy(policy.model)
+    g = torch.Generator().manual_seed(11)
+    mods = {"refine_projector": nn.Sequential(nn.Linear(h, d), nn.LayerNorm(d), nn.GELU(), nn.Linear(d, d)),
+            "refine_gate": nn.Linear(h, 1),
+            "refine_latent_input_projector": nn.Sequential(nn.LayerNorm(d), nn.Linear(d, h)),
+            "refine_append_input_projector": nn.Sequential(nn.LayerNorm(d), nn.Linear(d, he)),
+            "query_embedder_head": nn.Identity()}
     with torch.no_grad():
-        for prm in theirs.parameters():
-            prm.add_(0.1 * torch.randn_like(prm))
-    path = save_reference_layout(policy.model, policy.processor, theirs.state_dict(), tmp_path / "ref")
+        for name, mod in mods.items():
+            for prm in mod.parameters():
+                prm.copy_(torch.randn(prm.shape, generator=g) * 0.3 + (1.0 if prm.ndim == 1 else 0.0))
+            setattr(model, name, mod.to(torch.bfloat16))
+    kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(path, **kw)
+    policy.processor.save_pretrained(path)
+    return {k: v.float() for k, v in mods.items()}
+
+
+@pytest.mark.parametrize("shards", [None, "200KB"])
+def test_reference_layout_checkpoint(policy, tmp_path, shards):
+    path = tmp_path / "ref"
+    theirs = _authors_checkpoint(policy, path, max_shard_size=shards)
+    assert (path / "model.safetensors.index.json").exists() == (shards is not None)
     with pytest.raises(PolicyLoadError, match="reference_layout"):
         Policy.from_pretrained(path)
     p = Policy.from_pretrained(path, reference_layout=True)
     assert p.sqr_config.seed_hidden == "pre_norm" and p.sqr_config.soft_insert == "reference"
-    assert (p.latent_dim, p.embedder_hidden) == (64, 96)
-    for k, v in theirs.state_dict().items():
-        assert torch.equal(p.sqr.state_dict()[k], v), k
+    assert (p.hidden_size, p.latent_dim, p.embedder_hidden) == (64, 48, 96)
+    x, z = torch.randn(5, 64), torch.randn(5, 48)  # the converted modules compute what theirs compute
+    with torch.no_grad():
+        torch.testing.assert_close(p.sqr(x), theirs["refine_projector"](x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(p.sqr.to_policy(z), theirs["refine_latent_input_projector"](z), rtol=0, atol=1e-6)
+        torch.testing.assert_close(p.sqr.to_embedder(z), theirs["refine_append_input_projector"](z), rtol=0, atol=1e-6)
     for k, v in policy.model.state_dict().items():  # the main weights load untouched
         assert torch.equal(p.model.state_dict()[k], v), k
     saved = p.save_pretrained(tmp_path / "ours")
     again = Policy.from_pretrained(saved)  # our layout now: the quirks travel in sqr_config.json
     assert again.sqr_config.seed_hidden == "pre_norm" and again.sqr_config.source == "reference"
+    with torch.no_grad():
+        torch.testing.assert_close(again.sqr(x), theirs["refine_projector"](x), rtol=0, atol=1e-6)
     with pytest.raises(FileNotFoundError):
         Policy.from_pretrained(str(path.parent / "missing-dir"))
+
+
+def test_reference_writer_matches_the_authors_layout(policy, tmp_path):
+    """save_reference_layout (conversions back) writes the keys and shapes of the authors' checkpoint."""
+    from safetensors import safe_open
+
+    _authors_checkpoint(policy, tmp_path / "theirs")
+    p = Policy.from_pretrained(tmp_path / "theirs", reference_layout=True)
+    save_reference_layout(p.model, p.processor, p.sqr.state_dict(), tmp_path / "back")
+
+    def refine_shapes(path):
+        with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith(("refine_", "query_"))}
+
+    assert refine_shapes(tmp_path / "back") == refine_shapes(tmp_path / "theirs")
+    again = Policy.from_pretrained(tmp_path / "back", reference_layout=True)
+    for k, v in p.sqr.state_dict().items():
+        assert torch.equal(again.sqr.state_dict()[k], v), k
