@@ -1,7 +1,7 @@
 """`vsr1 data`: the raw layout of a dataset from scratch: folders, the VERIFIED FIG files, a video check.
 
     vsr1 data layout charades                    # create <root>/videos, <root>/annotations; print what goes where
-    vsr1 data annotations charades               # fetch the VERIFIED FIG files (download.annotations_*)
+    vsr1 data annotations charades               # fetch the VERIFIED FIG files (download.annotations_*); or `all`
     vsr1 data check charades [--deep]            # missing / corrupt / extra videos against the annotation ids
     vsr1 data check didemo --anno-root /data/fig/didemo-fig --video-root /data/didemo/videos
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = command_parser("vsr1 data", __doc__)
     parser.add_argument("action", choices=("layout", "annotations", "check"))
-    parser.add_argument("dataset", help="charades | didemo | activitynet (or any `datasets` entry)")
+    parser.add_argument("dataset", help="charades | didemo | activitynet | all (layout, annotations) | any `datasets` entry")
     parser.add_argument("--anno-root", default=None, help="folder holding the FIG files (ANNO_ROOT)")
     parser.add_argument("--video-root", default=None, help="folder holding the raw videos (VIDEO_BASE)")
     parser.add_argument("--mirror", default=None, help="local directory laid out like the hub (download.mirror)")
@@ -189,18 +189,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_command(parser, argv)
     extra = root_overrides(args.dataset, args.anno_root, args.video_root)
     cfg = config_from_args(args, extra + ([f"download.mirror={args.mirror}"] if args.mirror else []))
+    names = list(SOURCES) if args.dataset == "all" and args.action != "check" else [args.dataset]
     try:
-        cfg.dataset_cfg(args.dataset)
+        for name in names:
+            cfg.dataset_cfg(name)
         if args.action == "layout":
-            print(make_layout(cfg, args.dataset))
+            print("\n\n".join(make_layout(cfg, name) for name in names))
             return 0
         if args.action == "annotations":
-            done, missing = fetch_annotations(cfg, args.dataset)
-            for p in done:
-                print(f"annotations {args.dataset}: {p}")
-            for m in missing:
-                print(f"annotations {args.dataset}: NOT FETCHED {m}", file=sys.stderr)
-            return 1 if missing else 0
+            failed = False
+            for name in names:
+                done, missing = fetch_annotations(cfg, name)
+                for p in done:
+                    print(f"annotations {name}: {p}")
+                for m in missing:
+                    print(f"annotations {name}: NOT FETCHED {m}", file=sys.stderr)
+                failed |= bool(missing)
+            return 1 if failed else 0
         rep = check_videos(cfg, args.dataset, deep=args.deep, workers=max(1, cfg.download.workers))
         print(rep.format())
         atomic_write_json(cfg.prepared_dir(args.dataset) / "check.json", {
