@@ -4,16 +4,20 @@ a static KV cache (CUDA-graph captured on GPU). Used by `Policy.generate` and th
     state = prefill(model, inputs, positions, gather_at=None, capacity=L + 256)   # HF forward, KV copied
     out = generate_tokens(model, inputs, positions, max_new_tokens=256, eos_ids=[...], pad_id=0)
 
-Why: HF `generate` costs ~52 ms/token at 2B shapes (per-step Python, dynamic cache, mask rebuilds) against
-a ~1.4 ms memory floor. Here one decode step is: embedding -> 28 x (RMSNorm, q/k/v, q/k-norm, 1-D RoPE,
-KV write at a device-side column index, attention over the whole static buffer under a key mask) ->
-norm -> lm_head, with no host sync. `DecodeOptions` picks how it runs: CUDA graph (captured once per
-call, replayed per token), the attention kernel (masked SDPA, or two GEMMs + softmax), and optionally
-torch.compile (one compiled step per process; the cache length is marked dynamic, so prompts of any
-length reuse it). `pooled_prefill` keeps one static cache + its captured graph on the model for the
-next call (the SQR rollout's N-1 steps then cost only graph replays, no allocation or capture).
+Why: HF `generate` costs ~96 ms/token at 2B shapes on an H100 (per-step Python, dynamic cache, mask
+rebuilds; docs/benchmarks.md, the one baseline) against a ~1.4 ms memory floor. Here one decode step is:
+embedding -> 28 x (RMSNorm, q/k/v, q/k-norm, 1-D RoPE, KV write at a device-side column index, attention
+over the whole static buffer under a key mask) -> norm -> lm_head, with no host sync. `DecodeOptions`
+picks how it runs: CUDA graph (captured once per call, replayed per token), the attention kernel (masked
+SDPA, or two GEMMs + softmax), and optionally torch.compile (one compiled step per process; the cache
+length is marked dynamic, so prompts of any length reuse it; if compiling fails, steps run eagerly).
+`decode_options_for(device)` is the path Policy and `vsr1 infer` use: matmul + graph + compile on CUDA
+(3.4 ms/token in the bench), eager SDPA on CPU. `pooled_prefill` keeps one static cache + its captured
+graph on the model for the next call (the SQR rollout's N-1 steps then cost only graph replays, no
+allocation or capture).
 bench/bench_agent.py measures the variants and checks their numerics against a float32 copy;
-tests/test_policy.py checks greedy ids equal HF generate's, tests/test_sqr.py the rollout paths.
+tests/test_decode_path.py checks the default path's greedy ids equal HF generate's (varied ids),
+tests/test_sqr.py the rollout paths.
 
 Layout facts the step relies on (checked against transformers' Qwen3VLTextModel):
 - Inputs are LEFT padded, so every row writes the same buffer column at each step; padding columns
