@@ -174,12 +174,19 @@ def _step_frames(ctx: Ctx) -> dict:
           f"decode on {workers} processes", flush=True)
     bar = progress(total=len(ids), desc=f"frames {ctx.dataset}", unit="video")
     bar.update(len(ids) - len(todo))
-    if todo:
-        with mp.get_context("spawn").Pool(min(workers, len(todo)), _init_worker, (ctx.cfg, ctx.dataset)) as pool:
-            for vid, why in pool.imap(_store_one, todo):
-                if why:
-                    skipped[vid] = why
-                bar.update(1)
+    if todo and workers == 1:  # in this process
+        _init_worker(ctx.cfg, ctx.dataset)
+        results = map(_store_one, todo)
+    elif todo:
+        pool = mp.get_context("spawn").Pool(min(workers, len(todo)), _init_worker, (ctx.cfg, ctx.dataset))
+        results = pool.imap(_store_one, todo)
+    for vid, why in results if todo else ():
+        if why:
+            skipped[vid] = why
+        bar.update(1)
+    if todo and workers > 1:
+        pool.close()
+        pool.join()
     bar.close()
     for vid, why in sorted(skipped.items()):
         print(f"  skipped {vid}: {why}", flush=True)

@@ -204,8 +204,9 @@ def check_space(target: Path, need: int, min_free_gb: float, what: str) -> None:
 
 
 def sync_files(source, kind: str, repo: str, files: list[RemoteFile], local_root: Path, cfg: Config,
-               strip: str = "", what: str = "") -> SyncSummary:
-    """Bring every file to local_root/<path minus `strip`>: keep complete ones, fetch the rest, verify."""
+               strip: str = "", what: str = "", reserve: int = 0) -> SyncSummary:
+    """Bring every file to local_root/<path minus `strip`>: keep complete ones, fetch the rest, verify.
+    The disk check counts what is left to fetch plus `reserve` bytes (e.g. room to extract archives)."""
     from videosearch_r1.utils import progress
 
     verify = cfg.download.verify
@@ -219,7 +220,7 @@ def sync_files(source, kind: str, repo: str, files: list[RemoteFile], local_root
         else:
             todo.append((rf, dest, rel))
     need = sum((rf.size or 0) - _part_size(dest) for rf, dest, _ in todo)
-    check_space(local_root, max(0, need), cfg.download.min_free_gb, what or f"{kind} {repo}")
+    check_space(local_root, max(0, need) + reserve, cfg.download.min_free_gb, what or f"{kind} {repo}")
     bar = progress(total=sum(rf.size or 0 for rf, _, _ in todo), desc=f"download {Path(repo).name}", unit="B")
 
     def one(job) -> None:
@@ -340,9 +341,8 @@ def download_dataset(cfg: Config, name: str, source=None) -> dict:
             sha = (entry.get("sha256") if len(parts) == 1 else (entry.get("parts_sha256") or {}).get(p))
             wanted.append(RemoteFile(rf.path, rf.size, sha if isinstance(sha, str) else None))
     # the shards are extracted next to their archives: room for both
-    extra = sum(f.size or 0 for f in wanted)
-    check_space(ddir, extra, cfg.download.min_free_gb, f"extracting {name}")
-    s = sync_files(source, "bucket", bucket, wanted, cache, cfg, strip=prefix, what=f"prepared {name}")
+    s = sync_files(source, "bucket", bucket, wanted, cache, cfg, strip=prefix, what=f"prepared {name}",
+                   reserve=sum(f.size or 0 for f in wanted))
     print(s.format(), flush=True)
     extract_shards([(n, [cache / p for p in parts]) for n, parts, _ in shards], staging, done_dir,
                    keep=cfg.download.keep_archives)
