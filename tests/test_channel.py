@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from tests import _world
+import _world
 from videosearch_r1 import cli
 from videosearch_r1.engine.channel import exact_ranks, nearest_other_cosine, run_channel
 

@@ -18,6 +18,7 @@
     vsr1 build DATASET [--from-step S] from raw videos: splits, frames, index, hard negatives, SFT/GRPO rows
     vsr1 data layout|annotations|check DATASET   raw layout, VERIFIED FIG files, missing/corrupt/extra videos
     vsr1 download checkpoint|data NAME released checkpoints by alias, the authors' prepared data (--mirror DIR)
+    vsr1 train base [key=value ...]    the synthetic base policy (ZS): generic video tasks, engine-initialised
     vsr1 train sft DATASET --checkpoint P   SFT: token CE + InfoNCE of the SQR-refined query (accelerate)
 
 Every subcommand takes `--config FILE.yaml` and dotted overrides such as `agent.max_turns=2`.
@@ -44,7 +45,7 @@ COMMANDS = {
     "build": "videosearch_r1.data.build",  # `vsr1 build sft|grpo ...` goes on to build.sft_module / grpo_module
     "data": "videosearch_r1.data.raw",
     "download": "videosearch_r1.data.download",
-    "train": {"sft": "videosearch_r1.train.sft"},
+    "train": {"sft": "videosearch_r1.train.sft", "base": "videosearch_r1.train.base"},
 }
 
 

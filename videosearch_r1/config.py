@@ -252,6 +252,25 @@ class TrainConfig:
 
 
 @dataclass
+class BaseConfig:
+    """`vsr1 train base`: the synthetic world's base policy, pretrained on generic video tasks of a separate
+    world (describe / caption / ground / attribute; never verify or refine). Its own steps, lrs and batch
+    replace train.steps / lr / lr_merger / lr_vision / batch_size / warmup for this stage (the vision tower trains)."""
+
+    world_families: int = 300  # train families of the pretraining world (seed synth.seed + 104729, same preset)
+    init: str = "engine"  # "engine": backbone copied from the trained engine (engine.model) | "scratch"
+    size: str = "tiny"  # tiny-model size for init="scratch" ("small" on a GPU)
+    tasks: dict[str, int] = field(default_factory=lambda: dict(describe=1, caption=2, ground=2, attribute=3))  # per video
+    steps: int = 0  # optimizer steps (0: train.epochs passes over the rows)
+    lr: float = 3e-4  # language model + mergers
+    lr_vision: float = 1e-4  # vision tower
+    batch_size: int = 8  # rows per micro-batch per process
+    warmup: int = 50  # linear warm-up steps (then train.schedule)
+    eval_videos: int = 16  # benchmark val videos whose tasks are scored after training (0: none)
+    seed: int = 0  # task sampling
+
+
+@dataclass
 class SFTConfig:
     """`vsr1 build sft` / `vsr1 train sft`: supervised verification + grounding, plus InfoNCE on SQR."""
 
@@ -362,6 +381,7 @@ class Config:
     library: LibraryConfig = field(default_factory=LibraryConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    base: BaseConfig = field(default_factory=BaseConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

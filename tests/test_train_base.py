@@ -1,0 +1,117 @@
+"""Base-policy pretraining (train/base.py, train/base_data.py) on the tiny synthetic world: task rows
+checked against the world's specs and pixels, the engine-initialised backbone, a short run that lowers
+the loss and exports a checkpoint inference loads with no flags.
+
+    .venv/bin/python -m pytest -q tests/test_train_base.py
+"""
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import _world as W
+from videosearch_r1 import cli
+from videosearch_r1.config import SynthConfig, load_config
+from videosearch_r1.synth.world import COLOURS, fine_desc, phrase, resolve, sample_world
+from videosearch_r1.train.base_data import TASKS, task_rows
+
+
+@pytest.fixture(scope="module")
+def tiny_rows():
+    cfg = load_config(None, ["synth.preset=tiny"])
+    world = sample_world(resolve(SynthConfig(preset="tiny", seed=3)))
+    rows, counts = task_rows(world, cfg.base, cfg.video_cfg("synth"), "synth")
+    specs = {v.video_id: (v, f.style) for f in world.families for v in f.videos}
+    return rows, counts, specs
+
+
+def test_rows_cover_every_task_with_answers_from_the_timeline(tiny_rows):
+    rows, counts, specs = tiny_rows
+    assert {r.meta["task"] for r in rows} == set(TASKS) and all(r.kind == "task" for r in rows)
+    assert not any("REFINE" in r.target or "<answer>" in r.target for r in rows)  # never verify / refine
+    assert len({r.id for r in rows}) == len(rows)
+    assert counts["videos"] == sum(1 for v, _ in specs.values() if v.split == "train")
+    for r in rows:
+        v, style = specs[r.video]
+        task = r.meta["task"]
+        if task == "describe":
+            for s in v.segments:  # every event, with its times, in order
+                assert f"s: it {phrase(s)}." in r.target
+                assert re.search(rf"\b{s.start:.1f} - {s.end:.1f} s", r.target.replace(".0 ", ".0 ")), r.target
+            assert r.target.startswith(("A ", "An ")) and v.thing.shape in r.target
+        elif task == "caption":
+            s = v.segments[r.meta["segment"]]
+            assert f"from {s.start:.1f} to {s.end:.1f} s" in r.query
+            assert r.target == fine_desc(style, v.thing, v.wall, v.companion, v.segments, r.meta["segment"], "none")
+        elif task == "ground":
+            s = v.segments[r.meta["segment"]]
+            assert r.target == f"<start>{s.start:.1f}</start> <end>{s.end:.1f}</end>".replace(".0</", ".0</")
+            others = [fine_desc(style, v.thing, v.wall, v.companion, v.segments, j, "none")
+                      for j in range(len(v.segments)) if j != r.meta["segment"]]
+            assert r.query.split('"')[1] not in others  # the description names one moment only
+        else:
+            assert r.meta["attribute"] in ("colour", "shape", "size")
+            want = {"shape": v.thing.shape, "size": v.thing.size}.get(r.meta["attribute"])
+            if want is not None:
+                assert r.target == want
+
+
+def test_colour_answers_are_on_screen(tiny_rows):
+    """The colour asked at t is the object's colour in the rendered frame at t (pixels, not the spec)."""
+    from videosearch_r1.synth.render import render_frames
+
+    rows, _, specs = tiny_rows
+    asked = [r for r in rows if r.meta["task"] == "attribute" and r.meta["attribute"] == "colour"]
+    assert asked
+    for r in asked[:6]:
+        v, _ = specs[r.video]
+        frame = list(render_frames(v, noise=4.0))[round(r.meta["time"] * v.fps)].astype(np.float32)
+        dist = {c: np.linalg.norm(frame - np.array(rgb, np.float32), axis=-1) for c, rgb in COLOURS.items()}
+        assert (dist[r.target] < 30).sum() >= 20, (r.id, r.target)  # the object's pixels (radius >= 7 px)
+
+
+def test_engine_initialised_backbone_equals_the_engine(tmp_path):
+    from videosearch_r1.agent.policy import Policy
+    from videosearch_r1.train.base import policy_from_engine
+
+    cfg = W.world().cfg()
+    engine = W.engine().embedder.model
+    path = policy_from_engine(cfg.engine_model(), tmp_path / "p")
+    pol = Policy.from_pretrained(str(path), device="cpu", dtype="fp32", embedder_hidden=engine.config.text_config.hidden_size)
+    mine, theirs = pol.model.model.state_dict(), engine.state_dict()
+    assert set(mine) == set(theirs)
+    for k, t in theirs.items():
+        m = mine[k]
+        if k.endswith("embed_tokens.weight"):
+            assert m.shape[0] == t.shape[0] + 1  # + <REFINE>
+            m = m[: t.shape[0]]
+        assert torch.equal(m, t), k
+    assert pol.model.lm_head.weight.data_ptr() == pol.model.model.language_model.embed_tokens.weight.data_ptr()
+    assert pol.refine_token_id == theirs["language_model.embed_tokens.weight"].shape[0]
+
+
+def test_a_short_base_run_lowers_the_loss_and_exports_a_zs_checkpoint(tmp_path, capsys):
+    from videosearch_r1.agent.infer import load_engine, load_policy
+
+    w = W.world()
+    args = ["train", "base", f"workspace={w.workspace}", "synth.preset=tiny", "base.world_families=1",
+            "base.tasks.caption=0", "base.tasks.attribute=0", "base.tasks.ground=1", "base.batch_size=6",
+            "base.steps=6", "base.lr=3e-3", "base.lr_vision=3e-3", "base.warmup=0", "base.eval_videos=2",
+            "train.schedule=constant",
+            f"train.output={tmp_path / 'run'}"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "ZS policy" in out
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["complete"] and s["rows"]["rows"] == {"describe": 3, "ground": 3}
+    losses = s["losses"]
+    assert len(losses) == 6 and all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.85 * losses[0], losses
+    assert s["policy_mb"] < 10 and not (tmp_path / "run" / "policy" / "trainer_state.pt").exists()
+    assert set(s["heldout_after"]) == {"describe", "ground"}
+    # what `vsr1 infer synth --checkpoint DIR` does, with no other flag
+    cfg = w.cfg(f"agent.checkpoint={s['policy']}")
+    pol = load_policy(cfg, load_engine(cfg, "synth", "test"))
+    assert pol.sqr_config.embedder_hidden == W.engine().embedder.hidden_size
