@@ -167,6 +167,17 @@ def test_agent_over_the_library(lib):
         store.close()
 
 
+def test_remove_folder(lib, capsys, tmp_path):
+    """Runs last of the library tests: `remove` drops the folder's files, vectors and failures."""
+    folder, store_dir, argv = lib
+    assert cli.main(["library", "remove", str(tmp_path), *argv]) == 2  # not a library folder
+    assert cli.main(["library", "remove", str(folder), *argv]) == 0
+    st = _status(argv, capsys)
+    assert (st["files"], st["moments"], st["indexed_vectors"], st["failed"], st["roots"]) == (0, 0, 0, [], [])
+    assert cli.main(["search", "anything", "--json", *argv]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
 # ----------------------------------------------------------------------------- the store alone
 def _fill(store: LibraryStore, rng, n_files=12, dim=16):
     vecs = {}

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Protocol
 from urllib.parse import parse_qs, urlparse
 
 import numpy as np
@@ -102,6 +102,20 @@ def _vec(b: bytes) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- vector indexes
+class VectorIndex(Protocol):
+    """The seam between the library and a vector engine: moment ids (int64) -> unit vectors, inner product."""
+
+    rebuilt: bool  # the index was rebuilt from the database on open (its snapshot was stale)
+
+    def load(self, version: int, rows) -> None: ...  # open for the database at `version`; rows: (id, blob)
+    def add(self, ids: np.ndarray, vecs: np.ndarray, file_id: Optional[int]) -> None: ...
+    def remove_file(self, file_id: int) -> None: ...  # every moment of one file (one id block)
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...  # scores, ids [B, k]; id -1: none
+    def count(self) -> int: ...
+    def flush(self, version: int) -> None: ...  # persist (the snapshot records the database version)
+    def close(self) -> None: ...
+
+
 class FaissIndex:
     """IndexIDMap2(IndexFlatIP) in memory: add/remove by id, exact inner product; snapshot on flush."""
 
@@ -229,7 +243,7 @@ class LibraryStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self.lock = threading.RLock()
-        self.index = None  # the vector index, opened once the dimension is known (set_settings / first use)
+        self.index: Optional[VectorIndex] = None  # opened once the dimension is known (check_settings)
         dim = self.meta("dim")
         if dim:
             self._open_index(int(dim))
@@ -259,7 +273,7 @@ class LibraryStore:
 
     def _open_index(self, dim: int) -> None:
         if self.uri.scheme == "faiss+sqlite":
-            self.index = FaissIndex(self.uri.dir, dim)
+            self.index: VectorIndex = FaissIndex(self.uri.dir, dim)
         else:
             self.index = MilvusIndex(self.uri.dir, dim, self.uri.milvus_uri)
         self.index.load(self.version(), self.db.execute("SELECT id, vector FROM moments ORDER BY id"))
