@@ -131,11 +131,12 @@ def balance(pairs: list[tuple], hard: dict, engine, share: float, rng, summary: 
     return pairs + extra
 
 
-def negatives_for(q, shown: str, hard: dict, corpus: list[str], n: int, rng) -> list[str]:
-    """Wrong top-1 first, then hard negatives in order, then a random fill; never the GT; no filter."""
+def negatives_for(q, shown: str, hard: dict, corpus: list[str], n: int, rng, indexed: set[str]) -> list[str]:
+    """Wrong top-1 first, then hard negatives in order, then a random fill; never the GT, only indexed
+    videos (their vectors are the InfoNCE negatives); no ambiguity filter."""
     out: list[str] = []
     for v in ([shown] if shown != q.video_id else []) + list(hard.get(q.qid, [])):
-        if v != q.video_id and v not in out and len(out) < n:
+        if v != q.video_id and v in indexed and v not in out and len(out) < n:
             out.append(v)
     pool = [v for v in corpus if v != q.video_id and v not in out]
     if len(out) < n and pool:
@@ -308,6 +309,7 @@ def build_sft_rows(cfg, dataset: str, engine=None) -> tuple[list[TrainRow], SFTD
         raise ValueError(f"{dataset}: reasoning traces need a teacher VLM: set sft.teacher=HUB_ID_OR_PATH "
                          "(or sft.teacher=none for template traces)")
     rows, corpus = [], list(engine.ids)
+    indexed = set(corpus)
     for q, shown, label in pairs:
         text = getattr(q, field_name)
         if summary.traces == "synth-timeline":
@@ -324,7 +326,7 @@ def build_sft_rows(cfg, dataset: str, engine=None) -> tuple[list[TrainRow], SFTD
             if think is None:
                 continue
         span = (q.start, q.end) if label == "matched" else None
-        negs = negatives_for(q, shown, hard, corpus, s.n_negatives, rng)
+        negs = negatives_for(q, shown, hard, corpus, s.n_negatives, rng, indexed)
         rows.append(TrainRow(id=f"{q.qid}:{shown}", dataset=dataset, split="train", video=shown, kind="verify",
                              query=text, target=format_target(think, label, span), positive=q.video_id,
                              negatives=tuple(negs), meta={"label": label, "qid": q.qid,

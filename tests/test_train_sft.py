@@ -1,0 +1,207 @@
+"""SFT trainer on the tiny synthetic world: rows, collate, the fast step, InfoNCE gradients, pinned
+losses, resume after a kill, and `vsr1 build sft`.
+
+    .venv/bin/python -m pytest -q tests/test_train_sft.py
+"""
+import copy
+import json
+
+import pytest
+import torch
+
+import _world as W
+from videosearch_r1.train.rows import RowError, TrainRow, collate, read_rows
+
+TARGET = "<think>A red star spins.</think> <answer>matched</answer> <start>1.0</start> <end>3.5</end> <REFINE>"
+
+
+def _cfg(tmp_path, *extra):
+    return W.world().cfg("train.batch_size=2", "train.lr=1e-3", "train.lr_sqr=1e-3", "train.lr_merger=1e-3",
+                         "train.schedule=constant", "train.log_every=1", f"train.output={tmp_path}", *extra)
+
+
+@pytest.fixture(scope="module")
+def sft_rows():
+    from videosearch_r1.train.sft_data import build_sft_rows
+
+    cfg = W.world().cfg("sft.n_negatives=4")
+    rows, summary = build_sft_rows(cfg, "synth")
+    return rows, summary
+
+
+def _clip_fn():
+    return W.clip_fn(W.world().cfg())
+
+
+def _policy():
+    return W.policy(nonzero_latents=True)
+
+
+# ----------------------------------------------------------------------------- rows
+def test_bad_row_names_file_line_and_field(tmp_path):
+    good = TrainRow("a", "synth", "train", "v0", "verify", "a red star", TARGET, "v0", ("v1",)).to_json()
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "id": "b", "target": "matched!"}) + "\n")
+    with pytest.raises(RowError, match=r"rows.jsonl:2: field 'target'"):
+        read_rows(path)
+    rows, problems = read_rows(path, skip_bad=True)
+    assert [r.id for r in rows] == ["a"] and len(problems) == 1
+    path.write_text(json.dumps({**good, "negatives": ["v0"]}) + "\n")
+    with pytest.raises(RowError, match=r":1: field 'negatives' contains the positive"):
+        read_rows(path)
+
+
+def test_collate_labels_are_the_assistant_tokens_only(sft_rows):
+    rows, _ = sft_rows
+    pol = _policy()
+    batch = collate(pol, rows[:2], [_clip_fn()(r.video) for r in rows[:2]])
+    tok = pol.processor.tokenizer
+    for i, r in enumerate(batch.rows):
+        lab = batch.labels[i][batch.labels[i] != -100].tolist()
+        assert tok.decode(lab, skip_special_tokens=False) == r.target + "<|im_end|>"
+        assert batch.inputs["input_ids"][i, batch.refine_pos[i]] == pol.refine_token_id
+        ids = batch.inputs["input_ids"][i][batch.inputs["attention_mask"][i].bool()]
+        assert tok.decode(ids).endswith("<|im_start|>assistant\n" + r.target + "<|im_end|>")
+    # rows too long are dropped and reported, never truncated
+    short = collate(pol, rows[:2], [_clip_fn()(r.video) for r in rows[:2]], max_tokens=10)
+    assert short.rows == [] and len(short.skipped) == 2 and "train.max_tokens=10" in short.skipped[0][1]
+
+
+# ----------------------------------------------------------------------------- the fast step
+def test_fast_step_equals_hf_step(sft_rows):
+    """Loss and gradients of our step (rope_positions, batched vision attention, linear patch embed)
+    equal transformers' default forward with labels."""
+    from videosearch_r1.models.qwen3vl import prepare_model
+    from videosearch_r1.train.trainer import PolicyModule
+
+    rows, _ = sft_rows
+    pol = _policy()
+    hf_model = copy.deepcopy(pol.model)
+    for m in hf_model.modules():  # undo the batched vision attention Policy installed: the plain HF path
+        if hasattr(m, "_unbatched_forward"):
+            m.forward = m._unbatched_forward
+    assert prepare_model(pol.model)["patch_embed"] == 1 and prepare_model(pol.model)["patch_embed"] == 0
+    assert sum(hasattr(m, "_unbatched_forward") for m in pol.model.modules()) == 2  # batched vision attention
+    batch = collate(pol, rows[:3], [_clip_fn()(r.video) for r in rows[:3]])
+    hf_inputs = {k: v for k, v in batch.inputs.items() if k != "position_ids"}
+    hf_loss = hf_model(**hf_inputs, labels=batch.labels).loss
+    hf_loss.backward()
+    module = PolicyModule(pol, n_latents=4, rollout_cached=True, fast=True)
+    ce, n, soft = module(batch.inputs, batch.labels, batch.refine_pos, torch.zeros(3, dtype=torch.bool))
+    (ce / n).backward()
+    assert soft is None
+    torch.testing.assert_close(ce / n, hf_loss, rtol=1e-5, atol=1e-6)
+    grads = dict(hf_model.named_parameters())
+    checked = 0
+    for name, p in pol.model.named_parameters():
+        if p.grad is None:
+            continue
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-3, atol=1e-5, msg=name)
+        checked += 1
+    assert checked > 20
+
+
+# ----------------------------------------------------------------------------- InfoNCE
+def test_infonce_gradient_reaches_policy_and_all_three_projectors(sft_rows):
+    from videosearch_r1.agent.sqr import rollout_latents
+    from videosearch_r1.train.common import TrainState
+    from videosearch_r1.train.trainer import PolicyModule, VideoVectors, infonce
+
+    rows, _ = sft_rows
+    pol = _policy()
+    from videosearch_r1.train.sft_data import open_train_index
+
+    engine = open_train_index(W.world().cfg(), "synth")
+    chosen = [r for r in rows if r.contrastive][:2]
+    batch = collate(pol, chosen, [_clip_fn()(r.video) for r in chosen])
+    module = PolicyModule(pol, n_latents=3, rollout_cached=True, fast=True)
+    _, _, soft = module(batch.inputs, batch.labels, batch.refine_pos, torch.ones(2, dtype=torch.bool))
+    with torch.no_grad():  # the rollout continued from the training forward = sqr.rollout_latents, both paths
+        for cached in (True, False):
+            z = rollout_latents(pol, batch.inputs, batch.refine_pos, n_latents=3, cached=cached)
+            torch.testing.assert_close(soft, pol.soft_tokens(z), rtol=1e-4, atol=1e-5)
+    q = engine.embedder.embed_soft([r.query for r in chosen], soft, grad=True)
+    loss = infonce(q, chosen, VideoVectors(engine, "cpu"), 0.1, TrainState())
+    loss.backward()
+    for name, mod in (("readout", pol.sqr.readout), ("to_policy", pol.sqr.to_policy),
+                      ("to_embedder", pol.sqr.to_embedder),
+                      ("llm layer", pol.model.model.language_model.layers[-1])):
+        g = sum(float(p.grad.abs().sum()) for p in mod.parameters() if p.grad is not None)
+        assert g > 0, f"no InfoNCE gradient reached {name}"
+    assert all(p.grad is None for p in engine.embedder.model.parameters())  # the engine stays frozen
+
+
+# ----------------------------------------------------------------------------- training runs
+def _train(tmp_path, rows, *extra, stop_after=None):
+    from videosearch_r1.train.sft_data import open_train_index
+    from videosearch_r1.train.trainer import train_policy
+
+    cfg = _cfg(tmp_path, *extra)
+    engine = open_train_index(cfg, "synth")
+    return train_policy(cfg, _policy(), rows, tmp_path, _clip_fn(), embedder=engine.embedder,
+                        video_vectors=engine, section=cfg.sft, stop_after=stop_after)
+
+
+def test_sft_steps_lower_the_loss(tmp_path, sft_rows):
+    rows, _ = sft_rows
+    two = [r for r in rows if r.contrastive][:2]
+    s = _train(tmp_path, two, "train.steps=6", "agent.n_latents=2", "train.lr=3e-3", "train.lr_merger=3e-3")
+    assert s["complete"] and s["steps"] == 6 and len(s["losses"]) == 6
+    assert sum(s["losses"][-2:]) / 2 < 0.85 * s["losses"][0], s["losses"]
+    log = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert log[-1]["infonce"] < log[0]["infonce"] and log[-1]["ce"] < log[0]["ce"]
+    from videosearch_r1.agent.policy import Policy
+
+    loaded = Policy.from_pretrained(str(tmp_path / "final"))  # loads with no flags
+    assert loaded.sqr_config.embedder_hidden == W.engine().embedder.hidden_size
+    assert (tmp_path / "final" / "trainer_state.pt").is_file() and (tmp_path / "final" / "config.yaml").is_file()
+
+
+PINNED = [7.129086494445801, 6.959738731384277, 6.789021015167236]  # first 3 losses of the uninterrupted run below (seed 42; regenerate only on purpose)
+
+
+def test_resume_after_kill_gives_the_same_losses_and_pinned_losses(tmp_path, sft_rows):
+    rows, _ = sft_rows
+    args = ("train.steps=4", "agent.n_latents=2", "train.checkpoint_every=2")
+    full = _train(tmp_path / "full", rows[:6], *args)
+    print("losses", full["losses"])
+    assert full["losses"][:3] == pytest.approx(PINNED, rel=1e-4)
+    part = _train(tmp_path / "part", rows[:6], *args, stop_after=3)  # "killed" after step 3 (newest checkpoint: 2)
+    assert not part["complete"] and (tmp_path / "part" / "checkpoint-000002").is_dir()
+    assert len(part["losses"]) == 3
+    resumed = _train(tmp_path / "part", rows[:6], *args)  # redoes step 3 from checkpoint 2, then step 4
+    assert resumed["complete"] and resumed["steps"] == 4
+    assert resumed["losses"] == pytest.approx(full["losses"], rel=1e-6)
+    assert _train(tmp_path / "part", rows[:6], *args)["losses"] == resumed["losses"]  # finished: nothing redone
+
+
+# ----------------------------------------------------------------------------- vsr1 build sft
+def test_build_sft_balanced_rows_with_counted_skips(sft_rows):
+    import numpy as np
+
+    from videosearch_r1.agent.prompts import parse_output
+    from videosearch_r1.engine.search import SearchEngine
+    from videosearch_r1.train.sft_data import build_sft_rows, open_train_index
+
+    rows, summary = sft_rows
+    labels = [r.meta["label"] for r in rows]
+    assert abs(labels.count("matched") - labels.count("not_matched")) <= 1
+    assert summary.rows == len(rows) and summary.queries >= 1 and summary.traces == "synth-timeline"
+    for r in rows:
+        p = parse_output(r.target)
+        assert p.ok and p.answer == r.meta["label"] and p.has_refine
+        assert (r.video == r.positive) == (r.meta["label"] == "matched")
+        assert r.positive not in r.negatives and len(set(r.negatives)) == len(r.negatives) == 4
+        if r.meta["label"] == "not_matched":
+            assert r.negatives[0] == r.video  # the wrong video shown stays a negative (no ambiguity filter)
+            assert "does not match the query" in p.think
+    # an engine whose index lacks one video: that video's queries are counted skips
+    cfg = W.world().cfg("sft.n_negatives=4")
+    full = open_train_index(cfg, "synth")
+    drop = full.ids[0]
+    keep = [i for i, v in enumerate(full.ids) if v != drop]
+    engine = SearchEngine(full.vectors[keep], [full.ids[i] for i in keep], embedder=full.embedder)
+    rows2, s2 = build_sft_rows(cfg, "synth", engine=engine)
+    assert s2.skipped.get("gt_video_not_indexed", 0) >= 1
+    assert all(r.positive != drop and drop not in r.negatives and r.video != drop for r in rows2)
+    assert np.isfinite(s2.negatives_per_row)
