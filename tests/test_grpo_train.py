@@ -13,10 +13,10 @@ MATCH = W.MATCH.format(s="1.0", e="3.0")
 
 
 def _cfg(out, *extra):
-    return W.world().cfg("grpo.split=test", "grpo.queries_per_step=2", "grpo.group_size=2", "grpo.max_new_tokens=48",
+    return W.world().cfg("grpo.split=test", "grpo.queries_per_step=1", "grpo.group_size=2", "grpo.max_new_tokens=48",
                          "grpo.micro_batch=3", "grpo.latent_objective=both", "grpo.lr=1e-3", "grpo.lr_sqr=1e-2",
                          "grpo.reward_weights.turn_cost=0.2", "agent.max_turns=2", "train.steps=2",
-                         "train.checkpoint_every=1", f"train.output={out}", "train.log_every=1", *extra)
+                         f"train.output={out}", "train.log_every=1", *extra)
 
 
 def _policy(scripted: bool):
@@ -52,7 +52,7 @@ def test_grpo_steps_log_rewards_and_move_parameters(tmp_path):
                                                    ("readout", pol.sqr.readout[0].weight),
                                                    ("to_embedder", pol.sqr.to_embedder[1].weight)]}
     summary = run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=pol)
-    assert summary["complete"] and summary["steps"] == 2 and summary["trajectories"] == 8
+    assert summary["complete"] and summary["steps"] == 2 and summary["trajectories"] == 4
     lines = _lines(tmp_path)
     assert [x["step"] for x in lines] == [1, 2]
     for x in lines:
@@ -73,11 +73,12 @@ def test_grpo_steps_log_rewards_and_move_parameters(tmp_path):
 def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
     """Sampled rollouts (seeded per step) of the real tiny policy: kill after step 1, rerun, compare."""
     full, cut = tmp_path / "full", tmp_path / "cut"
-    overrides = ("grpo.latent_objective=none", "grpo.kl_beta=0.0", "grpo.max_new_tokens=8")
+    overrides = ("grpo.latent_objective=none", "grpo.kl_beta=0.0", "grpo.max_new_tokens=4", "agent.max_turns=1")
     run_grpo(_cfg(full, *overrides), "synth", engine=W.engine(), policy=_policy(False))
-    run_grpo(_cfg(cut, *overrides), "synth", engine=W.engine(), policy=_policy(False), stop_after=1)
+    run_grpo(_cfg(cut, *overrides, "train.checkpoint_every=1"), "synth", engine=W.engine(), policy=_policy(False),
+             stop_after=1)
     assert latest_checkpoint(cut).name == "checkpoint-000001" and len(_lines(cut)) == 1
-    run_grpo(_cfg(cut, *overrides), "synth", engine=W.engine(), policy=_policy(False))
+    run_grpo(_cfg(cut, *overrides, "train.checkpoint_every=1"), "synth", engine=W.engine(), policy=_policy(False))
     a, b = _lines(full), _lines(cut)
     assert [x["step"] for x in b] == [1, 2]
     for k in ("entropy", "completion_tokens", "reward/total", "turns"):
