@@ -426,19 +426,27 @@ class DecodeResult(NamedTuple):
     state: DecodeState | None
 
 
-def _pick(logits: torch.Tensor, temperature: float, generator) -> torch.Tensor:
+def _pick(logits: torch.Tensor, temperature: float, generator, top_p: float = 1.0) -> torch.Tensor:
+    """Next ids [B]: argmax (temperature <= 0), else a draw from softmax(logits / temperature) cut to
+    its top-p nucleus (the smallest set of most likely ids whose mass reaches top_p; the top id always
+    stays). Draws come from `generator` only, so a seeded generator repeats a run exactly."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    if top_p >= 1.0:
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= top_p, 0.0)  # mass before it reached top_p
+    return order.gather(-1, torch.multinomial(sorted_p, 1, generator=generator))[:, 0]
 
 
 @torch.no_grad()
 def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens: int, eos_ids: list[int],
                     pad_id: int, temperature: float = 0.0, generator: torch.Generator | None = None,
                     options: DecodeOptions = DecodeOptions(), keep_state: bool = False, reserve: int = 0,
-                    ignore_eos: bool = False, check_every: int = 8) -> DecodeResult:
-    """Greedy (temperature 0) or sampled decoding of a left-padded batch.
+                    ignore_eos: bool = False, check_every: int = 8, top_p: float = 1.0) -> DecodeResult:
+    """Greedy (temperature 0) or sampled decoding of a left-padded batch (temperature / top_p, drawn
+    from `generator`: seeded, a run repeats exactly; greedy ignores both).
 
     Every generated token is also fed through the model once, so each one's hidden state is known
     (the SQR seed at a generated <REFINE> comes for free). `reserve` extra cache columns are kept
@@ -446,6 +454,8 @@ def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     length = inputs["attention_mask"].shape[1]
     pre_fill = prefill(model, inputs, positions, capacity=length + max_new_tokens + reserve)
     cache = pre_fill.cache
@@ -462,7 +472,7 @@ def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens
     pos = first_pos.clone()
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     stop_at = torch.full((b,), max_new_tokens, dtype=torch.long, device=dev)
-    tok = _pick(model.lm_head(pre_fill.post), temperature, generator)
+    tok = _pick(model.lm_head(pre_fill.post), temperature, generator, top_p)
     steps = 0
     for i in range(max_new_tokens):
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
@@ -479,7 +489,7 @@ def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens
         pos = pos + 1
         if not ignore_eos and (i + 1) % check_every == 0 and bool(done.all()):
             break
-        tok = _pick(logits, temperature, generator)
+        tok = _pick(logits, temperature, generator, top_p)
     ids = ids[:, :steps]
     lengths = torch.clamp(stop_at + 1, max=steps)
     n_text = torch.clamp(stop_at, max=steps)

@@ -106,6 +106,10 @@ class AgentLoop:
         self.pool = ThreadPoolExecutor(max_workers=max(1, clip_workers)) if clip_fn is not None else None
         self.timings: Counter = Counter()  # seconds per stage
         self.counts: Counter = Counter()  # generate calls, rollouts, video errors, ...
+        # GRPO rollouts (train/grpo_rollout.py) run this same loop with three additions:
+        self.sampling: dict = {}  # extra Policy.generate kwargs (top_p, a seeded torch.Generator)
+        self.recorder = None  # .on_generate(states, gen, clips) / .on_refine(states, mean, used, before, after)
+        self.soft_noise: Optional[Callable[[np.ndarray], np.ndarray]] = None  # soft [B,N,He] -> the soft tokens used
 
     # ------------------------------------------------------------------ helpers
     def _timed(self, name: str, fn, *args, **kw):
@@ -231,8 +235,10 @@ class AgentLoop:
         keep = self.acfg.method == "sqr" and self.acfg.kv_cache  # the rollout continues from this cache
         gen = self._timed("generate", self.policy.generate, [s.text for s, _ in ok], [c for _, c in ok],
                           max_new_tokens=self.acfg.max_new_tokens, temperature=self.acfg.temperature,
-                          method=grammar, keep_state=keep, reserve=self.acfg.n_latents)
+                          method=grammar, keep_state=keep, reserve=self.acfg.n_latents, **self.sampling)
         self.counts["generate_calls"] += 1
+        if self.recorder is not None:
+            self.recorder.on_generate([s for s, _ in ok], gen, [c for _, c in ok])
         out = []
         for i, (s, clip) in enumerate(ok):
             tr = s.traj.turns[-1]
@@ -271,7 +277,9 @@ class AgentLoop:
 
     def _refine_sqr(self, todo: list[tuple[_State, Any]]) -> None:
         """One batched latent rollout for every refining query, then embed_refined per soft length."""
-        soft = self._timed("rollout", self._rollout, todo)  # [B, N, He]
+        soft = mean = self._timed("rollout", self._rollout, todo)  # [B, N, He]
+        if self.soft_noise is not None:  # a sampled latent action (GRPO): the refined query is embedded from it
+            soft = self.soft_noise(mean)
         self.counts["rollouts"] += 1
         n = soft.shape[1]
         for j, (s, _) in enumerate(todo):
@@ -280,7 +288,10 @@ class AgentLoop:
             tr.latent_tokens = tr.refine_tokens = n
         stacks = [self._soft_input(s) for s, _ in todo]
         vecs = self._embed_soft_groups([s.text for s, _ in todo], stacks)
+        before = np.stack([s.qvec for s, _ in todo])
         self._apply_refined([s for s, _ in todo], vecs, [x.shape[0] for x in stacks])
+        if self.recorder is not None:
+            self.recorder.on_refine([s for s, _ in todo], mean, soft, before, vecs)
         depths = [d for d in self.acfg.profile_depths if d <= n]
         if depths:
             self._profile_depths([s for s, _ in todo], depths)

@@ -308,32 +308,35 @@ class Policy:
     @torch.no_grad()
     def generate(self, queries: list[str], clips: list[Any], max_new_tokens: int = 256,
                  temperature: float = 0.0, method: str = "sqr", keep_state: bool = False,
-                 reserve: int = 16, seed: int | None = None, ignore_eos: bool = False) -> Generation:
+                 reserve: int = 16, seed: int | None = None, ignore_eos: bool = False, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> Generation:
         """One verification turn for a batch: greedy by default (temperature 0), left padding.
+        Sampling (temperature > 0, top_p) draws from `generator` (on the policy's device), else from a
+        fresh one seeded with `seed`: a seeded run repeats exactly (GRPO rollouts pass one generator).
 
         keep_state keeps the KV cache and per-token hidden states so an SQR rollout can continue
         from the generated <REFINE> without a second prefill (`reserve` cache columns for latents).
         """
         inputs = self.build_inputs(queries, clips, method)
         res = self.generate_ids(inputs, max_new_tokens, temperature=temperature, keep_state=keep_state,
-                                reserve=reserve, seed=seed, ignore_eos=ignore_eos)
+                                reserve=reserve, seed=seed, ignore_eos=ignore_eos, top_p=top_p, generator=generator)
         return self._finish(res, inputs["input_ids"].shape[1])
 
     @torch.no_grad()
     def generate_ids(self, inputs: dict, max_new_tokens: int = 256, temperature: float = 0.0,
                      keep_state: bool = False, reserve: int = 16, seed: int | None = None,
-                     ignore_eos: bool = False):
+                     ignore_eos: bool = False, top_p: float = 1.0, generator: torch.Generator | None = None):
         """`generate` on a processor batch (left padded, on the policy's device): the same decode path
         (self.decode_options), ids in and out, no text (bench/bench_agent.py times this). -> DecodeResult"""
         from videosearch_r1.agent.decode import generate_tokens
 
-        gen = None
-        if seed is not None:
+        gen = generator
+        if gen is None and seed is not None:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(seed)
         return generate_tokens(self.model, inputs, self.positions(inputs), max_new_tokens, self.eos_token_ids,
                                self.pad_token_id, temperature=temperature, generator=gen, options=self.decode_options,
-                               keep_state=keep_state, reserve=reserve, ignore_eos=ignore_eos)
+                               keep_state=keep_state, reserve=reserve, ignore_eos=ignore_eos, top_p=top_p)
 
     def _finish(self, res, prompt_len: int) -> Generation:
         ids = res.ids.cpu().tolist()
