@@ -6,10 +6,13 @@
         --text-tokens 40                                                   # 2B numerics on CPU (~10 min)
 
 Sections (--sections, all by default; each prints its wall-clock mark):
-- turns: verification turn = prefill (vision tower + ~6.8k-token prompt) + 128 greedy tokens through our
-  decode loop (agent/decode.py: static KV cache, CUDA-graph step, torch.compile), variants at batch 1
-  (the fastest is kept), then batches 1, 4, 16, 32 (best queries/s wins);
-- hf: HF `generate` at batch 1 (32 tokens) as the baseline, and how many of its greedy ids ours reproduces;
+- turns: verification turn = prefill (vision tower + ~6.8k-token prompt) + 128 greedy tokens. First the
+  path `vsr1 infer` runs: `Policy.generate_ids` with the decode options `AgentConfig()`'s defaults give on
+  this device (Policy.set_decode; CUDA: matmul + CUDA graph + torch.compile), then the other decode
+  variants at batch 1 for comparison (a warning if one beats the default), then batches 1, 4, 16, 32 on
+  the default path (best queries/s wins). Every later section also runs the default path;
+- hf: THE baseline: HF `generate`, batch 1, same prompt and token count as the turn rows, decode ms/token
+  counted like ours ((turn - prefill) / tokens), and how many of its greedy ids ours reproduces;
 - sqr: SQR rollout, N latents: uncached (the authors' 1 + (N-1) full VLM forwards), cached (prefill up
   to <REFINE> + N-1 single-vector steps on the model's pooled static cache and captured graph; also
   with a new cache + capture per call, and with eager steps), and from the generation's own cache;
@@ -39,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
+from videosearch_r1.config import AgentConfig  # noqa: E402
 from agent_numerics import bench_numerics  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 IDS_2B = dict(image=151655, video=151656, vision_start=151652, vision_end=151653, eos=151645, pad=151643,
@@ -145,40 +149,47 @@ def is_oom(e: BaseException) -> bool:
 
 
 # ------------------------------------------------------------------------------------ benches
-def variants(args) -> list:
-    """Decode-step variants compared at batch 1, before the compiled one (CUDA graphs need a GPU)."""
+def variants(args, default) -> list:
+    """Decode-step variants compared at batch 1 besides the default (CUDA graphs need a GPU; a second
+    compiled variant would cost minutes of compile, so only the default is compiled)."""
     from videosearch_r1.agent.decode import DecodeOptions
 
     graph = args.device.startswith("cuda") and not args.no_graph
     out = [DecodeOptions(cuda_graph=False, attention="sdpa"), DecodeOptions(cuda_graph=False, attention="matmul")]
     if graph:
         out += [DecodeOptions(cuda_graph=True, attention="sdpa"), DecodeOptions(cuda_graph=True, attention="matmul")]
-    return out
+    return [o for o in out if o != default]
 
 
 def _name(opt) -> str:
-    return f"{opt.attention}{'+graph' if opt.cuda_graph else ''}{'+compile' if opt.compile else ''}"
+    return opt.name
 
 
-def run_turn(policy, args, b, frames, side, text_tokens, opt, reps: int | None = None) -> dict:
-    """One verification turn (prefill + args.new_tokens greedy tokens) at batch b: timings."""
+def run_turn(policy, args, b, frames, side, text_tokens, opt=None, reps: int | None = None) -> dict:
+    """One verification turn (prefill + args.new_tokens greedy tokens) at batch b: timings. opt=None: through
+    the Policy API with the policy's own decode options (the `vsr1 infer` path); else generate_tokens(opt)."""
     from videosearch_r1.agent.decode import generate_tokens, prefill
 
     inputs = video_inputs(policy, b, frames, side, text_tokens, tail=[])
     pos = policy.positions(inputs)
     reps = args.reps if reps is None else reps
+    if opt is None:
+        label = f"{policy.decode_options.name} (Policy default)"
+        run = lambda: policy.generate_ids(inputs, args.new_tokens, ignore_eos=True)  # noqa: E731
+    else:
+        label = opt.name
+        run = lambda: generate_tokens(policy.model, inputs, pos, args.new_tokens, policy.eos_token_ids,  # noqa: E731
+                                      policy.pad_token_id, options=opt, ignore_eos=True)
     with torch.no_grad():
         t_pre, _ = timed(lambda: prefill(policy.model, inputs, pos).post, args.device, reps)
-        t_turn, res = timed(lambda: generate_tokens(
-            policy.model, inputs, pos, args.new_tokens, policy.eos_token_ids, policy.pad_token_id, options=opt,
-            ignore_eos=True), args.device, reps)
+        t_turn, res = timed(run, args.device, reps)
     steps = res.ids.shape[1]
     decode = max(t_turn - t_pre, 1e-9)
     gbps = step_bytes(policy, b, inputs["input_ids"].shape[1] + steps) * steps / decode / 1e9
-    row = dict(batch=b, decode=_name(opt), prompt_tokens=inputs["input_ids"].shape[1], new_tokens=steps,
+    row = dict(batch=b, decode=label, policy_api=opt is None, prompt_tokens=inputs["input_ids"].shape[1], new_tokens=steps,
                prefill_s=t_pre, turn_s=t_turn, decode_ms_per_step=1000 * decode / steps,
                queries_per_s=b / t_turn, decode_tokens_per_s=b * steps / decode, decode_gb_per_s=gbps)
-    print(f"turn  batch {b:3d} {_name(opt):<22}: prefill {t_pre:7.3f} s  turn {t_turn:7.3f} s  "
+    print(f"turn  batch {b:3d} {label:<38}: prefill {t_pre:7.3f} s  turn {t_turn:7.3f} s  "
           f"decode {1000 * decode / steps:7.2f} ms/step ({gbps:6.0f} GB/s)  {b / t_turn:7.2f} queries/s", flush=True)
     return row
 
@@ -196,57 +207,60 @@ def step_bytes(policy, b: int, columns: int) -> int:
 
 
 def bench_turns(policy, args, frames, side, text_tokens) -> tuple[list[dict], list[dict]]:
-    """Decode variants at batch 1 (the fastest is kept on the policy), then the batch sweep with it."""
-    by_variant = []
-    todo = variants(args)
-    while todo:
-        opt = todo.pop(0)
+    """The default path at batch 1 (through the Policy API), the other variants at batch 1 for comparison,
+    then the batch sweep on the default path. The policy's decode options are never changed here."""
+    default = policy.decode_options
+    first = run_turn(policy, args, 1, frames, side, text_tokens)
+    by_variant = [first]
+    for opt in variants(args, default):
         try:
             slow = args.device.startswith("cuda") and not (opt.cuda_graph or opt.compile)
             reps = 1 if slow else None  # the ungraphed eager steps are ~10x slower: one timed run is enough
-            by_variant.append((run_turn(policy, args, 1, frames, side, text_tokens, opt, reps), opt))
-        except Exception as e:  # a variant that fails (e.g. compile) is reported, not fatal
+            by_variant.append(run_turn(policy, args, 1, frames, side, text_tokens, opt, reps))
+        except Exception as e:  # a variant that fails is reported, not fatal
             print(f"variant {_name(opt)} failed: {type(e).__name__}: {str(e)[:300]}")
-        if not todo and by_variant and args.compile and not any(o.compile for _, o in by_variant):
-            fastest = min(by_variant, key=lambda ro: ro[0]["turn_s"])[1]
-            todo.append(replace(fastest, compile=True))  # compile only the best plain variant (compile is slow)
-    if not by_variant:
-        raise RuntimeError("every decode variant failed")
-    best_row, best_opt = min(by_variant, key=lambda ro: ro[0]["turn_s"])
-    policy.decode_options = best_opt
-    rows = [best_row]
+    best = min(by_variant, key=lambda r: r["turn_s"])
+    if best is not first and best["turn_s"] < 0.95 * first["turn_s"]:
+        print(f"WARNING: variant {best['decode']} beats the default path {first['decode']} "
+              f"({best['turn_s']:.3f} vs {first['turn_s']:.3f} s per turn): revisit decode.decode_options_for")
+    assert policy.decode_options == default
+    rows = [first]
     for b in args.batches:
         if b == 1:
             continue
         try:
             reps = 1 if b >= 16 and args.device.startswith("cuda") else None  # seconds per run already
-            rows.append(run_turn(policy, args, b, frames, side, text_tokens, best_opt, reps))
+            rows.append(run_turn(policy, args, b, frames, side, text_tokens, None, reps))
         except RuntimeError as e:
             if not is_oom(e):
                 raise
             print(f"batch {b}: out of memory, stopping the sweep")
             torch.cuda.empty_cache()
             break
-    return [r for r, _ in by_variant], rows
+    return by_variant, rows
 
 
 def bench_hf(policy, args, frames, side, text_tokens) -> dict:
-    """HF generate at batch 1 (the baseline), and how far its greedy ids agree with ours."""
-    from videosearch_r1.agent.decode import generate_tokens
+    """THE baseline: HF generate at batch 1 on the turn rows' prompt and token count (args.new_tokens),
+    decode ms/token = (turn - prefill) / tokens as for our rows (prefill: one HF forward of the prompt, timed
+    here); one warm-up call of 2 tokens first. Also how far its greedy ids agree with the default path's."""
+    from videosearch_r1.agent.decode import prefill
 
     inputs = video_inputs(policy, 1, frames, side, text_tokens, tail=[])
-    m = args.hf_tokens
+    m = args.new_tokens
+    gen = lambda k: policy.model.generate(**inputs, max_new_tokens=k, min_new_tokens=k, do_sample=False)  # noqa: E731
     with torch.no_grad():
-        t_hf, out = timed(lambda: policy.model.generate(
-            **inputs, max_new_tokens=m, min_new_tokens=m, do_sample=False), args.device, reps=1, warmup=0)
-        ours = generate_tokens(policy.model, inputs, policy.positions(inputs), m,
-                               policy.eos_token_ids, policy.pad_token_id, options=policy.decode_options,
-                               ignore_eos=True).ids[0].tolist()
+        gen(2)
+        t_pre, _ = timed(lambda: prefill(policy.model, inputs, policy.positions(inputs)).post, args.device, args.reps)
+        t_hf, out = timed(lambda: gen(m), args.device, reps=1, warmup=0)
+        ours = policy.generate_ids(inputs, m, ignore_eos=True).ids[0].tolist()
     hf = out[0, inputs["input_ids"].shape[1]:].tolist()
     agree = next((i for i, (a, c) in enumerate(zip(hf, ours)) if a != c), min(len(hf), len(ours)))
-    print(f"hf generate batch 1: {t_hf:.3f} s ({1000 * t_hf / len(hf):.2f} ms/token, prefill included); greedy "
-          f"ids agree for {agree}/{len(hf)} tokens ({len(set(hf))} distinct)")
-    return dict(batch=1, turn_s=t_hf, ms_per_token=1000 * t_hf / max(len(hf), 1), greedy_prefix_agree=agree,
+    ms = 1000 * max(t_hf - t_pre, 1e-9) / max(len(hf), 1)
+    print(f"hf generate batch 1 (the baseline): turn {t_hf:.3f} s, prefill {t_pre:.3f} s, decode {ms:.2f} ms/token "
+          f"over {len(hf)} tokens; greedy ids agree with {policy.decode_options.name} for {agree}/{len(hf)} "
+          f"({len(set(hf))} distinct: random weights; tests/test_decode_path.py checks varied ids on CPU)")
+    return dict(batch=1, turn_s=t_hf, prefill_s=t_pre, decode_ms_per_token=ms, greedy_prefix_agree=agree,
                 new_tokens=len(hf), distinct_tokens=len(set(hf)))
 
 
@@ -313,7 +327,6 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--batches", default="1,4,16,32", help="verification-turn batch sizes to sweep")
     ap.add_argument("--sqr-batches", default="1", help="batch sizes for the SQR rollout comparison")
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--hf-tokens", type=int, default=32, help="greedy tokens of the HF generate baseline")
     ap.add_argument("--numerics-tokens", type=int, default=16, help="greedy tokens before <REFINE> (numerics)")
     ap.add_argument("--numerics-scales", default="1,0.5",
                     help="numerics passes: text-tower weight scales (powers of 2; 1 = the checkpoint's init std)")
@@ -322,9 +335,9 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--side", type=int, default=448, help="frame side in pixels (448^2 = the reference's cap)")
     ap.add_argument("--text-tokens", type=int, default=280, help="system prompt + query tokens")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--no-graph", action="store_true", help="never capture CUDA graphs")
+    ap.add_argument("--no-graph", action="store_true", help="never capture CUDA graphs (as agent.cuda_graph=false)")
     ap.add_argument("--no-compile", dest="compile", action="store_false",
-                    help="skip the torch.compile'd decode step (tried by default on CUDA; its compile is not timed)")
+                    help="no torch.compile'd decode step (as agent.decode_compile=false; its compile is not timed)")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF generate baseline")
     args = ap.parse_args(argv)
     args.compile = args.compile and args.device.startswith("cuda")
@@ -333,7 +346,7 @@ def parse_args(argv: list[str] | None):
         WARMUP = 0
         args.device = "cpu" if args.device.startswith("cuda") and not torch.cuda.is_available() else args.device
         args.frames, args.side, args.text_tokens = 4, 64, 24
-        args.new_tokens, args.hf_tokens, args.reps = min(args.new_tokens, 16), min(args.hf_tokens, 8), 1
+        args.new_tokens, args.reps = min(args.new_tokens, 16), 1
         args.batches = "1,2"
     args.batches = [int(x) for x in str(args.batches).split(",") if x]
     args.sqr_batches = [int(x) for x in str(args.sqr_batches).split(",") if x]
@@ -360,9 +373,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{elapsed[name]:7.1f} s] {name} done", flush=True)
 
     policy = build_policy(args.smoke, args.device, args.dtype)
+    a = AgentConfig()  # the decode path `vsr1 infer` runs by default (infer.load_policy makes the same call)
+    policy.set_decode(a.decode_attention, a.decode_compile and args.compile, a.cuda_graph and not args.no_graph)
     n_params = sum(p.numel() for p in policy.model.parameters())
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"model: {n_params / 1e9:.3f} B params, {args.dtype}, {device_name}")
+    print(f"model: {n_params / 1e9:.3f} B params, {args.dtype}, {device_name}; decode path {policy.decode_options.name}")
     mark("build")
     geometry = (args.frames, args.side, args.text_tokens)
     decode_variants, turns, hf, sqr, numerics = [], [], None, [], []
@@ -383,11 +398,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'what':<44}{'value':>14}")
     if turns:
         print(f"{'prompt tokens':<44}{turns[0]['prompt_tokens']:>14d}")
-        print(f"{'decode variant (fastest at batch 1)':<44}{turns[0]['decode']:>14}")
+        print(f"{'decode path (vsr1 infer default)':<44}{turns[0]['decode']:>34}")
         print(f"{'turn, batch 1 (s) / decode (ms/token)':<44}{turns[0]['turn_s']:>7.3f} /{turns[0]['decode_ms_per_step']:>5.2f}")
         print(f"{'best batch / queries per s':<44}{best['batch']:>7d} /{best['queries_per_s']:>5.2f}")
     if hf:
-        print(f"{'HF generate, batch 1 (ms/token)':<44}{hf['ms_per_token']:>14.2f}")
+        print(f"{'HF generate, batch 1 (decode ms/token)':<44}{hf['decode_ms_per_token']:>14.2f}")
+        if turns:
+            print(f"{'  default path speed-up over HF (decode)':<44}"
+                  f"{hf['decode_ms_per_token'] / turns[0]['decode_ms_per_step']:>13.1f}x")
     for row in sqr:
         print(f"{'SQR N=%d batch %d: uncached / cached (s)' % (row['n_latents'], row['batch']):<44}"
               f"{row['uncached_s']:>6.3f} /{row['cached_s']:>6.3f}")
@@ -398,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     result = dict(bench="bench_agent", date=time.strftime("%Y-%m-%d %H:%M"), device=device_name,
                   torch=torch.__version__, transformers=transformers.__version__, smoke=args.smoke,
                   dtype=str(args.dtype), params=n_params, frames=args.frames, side=args.side,
+                  decode_path=policy.decode_options.name,
                   decode_variants=decode_variants, turns=turns, best_batch=best, hf_generate=hf, sqr=sqr,
                   numerics=numerics, elapsed_s=elapsed)
     if args.out:
