@@ -20,6 +20,7 @@
     vsr1 download checkpoint|data NAME released checkpoints by alias, the authors' prepared data (--mirror DIR)
     vsr1 train base [key=value ...]    the synthetic base policy (ZS): generic video tasks, engine-initialised
     vsr1 train sft DATASET --checkpoint P   SFT: token CE + InfoNCE of the SQR-refined query (accelerate)
+    vsr1 train grpo DATASET --checkpoint P  multi-turn GRPO through the agent loop, SQR trained (accelerate)
 
 Every subcommand takes `--config FILE.yaml` and dotted overrides such as `agent.max_turns=2`.
 """
@@ -45,7 +46,7 @@ COMMANDS = {
     "build": "videosearch_r1.data.build",  # `vsr1 build sft|grpo ...` goes on to build.sft_module / grpo_module
     "data": "videosearch_r1.data.raw",
     "download": "videosearch_r1.data.download",
-    "train": {"sft": "videosearch_r1.train.sft", "base": "videosearch_r1.train.base"},
+    "train": {"sft": "videosearch_r1.train.sft", "base": "videosearch_r1.train.base", "grpo": "videosearch_r1.train.grpo"},
 }
 
 
