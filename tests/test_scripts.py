@@ -51,7 +51,8 @@ ENV_CASES = [  # scripts that also pin the visible GPUs
      ["train", "grpo", "charades", "--checkpoint", "/sft"]),
     ("toy/toy_activitynet_full_process.bash", [], {"TOY_GPUS": "3", "TOY_ACTIVITYNET_VIDEO_SOURCE": "/anet",
                                                    "RUN_FROM_STEP": "sft"}, "3",
-     ["toy", "activitynet", "--video-source", "/anet", "--from-step", "sft"]),
+     ["toy", "--dataset", "activitynet", "--video-source", "/anet", "--from-step", "sft"]),
+    ("toy/toy_activitynet_full_process.bash", [], {}, "0", ["toy"]),
 ]
 
 

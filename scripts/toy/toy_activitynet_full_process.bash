@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole process on about 10 ActivityNet videos per split: data, engine, base, SFT, GRPO, inference, report.
-#   [TOY_GPUS=0] [TOY_ACTIVITYNET_VIDEO_SOURCE=DIR] [RUN_FROM_STEP=S] bash scripts/toy/toy_activitynet_full_process.bash
-# = vsr1 toy activitynet (the synthetic world when no videos are given). DRY_RUN=1 prints the command, one argument a line.
+# The whole process at toy size: data, engine, base, SFT, GRPO, inference, report (vsr1 toy, videosearch_r1/toy.py).
+#   [TOY_GPUS=0] [TOY_ACTIVITYNET_VIDEO_SOURCE=DIR] [RUN_FROM_STEP=step] bash scripts/toy/toy_activitynet_full_process.bash
+# With TOY_ACTIVITYNET_VIDEO_SOURCE: about 10 ActivityNet videos per split from DIR; without: the synthetic world.
+# DRY_RUN=1 prints the command, one argument a line; VSR1 picks the executable.
 set -euo pipefail
-exec ${DRY_RUN:+printf '%s\n'} env CUDA_VISIBLE_DEVICES="${TOY_GPUS:-0}" "${VSR1:-vsr1}" toy activitynet \
-  ${TOY_ACTIVITYNET_VIDEO_SOURCE:+--video-source "$TOY_ACTIVITYNET_VIDEO_SOURCE"} \
+exec ${DRY_RUN:+printf '%s\n'} env CUDA_VISIBLE_DEVICES="${TOY_GPUS:-0}" "${VSR1:-vsr1}" toy \
+  ${TOY_ACTIVITYNET_VIDEO_SOURCE:+--dataset activitynet --video-source "$TOY_ACTIVITYNET_VIDEO_SOURCE"} \
   ${RUN_FROM_STEP:+--from-step "$RUN_FROM_STEP"} "$@"

@@ -19,9 +19,9 @@ A pluggable step whose module is not installed is reported "not available" and t
 
 Skipping: each finished step writes build/<step>.json: the fingerprint of its inputs (the config it
 reads, the sha256 of the annotation files, size + mtime of each raw video, the engine's weight files,
-and the recorded outputs of the steps before it) and the size + sha256 of every output file. A step
-is skipped when that fingerprint still matches and every output is still there, unchanged
-(build.verify=size checks sizes only). Anything else reruns the step, which resumes its own work:
+and the recorded outputs of the steps before it) and the size, mtime and sha256 of every output file. A
+step is skipped when that fingerprint still matches and every output is still there, unchanged (same
+size, and same mtime or else same sha256; build.verify=size checks sizes only). Anything else reruns the step, which resumes its own work:
 the frame store keeps stored clips, the index keeps finished shards. So a killed build, run again,
 ends with the same files as an uninterrupted one (tests/test_build.py). `--from-step S` forces S and
 every later step to rerun (their resumable parts are still reused when valid).
@@ -88,12 +88,11 @@ def _pick(cfg: Config, dotted: str):
 
 
 def _weights(model: str) -> dict:
-    """sha256 of every weight/config file of a local model directory; a hub id stands for itself."""
+    """The content digest of a local model directory (fingerprint.dir_digest); a hub id stands for itself."""
+    from videosearch_r1.fingerprint import dir_digest
+
     d = Path(model).expanduser()
-    if not d.is_dir():
-        return {"id": model}
-    return {p.relative_to(d).as_posix(): sha256_file(p) for p in sorted(d.rglob("*"))
-            if p.is_file() and p.suffix in (".safetensors", ".json", ".bin", ".model", ".txt", ".jinja")}
+    return {"dir_digest": dir_digest(d)} if d.is_dir() else {"id": model}
 
 
 def _sweep_tmp(root: Path) -> None:
@@ -302,7 +301,23 @@ def _raw_inputs(ctx: Ctx, step: Step) -> dict:
 
 def _file_entry(path: Path, verify: str) -> dict:
     st = path.stat()
-    return {"size": st.st_size, **({"sha256": sha256_file(path)} if verify == "sha256" else {})}
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            **({"sha256": sha256_file(path)} if verify == "sha256" else {})}
+
+
+def _content(outputs: dict) -> str:
+    """Digest of a step's outputs by content only (a rebuilt identical file keeps later steps valid)."""
+    return _digest({k: {f: v[f] for f in ("size", "sha256") if f in v} for k, v in outputs.items()})
+
+
+def _unchanged(p: Path, want: dict, verify: str) -> bool:
+    """Same size, and same mtime (a file not touched since it was recorded) or else same sha256."""
+    st = p.stat()
+    if st.st_size != want["size"]:
+        return False
+    if verify != "sha256" or "sha256" not in want or st.st_mtime_ns == want.get("mtime_ns"):
+        return True
+    return sha256_file(p) == want["sha256"]
 
 
 def _rel(cfg: Config, p: Path) -> str:
@@ -326,7 +341,7 @@ def outputs_valid(cfg: Config, record: dict, verify: str) -> str | None:
             return f"{rel} is missing"
         if p.stat().st_size != want["size"]:
             return f"{rel} changed size"
-        if verify == "sha256" and "sha256" in want and sha256_file(p) != want["sha256"]:
+        if not _unchanged(p, want, verify):
             return f"{rel} changed content"
     return None
 
@@ -342,7 +357,7 @@ def drop_changed(cfg: Config, record: dict) -> list[str]:
         p = _abs(cfg, rel)
         if not p.is_file():
             continue
-        if p.stat().st_size == want["size"] and ("sha256" not in want or sha256_file(p) == want["sha256"]):
+        if _unchanged(p, want, "sha256"):
             continue
         m = _SHARD.match(p.name)
         for q in ([p.with_name(f"{m.group(1)}.npy"), p.with_name(f"{m.group(1)}.json")] if m else [p]):
@@ -402,7 +417,7 @@ def run_build(cfg: Config, dataset: str, from_step: str | None = None) -> dict:
         if why is None:
             print(f"{head}: complete, skipped", flush=True)
             status[step.name] = "skipped"
-            upstream.append(_digest(record["outputs"]))
+            upstream.append(_content(record["outputs"]))
             continue
         if i < start:
             raise BuildError(f"{head} is not complete ({why}); run without --from-step first")
@@ -420,7 +435,7 @@ def run_build(cfg: Config, dataset: str, from_step: str | None = None) -> dict:
         record = {"step": step.name, "version": STEP_VERSION, "inputs": inputs, "outputs": outputs,
                   "summary": result["summary"]}
         atomic_write_json(rec_path, record)
-        upstream.append(_digest(outputs))
+        upstream.append(_content(outputs))
         status[step.name] = "done"
         print(f"{head}: done in {time.time() - t0:.1f} s, {len(outputs)} output files", flush=True)
     return status
