@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,39 @@ def test_integrity_space_and_unknown_names(mirror, tmp_path, capsys):
     assert cli.main(["download", "data", "synth", "--mirror", str(bad), *_ws_args(ws)]) == 2
     err = capsys.readouterr().err
     assert "datasets/synth/shards/emb.tar: integrity check failed" in err
+
+
+def test_hub_source_reads_huggingface_hub_listings(tmp_path):
+    """HubSource on huggingface_hub's own listing objects (only the network calls are stood in for: no
+    network here): LFS sha256 is kept, folders are dropped, a bucket file lands complete at its path."""
+    from huggingface_hub._buckets import BucketFile, BucketFolder
+    from huggingface_hub.hf_api import RepoFile, RepoFolder
+
+    from videosearch_r1.data.download import HubSource, RemoteFile
+
+    sha = "ab" * 32
+
+    class Network:
+        def list_repo_tree(self, repo, path_in_repo=None, recursive=False, repo_type=None):
+            assert (repo, recursive, repo_type) == ("VideoSearchR1/didemo-stage2", True, "model")
+            return [RepoFolder(path="sub", oid="t"), RepoFile(path="config.json", size=5, oid="b"),
+                    RepoFile(path="model.safetensors", size=10, oid="c", lfs={"size": 10, "oid": sha, "pointerSize": 9})]
+
+        def list_bucket_tree(self, bucket, prefix=None, recursive=None):
+            assert (bucket, prefix, recursive) == ("VideoSearchR1/data", "datasets/didemo", True)
+            return [BucketFolder(type="directory", path="datasets/didemo/shards"),
+                    BucketFile(type="file", path="datasets/didemo/manifest.json", size=3, xetHash="h")]
+
+        def download_bucket_files(self, bucket, files, raise_on_missing_files=False):
+            for _, local in files:
+                Path(local).write_bytes(b"abc")
+
+    src = HubSource()
+    src.api = Network()
+    assert src.list("model", "VideoSearchR1/didemo-stage2") == [
+        RemoteFile("config.json", 5, None), RemoteFile("model.safetensors", 10, sha)]
+    files = src.list("bucket", "VideoSearchR1/data", "datasets/didemo")
+    assert files == [RemoteFile("datasets/didemo/manifest.json", 3)]
+    dest = tmp_path / "manifest.json"
+    src.fetch("bucket", "VideoSearchR1/data", files[0], dest)
+    assert dest.read_bytes() == b"abc" and not (tmp_path / "manifest.json.part").exists()
