@@ -15,13 +15,15 @@ def test_check_names_missing_corrupt_and_extra(tmp_path, capsys):
     vids[0].unlink()
     vids[1].write_bytes(vids[1].read_bytes()[:200])  # truncated
     (raw / "videos" / "holiday.mp4").write_bytes(b"x")
+    shutil.move(vids[2], vids[2].with_suffix(".mkv"))  # another container: named as such
     ws = tmp_path / "ws"
     assert cli.main(["data", "check", "synth", f"workspace={ws}", f"datasets.synth.root={raw}"]) == 1
     out = capsys.readouterr().out
-    assert f"missing {missing}" in out and f"corrupt {corrupt}: " in out and "extra holiday.mp4" in out
-    assert f"{len(vids) - 2} ok, 1 missing, 1 corrupt, 1 extra" in out
+    assert f"missing {missing}\n" in out and f"corrupt {corrupt}: " in out and "extra holiday.mp4" in out
+    assert f"missing {vids[2].stem} (found {vids[2].stem}.mkv: set datasets.synth.video_ext=.mkv" in out
+    assert f"{len(vids) - 3} ok, 2 missing, 1 corrupt, 2 extra" in out
     report = json.loads((ws / "data" / "synth" / "prepared" / "check.json").read_text())
-    assert report["missing"] == [missing] and report["extra"] == ["holiday.mp4"]
+    assert report["missing"][0] == missing and report["extra"] == ["holiday.mp4", f"{vids[2].stem}.mkv"]
     assert [c["id"] for c in report["corrupt"]] == [corrupt]
     # the same tree through --anno-root / --video-root (the authors' ANNO_ROOT / VIDEO_BASE), all good now
     good = tmp_path / "videos"

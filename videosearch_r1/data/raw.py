@@ -151,7 +151,10 @@ def check_videos(cfg: Config, name: str, deep: bool = False, workers: int = 4) -
     present = {p.name: p for p in vdir.iterdir() if p.is_file()} if vdir.is_dir() else {}
     wanted = {f"{v}{dcfg.video_ext}": v for v in ids}
     rep.extra = sorted(n for n in present if n not in wanted and not n.startswith("."))
-    rep.missing = [v for f, v in sorted(wanted.items(), key=lambda kv: kv[1]) if f not in present]
+    stems = {Path(n).stem: n for n in rep.extra}
+    rep.missing = [v + (f" (found {stems[v]}: set datasets.{name}.video_ext={Path(stems[v]).suffix} or convert it)"
+                        if v in stems else "")
+                   for f, v in sorted(wanted.items(), key=lambda kv: kv[1]) if f not in present]
     todo = [(v, present[f]) for f, v in sorted(wanted.items(), key=lambda kv: kv[1]) if f in present]
     vcfg = cfg.video_cfg(name)
 
