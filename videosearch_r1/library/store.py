@@ -109,7 +109,7 @@ class VectorIndex(Protocol):
 
     def load(self, version: int, rows) -> None: ...  # open for the database at `version`; rows: (id, blob)
     def add(self, ids: np.ndarray, vecs: np.ndarray, file_id: Optional[int]) -> None: ...
-    def remove_file(self, file_id: int) -> None: ...  # every moment of one file (one id block)
+    def remove_files(self, file_ids: list[int]) -> None: ...  # every moment of these files (their id blocks)
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...  # scores, ids [B, k]; id -1: none
     def count(self) -> int: ...
     def flush(self, version: int) -> None: ...  # persist (the snapshot records the database version)
@@ -149,9 +149,15 @@ class FaissIndex:
     def add(self, ids: np.ndarray, vecs: np.ndarray, file_id: Optional[int]) -> None:
         self.index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(ids, np.int64))
 
-    def remove_file(self, file_id: int) -> None:
-        lo = file_id << ID_SHIFT
-        self.index.remove_ids(self.faiss.IDSelectorRange(lo, lo + (1 << ID_SHIFT)))
+    def remove_files(self, file_ids: list[int]) -> None:
+        """One remove_ids call (a flat index compacts all its rows per call: O(N), so batch)."""
+        if len(file_ids) == 1:
+            lo = int(file_ids[0]) << ID_SHIFT
+            self.index.remove_ids(self.faiss.IDSelectorRange(lo, lo + (1 << ID_SHIFT)))
+        elif file_ids:
+            ids = self.faiss.vector_to_array(self.index.id_map)
+            gone = ids[np.isin(ids >> ID_SHIFT, np.asarray(file_ids, np.int64))]
+            self.index.remove_ids(self.faiss.IDSelectorBatch(gone))
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         k = min(k, self.index.ntotal)
@@ -201,14 +207,15 @@ class MilvusIndex:
 
     def add(self, ids: np.ndarray, vecs: np.ndarray, file_id: Optional[int]) -> None:
         if file_id is not None:  # ids of a file whose earlier write was cut off may linger: clear them
-            self.remove_file(file_id)
+            self.remove_files([file_id])
         rows = [{"id": int(i), "file_id": int(i) >> ID_SHIFT, "vec": v.astype(np.float32).tolist()}
                 for i, v in zip(ids.tolist(), vecs)]
         for i in range(0, len(rows), 1000):
             self.client.insert(self.COLLECTION, rows[i:i + 1000])
 
-    def remove_file(self, file_id: int) -> None:
-        self.client.delete(self.COLLECTION, filter=f"file_id == {int(file_id)}")
+    def remove_files(self, file_ids: list[int]) -> None:
+        for i in range(0, len(file_ids), 1000):
+            self.client.delete(self.COLLECTION, filter=f"file_id in {[int(f) for f in file_ids[i:i + 1000]]}")
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         res = self.client.search(self.COLLECTION, data=[x.astype(np.float32).tolist() for x in q], limit=k,
@@ -335,7 +342,7 @@ class LibraryStore:
                 self._set_meta("version", self.version() + 1)
                 if isinstance(self.index, MilvusIndex):  # server side first; a cut-off write is cleared on retry
                     if old is not None:
-                        self.index.remove_file(old)
+                        self.index.remove_files([old])
                     self.index.add(ids, moment_vecs, fid)
                 self.db.execute("COMMIT")
             except BaseException:
@@ -343,7 +350,7 @@ class LibraryStore:
                 raise
             if isinstance(self.index, FaissIndex):
                 if old is not None:
-                    self.index.remove_file(old)
+                    self.index.remove_files([old])
                 if len(ids):
                     self.index.add(ids, moment_vecs, fid)
             return fid
@@ -353,20 +360,18 @@ class LibraryStore:
         self.db.execute("DELETE FROM files WHERE id=?", (fid,))
 
     def drop_files(self, paths: list[str]) -> int:
-        """Remove files (rows and vectors); one transaction per file."""
+        """Remove files (rows and vectors) in one transaction and one index call; returns how many."""
         with self.lock:
-            n = 0
-            for p in paths:
-                fid = self.file_id(p)
-                if fid is None:
-                    continue
-                self.db.execute("BEGIN IMMEDIATE")
+            fids = [f for f in (self.file_id(p) for p in paths) if f is not None]
+            if not fids:
+                return 0
+            self.db.execute("BEGIN IMMEDIATE")
+            for fid in fids:
                 self._delete_rows(fid)
-                self._set_meta("version", self.version() + 1)
-                self.db.execute("COMMIT")
-                self.index.remove_file(fid)
-                n += 1
-            return n
+            self._set_meta("version", self.version() + 1)
+            self.db.execute("COMMIT")
+            self.index.remove_files(fids)
+            return len(fids)
 
     def put_failed(self, rec: FileRecord, reason: str) -> None:
         with self.lock:
