@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import _world as W
+from videosearch_r1.train import grpo_report
 from videosearch_r1.train.common import latest_checkpoint
 from videosearch_r1.train.grpo import check_grpo_config, run_grpo
 
@@ -68,6 +69,9 @@ def test_grpo_steps_log_rewards_and_move_parameters(tmp_path):
         assert not torch.equal(p.detach().cpu(), before[k]), k
     assert latest_checkpoint(tmp_path).name == "final" and (tmp_path / "final" / "sqr.safetensors").is_file()
     assert run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=pol)["steps"] == 2  # finished: no retraining
+    assert grpo_report.main([str(tmp_path / "metrics.jsonl")]) == 0
+    png = (tmp_path / "grpo_curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path):
