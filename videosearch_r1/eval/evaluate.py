@@ -6,8 +6,10 @@
 
 With ground truth (--dataset/--split or --gt), gt_video/gt_start/gt_end come from it by qid, and the
 denominator is the number of GT queries: a query without a scorable prediction is `missing` and scores
-as a miss. Rows that cannot be scored (unreadable JSON, missing/mistyped fields, unknown or duplicate
-qid) are counted by reason and listed. Definitions: docs/metrics.md.
+as a miss. Rows that cannot be scored (unreadable lines, including JSON nested too deep or integers over
+Python's digit limit; missing/mistyped fields; without GT, a row's own GT span that is reversed, empty,
+negative or not finite; unknown or duplicate qid) are counted by reason and listed. GT from a file is
+scored as annotated (ends past `duration` not clamped). Definitions: docs/metrics.md.
 """
 from __future__ import annotations
 
