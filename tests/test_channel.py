@@ -38,6 +38,12 @@ def test_fitted_latents_lift_vr1_on_the_tiny_engine():
     before, after = res["plain"], res["final"]
     assert after["VR@1"] > before["VR@1"] and after["mean_rank"] < before["mean_rank"], (before, after)
     assert res["curve"][-1]["loss"] < res["curve"][1]["loss"]
+    n = res["queries"]  # every wrong top-1 is explained: another family, or a sibling differing in named details
+    for name, r in (("plain", before), ("final", after)):
+        c = res["confusions"][name]
+        assert c["wrong_top1"] == round(n * (1 - r["VR@1"] / 100))
+        siblings = c["wrong_top1"] - c["other_family"]
+        assert sum(v for k, v in c.items() if k not in ("wrong_top1", "other_family")) >= siblings
 
 
 def test_cli_prints_the_table_and_writes_json(capsys):

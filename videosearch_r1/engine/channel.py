@@ -19,6 +19,8 @@ Initialisation (channel.init): "zeros" or "random" (z ~ N(0, 1)).
 1. load the split's queries and the index (cfg.index_dir(DATASET)/SPLIT: `vsr1 index` builds it) and the
    engine's Embedder; queries whose video is missing from the index count as misses and are not optimised
 2. corpus health: median cosine between a video and its nearest other video (near 1: collapsed space)
+   and, for a synthetic world (world.json), the wrong top-1 videos by the detail they differ in from the
+   ground truth, before and after fitting (which details the engine cannot see)
 3. query batches of channel.batch_size, all queries of a batch optimised together (vectorised), ranks
    exact (1 + videos scoring higher) at step 0 and every channel.eval_every steps
 4. print a table (plain query, latents at init, the VR@1 curve) and write <run_dir>/channel.json and
@@ -58,12 +60,51 @@ def nearest_other_cosine(vectors: np.ndarray) -> float:
     return float(torch.cat(best).median())
 
 
-def exact_ranks(q: torch.Tensor, corpus: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """[B] 1-based rank of row rows[b] for query b among corpus [N, D] (ties at earlier rows count ahead)."""
+def exact_ranks(q: torch.Tensor, corpus: torch.Tensor, rows: torch.Tensor, top1: bool = False):
+    """[B] 1-based rank of row rows[b] for query b among corpus [N, D] (ties at earlier rows count ahead);
+    with top1, also the [B] row of each query's best video."""
     s = q.float() @ corpus.T  # [B, N]
     gt = s.gather(1, rows[:, None])
     cols = torch.arange(corpus.shape[0], device=s.device)[None, :]
-    return 1 + ((s > gt) | ((s == gt) & (cols < rows[:, None]))).sum(1)
+    ranks = 1 + ((s > gt) | ((s == gt) & (cols < rows[:, None]))).sum(1)
+    return (ranks, s.argmax(1)) if top1 else ranks
+
+
+# ----------------------------------------------------------------------------- synthetic worlds: what is confused
+def _details(v: dict) -> dict:
+    """The details a synthetic family's variants differ in (synth/world.py DETAILS), read from world.json."""
+    segs = v["segments"]
+    return {"colour": v["thing"]["colour"], "size": v["thing"]["size"], "shape": v["thing"]["shape"],
+            "wall_colour": v["wall"]["colour"], "texture": v["wall"]["texture"], "companion": v["companion"],
+            "target": segs[v["main"]]["arg"],
+            "secondary": [s["action"] for i, s in enumerate(segs) if i != v["main"]]}
+
+
+def confusions(world: dict | None, gt_ids: list[str], top_ids: list[str]) -> dict | None:
+    """For a synthetic world: wrong top-1 videos counted as "other family" or, for a sibling of the same
+    family, by each detail in which it differs from the ground truth (a pair can count for two)."""
+    if not world:
+        return None
+    videos = world["videos"]
+    out: dict[str, int] = {"wrong_top1": 0, "other_family": 0}
+    for gt, top in zip(gt_ids, top_ids):
+        if gt == top or gt not in videos or top not in videos:
+            continue
+        out["wrong_top1"] += 1
+        a, b = videos[gt], videos[top]
+        if (a["split"], a["family"]) != (b["split"], b["family"]):
+            out["other_family"] += 1
+            continue
+        da, db = _details(a), _details(b)
+        for k in da:
+            if da[k] != db[k]:
+                out[k] = out.get(k, 0) + 1
+    return out
+
+
+def load_world(cfg, dataset: str) -> dict | None:
+    path = Path(cfg.dataset_root(dataset)) / "world.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def recall(ranks: list[int | None], n: int) -> dict:
@@ -76,7 +117,8 @@ def recall(ranks: list[int | None], n: int) -> dict:
 
 def optimise_batch(embedder, texts: list[str], rows: torch.Tensor, corpus: torch.Tensor, cc,
                    scale: float, gen: torch.Generator) -> tuple[dict[int, list[int]], list[float], list[float]]:
-    """Fit channel.n_latents latents per query of one batch -> ({step: ranks}, losses, mean latent norms)."""
+    """Fit channel.n_latents latents per query of one batch -> ({step: ranks, "top1": final top-1 rows},
+    losses, mean latent norms)."""
     b, n, he = len(texts), cc.n_latents, embedder.hidden_size
     z0 = torch.zeros(b, n, he) if cc.init == "zeros" else torch.randn(b, n, he, generator=gen)
     z = torch.nn.Parameter(z0.to(embedder.device))
@@ -87,9 +129,11 @@ def optimise_batch(embedder, texts: list[str], rows: torch.Tensor, corpus: torch
         q = embedder.embed_soft(texts, soft, grad=step < cc.steps)
         if step % max(1, cc.eval_every) == 0 or step == cc.steps:
             with torch.no_grad():
-                curve[step] = exact_ranks(q.detach(), corpus, rows).cpu().tolist()
+                ranks, top = exact_ranks(q.detach(), corpus, rows, top1=True)
+                curve[step] = ranks.cpu().tolist()
                 norms.append(float(soft.detach().norm(dim=-1).mean()))
         if step == cc.steps:
+            curve["top1"] = top.cpu().tolist()
             break
         loss = F.cross_entropy(q.float() @ corpus.T / cc.temperature, rows)
         opt.zero_grad(set_to_none=True)
@@ -128,13 +172,15 @@ def run_channel(cfg, dataset: str, split: str, embedder=None, engine=None) -> di
     torch.manual_seed(cc.seed)
 
     with torch.no_grad():
-        plain = []
+        plain, plain_top = [], []
         for i in range(0, len(known), cc.batch_size):
             chunk = known[i:i + cc.batch_size]
             qv = embedder.embed_texts([getattr(q, field) for q in chunk])
             rows = torch.tensor([engine.row[q.video_id] for q in chunk], device=embedder.device)
-            plain += exact_ranks(qv.to(embedder.device), corpus, rows).cpu().tolist()
-    curve: dict[int, list[int]] = {}
+            ranks, top = exact_ranks(qv.to(embedder.device), corpus, rows, top1=True)
+            plain += ranks.cpu().tolist()
+            plain_top += top.cpu().tolist()
+    curve: dict = {}
     losses: list[list[float]] = []
     norms: list[list[float]] = []
     bar = progress(total=len(known), desc="channel", unit="query")
@@ -150,6 +196,7 @@ def run_channel(cfg, dataset: str, split: str, embedder=None, engine=None) -> di
     bar.close()
     n = len(queries)
     missing = [None] * (n - len(known))
+    final_top = curve.pop("top1", [])
     steps = sorted(curve)
     best = [min(curve[s][j] for s in steps) for j in range(len(known))] if steps else []
     out = {
@@ -165,6 +212,10 @@ def run_channel(cfg, dataset: str, split: str, embedder=None, engine=None) -> di
     }
     out["final"] = out["curve"][-1] if out["curve"] else None
     out["best_per_query"] = recall(best + missing, n)
+    world = load_world(cfg, dataset)
+    gts = [q.video_id for q in known]
+    out["confusions"] = {"plain": confusions(world, gts, [engine.ids[r] for r in plain_top]),
+                         "final": confusions(world, gts, [engine.ids[r] for r in final_top])} if world else None
     return out
 
 
@@ -186,6 +237,11 @@ def format_table(res: dict) -> str:
     row("best step per query", res["best_per_query"])
     lines.append(f"ceiling: VR@1 {res['plain']['VR@1']:.1f} -> {res['final']['VR@1']:.1f} with "
                  f"{res['config']['n_latents']} latents ({res['seconds']:.0f} s)")
+    for name, c in (res.get("confusions") or {}).items():
+        if c:
+            lines.append(f"wrong top-1 ({name}): {c['wrong_top1']}; another family {c['other_family']}; a sibling "
+                         "differing in " + (", ".join(f"{k} {v}" for k, v in c.items()
+                                                       if k not in ("wrong_top1", "other_family")) or "-"))
     return "\n".join(lines)
 
 
