@@ -71,10 +71,11 @@ def test_rerun_skips_and_detects_changed_outputs(tmp_path, capsys):
     ws = tmp_path / "ws"
     assert cli.main(["build", "synth", *_args(ws, "build.splits=[test]")]) == 0
     _statuses(capsys)
-    assert cli.main(["build", "synth", *_args(ws, "build.splits=[test]")]) == 0
+    assert cli.main(["build", "synth", *_args(ws, "build.splits=[test]", "build.grpo_module=")]) == 0
     out = _statuses(capsys)
     for step in ("splits", "frames", "index", "hardneg"):
         assert f"{step}: complete, skipped" in out
+    assert "grpo: build.grpo_module is empty: no data step needed" in out and "grpo: not needed" in out
     # a damaged output is rebuilt by its step; identical outputs leave the later steps skipped
     good = _tree(ws)
     store = ws / "data" / "synth" / "prepared" / "frames"

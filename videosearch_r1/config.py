@@ -359,7 +359,7 @@ class BuildConfig:
     workers: int = 0  # processes decoding videos into the frame store (0: one per CPU core)
     verify: str = "sha256"  # check of a finished step's outputs before it is skipped: "sha256" | "size"
     sft_module: str = "videosearch_r1.train.sft_data"  # `main([DATASET, ...])` of the SFT-data step
-    grpo_module: str = "videosearch_r1.train.grpo_data"  # `main([DATASET, ...])` of the GRPO-data step
+    grpo_module: str = ""  # `main([DATASET, ...])` of a GRPO-data step; empty: none (GRPO rolls out on the split live)
 
 
 # --------------------------------------------------------------------------------------- root

@@ -14,7 +14,8 @@ Steps, in order (outputs under <workspace>/data/<name>/prepared unless said othe
              hard negatives off) -> cfg.index_dir(name)/<split>
   4 hardneg  train split: top index.hard_negatives videos per query, GT excluded -> <index>/train/hard_negatives.json
   5 sft      pluggable: build.sft_module's main([DATASET, --config resolved.yaml]) (SFT rows)
-  6 grpo     pluggable: build.grpo_module's main(...) (GRPO rows)
+  6 grpo     pluggable: build.grpo_module's main(...) (GRPO rows; empty by default: `vsr1 train grpo`
+             rolls out on the train split and its index live, so there is nothing to build)
 A pluggable step whose module is not installed is reported "not available" and the build goes on.
 
 Skipping: each finished step writes build/<step>.json: the fingerprint of its inputs (the config it
@@ -242,6 +243,8 @@ def _step_hardneg(ctx: Ctx) -> dict:
 
 def _plugin_runner(field_name: str, default_output: Callable[[Ctx], Path]) -> Callable[[Ctx], dict]:
     def run(ctx: Ctx) -> dict:
+        if not getattr(ctx.cfg.build, field_name):
+            return {"not_available": "", "why": f"build.{field_name} is empty: no data step needed"}
         module = load_plugin(getattr(ctx.cfg.build, field_name))
         if module is None:
             return {"not_available": getattr(ctx.cfg.build, field_name)}
@@ -427,9 +430,9 @@ def run_build(cfg: Config, dataset: str, from_step: str | None = None) -> dict:
         t0 = time.time()
         result = step.run(ctx)
         if "not_available" in result:
-            print(f"{head}: not available (module {result['not_available']} is not installed); going on",
-                  flush=True)
-            status[step.name] = "not available"
+            print(f"{head}: " + (result.get("why") or f"not available (module {result['not_available']} is not "
+                                 f"installed); going on"), flush=True)
+            status[step.name] = "not needed" if result.get("why") else "not available"
             continue
         outputs = {_rel(cfg, p): _file_entry(Path(p), cfg.build.verify) for p in result["outputs"]}
         record = {"step": step.name, "version": STEP_VERSION, "inputs": inputs, "outputs": outputs,
