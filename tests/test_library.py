@@ -138,6 +138,18 @@ def test_search_json_and_clip(lib, capsys, tmp_path):
     assert cli.main(["search", "   ", *argv]) == 2
 
 
+def test_vectors_of_another_engine_are_refused(lib, capsys, tmp_path):
+    folder, store_dir, argv = lib
+    from videosearch_r1.models.tiny import make_tiny_checkpoint
+
+    cfg = _world.world().cfg()
+    other = make_tiny_checkpoint(tmp_path / "other-engine", kind="embedder", video_cfg=cfg.video_cfg("synth"), seed=5)
+    capsys.readouterr()
+    assert cli.main(["library", "add", str(folder), *argv, f"engine.model={other}"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (engine" in err and str(store_dir) in err, err
+
+
 def test_agent_over_the_library(lib):
     """The agent loop runs over the library's video vectors with real decoded videos (scripted answers)."""
     folder, store_dir, argv = lib

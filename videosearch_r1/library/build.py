@@ -112,7 +112,7 @@ def settings(cfg, embedder) -> dict:
     from videosearch_r1.video.decode import fingerprint
 
     lc = cfg.library
-    return {"engine_model": cfg.engine_model(), "instruction": cfg.engine.instruction, "dim": int(embedder.dim),
+    return {"engine": embedder.fingerprint(), "instruction": cfg.engine.instruction, "dim": int(embedder.dim),
             "video_fingerprint": fingerprint(video_cfg(cfg)), "window": lc.window, "stride": lc.stride,
             "window_frames": lc.window_frames}
 
