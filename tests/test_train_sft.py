@@ -4,6 +4,7 @@ losses, resume after a kill, and `vsr1 build sft`.
     .venv/bin/python -m pytest -q tests/test_train_sft.py
 """
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -145,8 +146,12 @@ def _train(tmp_path, rows, *extra, stop_after=None):
 def test_sft_steps_lower_the_loss(tmp_path, sft_rows):
     rows, _ = sft_rows
     two = [r for r in rows if r.contrastive][:2]
-    s = _train(tmp_path, two, "train.steps=6", "agent.n_latents=2", "train.lr=3e-3", "train.lr_merger=3e-3")
+    bad = dataclasses.replace(two[0], id="bad", video="no-such-video")  # its video cannot be decoded
+    s = _train(tmp_path, two + [bad], "train.steps=6", "agent.n_latents=2", "train.lr=3e-3", "train.lr_merger=3e-3",
+               "train.batch_size=3")
     assert s["complete"] and s["steps"] == 6 and len(s["losses"]) == 6
+    assert s["skipped"] == {"video": 6} and s["skipped_rows"][0][0] == "bad"  # counted every visit, not dropped silently
+    assert s["rows_seen"] == 12
     assert sum(s["losses"][-2:]) / 2 < 0.85 * s["losses"][0], s["losses"]
     log = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["infonce"] < log[0]["infonce"] and log[-1]["ce"] < log[0]["ce"]
