@@ -114,6 +114,16 @@ def test_download_checkpoint_and_prepared_data_then_infer(mirror, tmp_path, caps
     assert np.array_equal(got.timestamps, orig.timestamps) and got.frames.shape[1] % 32 == 0
 
 
+def test_checkpoint_alias_resolves_to_the_download_or_the_hub(mirror, tmp_path, monkeypatch):
+    from videosearch_r1.models.hub import CheckpointNotFoundError, resolve_checkpoint
+
+    monkeypatch.setenv("VSR1_HOME", str(tmp_path))
+    assert cli.main(["download", "checkpoint", "didemo-grpo", "--mirror", str(mirror), f"workspace={tmp_path}"]) == 0
+    assert resolve_checkpoint("didemo-grpo") == tmp_path / "checkpoints" / "VideoSearchR1__didemo-stage2"
+    with pytest.raises(CheckpointNotFoundError, match="'VideoSearchR1/charades-stage1'"):
+        resolve_checkpoint("charades-sft", cache_dir=tmp_path / "hf", local_files_only=True)
+
+
 def test_rerun_resumes_and_checks_integrity(mirror, tmp_path, capsys):
     ws = tmp_path / "ws"
     args = ["--mirror", str(mirror), *_ws_args(ws)]

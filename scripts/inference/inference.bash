@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The agent on a dataset's test split (a checkpoint from download_checkpoint / training, or a hub id).
+# The agent on a dataset's test split; --checkpoint takes a path, a hub id or an alias (didemo-grpo, ...).
 #   [EVAL_GPUS=0] [MAX_TURN=2] bash scripts/inference/inference.bash DATASET --checkpoint PATH [key=value ...]
 # = vsr1 infer (videosearch_r1/agent/infer.py). DRY_RUN=1 prints the command, one argument a line; VSR1 picks the executable.
 set -euo pipefail

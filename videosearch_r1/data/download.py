@@ -42,6 +42,7 @@ from pathlib import Path
 from videosearch_r1.config import Config
 
 DATASETS = ("charades", "didemo", "activitynet")
+DEFAULT_ORG = "VideoSearchR1"  # download.hub_org's default (models/hub.py resolves aliases with it)
 ALIASES: dict[str, str] = {f"{d}-{stage}": f"{d}-{repo}" for d in DATASETS
                            for stage, repo in (("sft", "stage1"), ("grpo", "stage2"))}
 ALIASES.update({f"{d}-{s}": f"{d}-{s}" for d in DATASETS for s in ("stage1", "stage2")})

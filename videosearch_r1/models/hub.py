@@ -3,6 +3,8 @@ through huggingface_hub's own snapshot_download (its cache layout, revisions and
 
     path = resolve_checkpoint("Qwen/Qwen3-VL-Embedding-2B")                      # downloads or uses the cache
     path = resolve_checkpoint("org/name", cache_dir=mirror, local_files_only=True)  # a pre-filled HF cache only
+    path = resolve_checkpoint("didemo-grpo")   # a released-checkpoint alias (data/download.py ALIASES): the
+                                               # `vsr1 download checkpoint` copy if there, else its hub repo
 """
 from __future__ import annotations
 
@@ -17,6 +19,19 @@ def _looks_like_path(s: str) -> bool:
     return s.startswith(("/", "./", "../", "~")) or s.count("/") > 1 or s.endswith("/")
 
 
+def _alias(name: str) -> Path | str | None:
+    """A released-checkpoint alias -> its `vsr1 download checkpoint` directory under the default workspace
+    when present, else its hub repo id (default org); None for anything else."""
+    from videosearch_r1.config import default_workspace
+    from videosearch_r1.data.download import ALIASES, DEFAULT_ORG
+
+    if name not in ALIASES:
+        return None
+    repo = f"{DEFAULT_ORG}/{ALIASES[name]}"
+    local = Path(default_workspace()) / "checkpoints" / repo.replace("/", "__")
+    return local if local.is_dir() else repo
+
+
 def resolve_checkpoint(path_or_id: str, cache_dir=None, local_files_only: bool = False,
                        revision: str | None = None) -> Path:
     """A local directory -> itself; else `snapshot_download(path_or_id, ...)` -> the snapshot directory."""
@@ -29,6 +44,10 @@ def resolve_checkpoint(path_or_id: str, cache_dir=None, local_files_only: bool =
         raise CheckpointNotFoundError(f"checkpoint {path_or_id!r} is a file, not a checkpoint directory")
     if _looks_like_path(str(path_or_id)):
         raise CheckpointNotFoundError(f"local checkpoint directory not found: {path_or_id}")
+    alias = _alias(str(path_or_id))
+    if isinstance(alias, Path):
+        return alias
+    path_or_id = alias or path_or_id
 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
