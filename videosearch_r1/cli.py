@@ -1,5 +1,6 @@
 """`vsr1`: one console script, one subcommand per module; each module exposes `main(argv) -> int`.
 
+    vsr1 toy [--profile cpu|gpu]       the whole process end to end: world, engine, base, SFT, GRPO, report
     vsr1 quickstart                    build the synthetic world, train + index the engine, evaluate it
     vsr1 synth [key=value ...]         build the synthetic fine-grained VCMR world
     vsr1 engine train [key=value ...]  contrastive training of the synthetic search engine
@@ -31,6 +32,7 @@ import sys
 
 COMMANDS = {
     "quickstart": "videosearch_r1.quickstart",
+    "toy": "videosearch_r1.toy",
     "synth": "videosearch_r1.synth.build",
     "engine": {"train": "videosearch_r1.engine.train", "channel": "videosearch_r1.engine.channel"},
     "index": "videosearch_r1.engine.index",

@@ -362,6 +362,13 @@ class BuildConfig:
     grpo_module: str = ""  # `main([DATASET, ...])` of a GRPO-data step; empty: none (GRPO rolls out on the split live)
 
 
+@dataclass
+class ToyConfig:
+    """`vsr1 toy`: per-stage step counts where stages share `train` (SFT and GRPO both read train.steps)."""
+
+    grpo_steps: int = 4  # optimizer steps of the toy's GRPO stage (passed as train.steps to that stage)
+
+
 # --------------------------------------------------------------------------------------- root
 @dataclass
 class Config:
@@ -385,6 +392,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    toy: ToyConfig = field(default_factory=ToyConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
 
