@@ -42,7 +42,7 @@ from videosearch_r1.train import common
 from videosearch_r1.train.grpo_loss import ADV_SCALES, AGGREGATIONS, group_advantages
 from videosearch_r1.train.grpo_rollout import RetrievalScorer, reward_columns, rollout
 from videosearch_r1.train.grpo_step import (LATENT_OBJECTIVES, GRPOModule, Knobs, batch_logprobs, collate_turns,
-                                            micro_loss)
+                                            micro_loss, placeholder_ids)
 from videosearch_r1.train.rewards import RETRIEVAL_MODES, check_weights, score
 
 
@@ -200,7 +200,11 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
     """Reference (and old) log-probs, then grpo.iterations optimizer updates over micro-batches."""
     g, acc, policy = run.cfg.grpo, run.acc, run.policy
     kn = knobs(g)
-    turns = [ts for t in trajs for ts in t.turns]
+    bad = placeholder_ids(policy)
+    turns = [ts for t in trajs for ts in t.turns if not bad.intersection(ts.completion_ids)]
+    dropped = sum(len(t.turns) for t in trajs) - len(turns)
+    if not turns:
+        return {"turns": 0, "dropped_placeholder_turns": dropped}
     chunks = [turns[i:i + g.micro_batch] for i in range(0, len(turns), g.micro_batch)]
     batches = [collate_turns(policy, c, clips) for c in chunks]
     latent_on = kn.latent_objective != "none" and kn.latent_weight > 0
@@ -234,7 +238,8 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
     out = {"loss": sums.get("loss", 0.0) / it, "kl": sums.get("kl", 0.0) / n_tok, "entropy": sums.get("entropy", 0.0) / n_tok,
            "clip_frac": sums.get("clip_frac", 0.0) / n_tok, "grad_norm": grad_norm, "turns": len(turns),
            "completion_tokens": den["tokens"], "forward_tokens": sum(b.n_tokens for b in batches),
-           "refined_turns": den["refined"], "logprob_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4)}
+           "refined_turns": den["refined"], "logprob_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4),
+           "dropped_placeholder_turns": dropped}
     for k in ("latent_infonce", "latent_gaussian"):
         if k in sums:
             out[k] = sums[k] / it / max(1, den["refined"])
@@ -252,7 +257,11 @@ def train_step(run: Run, state) -> dict | None:
         state.skipped["empty_step"] = state.skipped.get("empty_step", 0) + 1
         return None
     adv, stats = rewards_step(run, trajs)
-    stats.update(update_step(run, trajs, clips, adv))
+    upd = update_step(run, trajs, clips, adv)
+    if upd["turns"] == 0:  # every turn sampled a vision placeholder id (counted, no update)
+        state.skipped["no_trainable_turns"] = state.skipped.get("no_trainable_turns", 0) + 1
+        return None
+    stats.update(upd)
     recs = [t.record for t in trajs]
     stats.update({"lr": run.cfg.grpo.lr * factor, "rollout_s": round(t1 - t0, 4),
                   "turns_per_trajectory": float(np.mean([len(r.turns) for r in recs])),

@@ -83,6 +83,14 @@ def collate_turns(policy, turns: list[TurnSample], clips: dict) -> TurnBatch:
     return TurnBatch(inputs, lm, rpos, list(turns), int(att.sum()))
 
 
+def placeholder_ids(policy) -> set[int]:
+    """Ids the forward treats as vision placeholders: a completion that sampled one cannot be re-run as
+    text (the model would expect video features there), so such a turn is left out of the loss (counted)."""
+    c = policy.model.config
+    return {int(x) for x in (c.video_token_id, c.image_token_id, getattr(c, "vision_start_token_id", None),
+                             getattr(c, "vision_end_token_id", None)) if x is not None}
+
+
 def decode_row(policy, batch: TurnBatch, i: int) -> str:
     """Row i as text (special tokens kept, padding dropped): the exact conversation of that turn."""
     ids = batch.inputs["input_ids"][i][batch.inputs["attention_mask"][i].bool()]
