@@ -210,3 +210,21 @@ def test_build_sft_balanced_rows_with_counted_skips(sft_rows):
     assert s2.skipped.get("gt_video_not_indexed", 0) >= 1
     assert all(r.positive != drop and drop not in r.negatives and r.video != drop for r in rows2)
     assert np.isfinite(s2.negatives_per_row)
+
+
+def test_teacher_traces_batched_resumable_and_tag_free():
+    """Real datasets' traces: a teacher VLM through our Policy loader (here the tiny random policy);
+    the second build reuses the cached traces instead of generating again."""
+    from videosearch_r1.agent.prompts import parse_output
+    from videosearch_r1.train.sft_data import build_sft_rows
+
+    cfg = W.world().cfg(f"sft.teacher={W.world().policy_path}", "sft.teacher_max_new_tokens=6", "sft.max_queries=3",
+                        "sft.teacher_batch_size=2", "sft.n_negatives=2")
+    rows, s = build_sft_rows(cfg, "synth")
+    cache = cfg.prepared_dir("synth") / "sft_teacher.jsonl"
+    lines = cache.read_text().splitlines()
+    assert s.traces.startswith("teacher:") and len(lines) == s.queries + s.added_matched + s.added_not_matched
+    assert len(rows) + s.skipped.get("teacher_empty", 0) == len(lines)
+    assert all(parse_output(r.target).ok for r in rows)
+    rows2, _ = build_sft_rows(cfg, "synth")
+    assert cache.read_text().splitlines() == lines and [r.target for r in rows2] == [r.target for r in rows]

@@ -183,7 +183,11 @@ class DataOrder:
         perm = self.permutation(state.epoch)
         start = (state.cursor * self.world + self.rank) * self.batch
         state.cursor += 1
-        return perm[start:start + self.batch].tolist()
+        if self.world == 1:  # a short last batch
+            return perm[start:start + self.batch].tolist()
+        # several processes: every rank gets a full batch (wrapping to the epoch's first rows), so no rank
+        # sits out a collective
+        return perm[np.arange(start, start + self.batch) % self.n].tolist()
 
 
 def total_steps(tc, order: DataOrder) -> int:

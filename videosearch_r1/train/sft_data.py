@@ -11,9 +11,10 @@
    queries whose top-1 was wrong, or the first hard negative shown for queries whose top-1 was right
    (each query gives at most two rows; choices seeded by sft.seed)
 4. reasoning: synthetic world: written from the world's known timelines (world.json: what is seen, with
-   times, and how it differs from the query); real datasets: a teacher VLM (sft.teacher) loaded through
-   our Policy loader, batched, resumable (<prepared>/sft_teacher.jsonl), told the gold label; or
-   sft.teacher=none for plain template traces
+   times, and how it differs from the query); real datasets (or any dataset with sft.teacher set): a
+   teacher VLM (sft.teacher) loaded through our Policy loader, batched, resumable
+   (<prepared>/sft_teacher.jsonl), told the gold label, output tags stripped; or sft.teacher=none
+   for plain template traces
 5. target: prompts.format_target(think, label, GT span if matched) (ends with <REFINE>)
 6. InfoNCE negatives per row (sft.n_negatives): the wrong top-1 first, then the index's hard negatives
    in order, then a seeded random fill from the corpus. No "ambiguous negative" filter (reference.md
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -228,6 +230,9 @@ def template_trace(q, label: str) -> str:
 
 
 # ----------------------------------------------------------------------------- teacher (real datasets)
+_GRAMMAR_TAGS = re.compile(r"</?(?:think|answer|start|end|query)>|<REFINE>", re.IGNORECASE)  # kept out of traces
+
+
 def teacher_traces(cfg, dataset: str, pairs: list[tuple], summary: SFTDataSummary) -> dict:
     """{(qid, shown): reasoning} from a teacher VLM told the gold label; resumable through a jsonl cache."""
     import torch
@@ -241,6 +246,7 @@ def teacher_traces(cfg, dataset: str, pairs: list[tuple], summary: SFTDataSummar
 
     s = cfg.sft
     cache = cfg.prepared_dir(dataset) / "sft_teacher.jsonl"
+    cache.parent.mkdir(parents=True, exist_ok=True)
     done = {(r["qid"], r["video"]): r["think"] for r in read_jsonl_resumable(cache) if r.get("teacher") == s.teacher}
     todo = [p for p in pairs if (p[0].qid, p[1]) not in done]
     if todo:
@@ -265,7 +271,8 @@ def teacher_traces(cfg, dataset: str, pairs: list[tuple], summary: SFTDataSummar
             tok = teacher.processor.tokenizer
             new = []
             for (q, shown, _), row, n in zip(chunk, res.ids.cpu().tolist(), res.n_text.cpu().tolist()):
-                text = tok.decode(row[:n], skip_special_tokens=True).strip()
+                text = _GRAMMAR_TAGS.sub(" ", tok.decode(row[:n], skip_special_tokens=True)).strip()
+                text = re.sub(r"\s+", " ", text)
                 new.append({"qid": q.qid, "video": shown, "teacher": s.teacher, "think": text})
             append_jsonl(cache, new)
             done.update({(r["qid"], r["video"]): r["think"] for r in new})
@@ -299,10 +306,10 @@ def build_sft_rows(cfg, dataset: str, engine=None) -> tuple[list[TrainRow], SFTD
     pairs = top1_pairs(cfg, engine, queries, field_name, summary)
     if s.balance and pairs:
         pairs = balance(pairs, hard, engine, s.matched_share, rng, summary)
-    if dataset == "synth":
-        synth, summary.traces = SynthTraces(cfg.dataset_root(dataset) / "world.json"), "synth-timeline"
-    elif s.teacher and s.teacher != "none":
+    if s.teacher and s.teacher != "none":
         teacher, summary.traces = teacher_traces(cfg, dataset, pairs, summary), f"teacher:{s.teacher}"
+    elif dataset == "synth":
+        synth, summary.traces = SynthTraces(cfg.dataset_root(dataset) / "world.json"), "synth-timeline"
     elif s.teacher == "none":
         summary.traces = "template"
     else:

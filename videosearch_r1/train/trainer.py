@@ -26,6 +26,11 @@ to_embedder(Z), q = embedder.embed_soft(query, soft, grad=True), and CE over [co
 Gradients reach the policy and all three SQR projectors; the embedder and the video vectors stay frozen.
 Rows that cannot be used (video fails to load, too long, positive missing from the index) are counted
 in summary["skipped"]; a CUDA OOM is an error naming the rows (train.on_oom=skip: a counted skipped step).
+
+Distributed (accelerate launch / torchrun): every rank gets full micro-batches (the epoch wraps) and
+runs the vision tower each step. The KV-cached rollout calls decoder sub-modules directly, which
+parameter-sharding wrappers (FSDP, ZeRO-3) do not see: there set sft.rollout_cached=false (the
+authors' full forwards, through the wrapped modules). DDP / ZeRO-1/2 run the cached path.
 """
 from __future__ import annotations
 
@@ -304,6 +309,10 @@ def _optimizer_step(acc, module, policy, opt, rows, order, clip_fn, tc, lam, tau
             ctx = acc.no_sync(module) if not sync and acc.num_processes > 1 else _nullcontext()
             with ctx:
                 s = _micro_step(acc, module, policy, kept, clips, tc, lam, tau, embedder, vv, state) if kept else None
+            if s is None and acc.num_processes > 1:  # the other ranks would wait for this one's gradients
+                raise RuntimeError(f"rank {acc.process_index}: every row of a micro-batch was skipped at step "
+                                   f"{state.step + 1} ({state.skipped_rows[-len(batch_rows):]}); fix the rows "
+                                   "(a multi-process run cannot skip a whole micro-batch on one rank)")
             if s is not None:
                 micro.append(s)
     except torch.cuda.OutOfMemoryError as e:
