@@ -108,6 +108,15 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert "has no split(s) ['nosuch']" in capsys.readouterr().err
     assert cli.main(["build", "synth", "--from-step", "index", *_args(ws)]) == 2
     assert "step 1/6 splits is not complete" in capsys.readouterr().err
+    lock = ws / "data" / "synth" / "prepared" / "build" / ".lock"
+    lock.write_text(str(os.getpid()))  # a live owner: refused
+    assert cli.main(["build", "synth", *_args(ws)]) == 2
+    assert f"another vsr1 build (pid {os.getpid()}) is running" in capsys.readouterr().err
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(str(dead.pid))  # a killed owner: taken over (then the bad step name stops it)
+    assert cli.main(["build", "synth", "--from-step", "nope", *_args(ws)]) == 2
+    assert "--from-step 'nope'" in capsys.readouterr().err and not lock.exists()
     anno = tmp_path / "anno"
     anno.mkdir()
     (anno / "synth_fig_test.jsonl").write_text('{"video": "v1", "time": [1, 2]}\n')

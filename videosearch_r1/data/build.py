@@ -25,7 +25,8 @@ step is skipped when that fingerprint still matches and every output is still th
 size, and same mtime or else same sha256; build.verify=size checks sizes only). Anything else reruns the step, which resumes its own work:
 the frame store keeps stored clips, the index keeps finished shards. So a killed build, run again,
 ends with the same files as an uninterrupted one (tests/test_build.py). `--from-step S` forces S and
-every later step to rerun (their resumable parts are still reused when valid).
+every later step to rerun (their resumable parts are still reused when valid). One build per dataset
+runs at a time (build/.lock holds its pid; a killed build's lock is taken over).
 """
 from __future__ import annotations
 
@@ -384,11 +385,32 @@ def parse_step(value: str | None) -> int:
     raise BuildError(f"--from-step {value!r}: use a step name ({', '.join(STEP_NAMES)}) or 1..{len(STEPS)}")
 
 
-def run_build(cfg: Config, dataset: str, from_step: str | None = None) -> dict:
-    """Run the pipeline (module doc); returns {step: status} where status is done / skipped / not available."""
-    from videosearch_r1.config import save_config
-    from videosearch_r1.utils import atomic_write_json
+def _lock(rec_dir: Path) -> Path:
+    """One build per dataset at a time: <build>/.lock holds the pid; a dead owner's lock is taken over."""
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    lock = rec_dir / ".lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # its owner is gone (killed): take over
+                continue
+            except PermissionError:
+                pass  # alive, another user's
+            raise BuildError(f"another vsr1 build (pid {pid}) is running on {rec_dir.parent}; wait for it, or "
+                             f"remove {lock} if it is stale") from None
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return lock
+    raise BuildError(f"cannot take the build lock {lock}")
 
+
+def run_build(cfg: Config, dataset: str, from_step: str | None = None) -> dict:
+    """Run the pipeline (module doc); returns {step: status}: done / skipped / not available / not needed."""
     dcfg = cfg.dataset_cfg(dataset)
     splits = list(cfg.build.splits) or list(dcfg.splits)
     unknown = [s for s in splits if s not in dcfg.splits]
@@ -398,6 +420,17 @@ def run_build(cfg: Config, dataset: str, from_step: str | None = None) -> dict:
         raise BuildError(f"build.verify must be 'sha256' or 'size', got {cfg.build.verify!r}")
     cfg = replace(cfg, dataset=dataset)
     rec_dir = cfg.prepared_dir(dataset) / "build"
+    lock = _lock(rec_dir)
+    try:
+        return _run_steps(cfg, dataset, splits, rec_dir, from_step)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _run_steps(cfg: Config, dataset: str, splits: list[str], rec_dir: Path, from_step: str | None) -> dict:
+    from videosearch_r1.config import save_config
+    from videosearch_r1.utils import atomic_write_json
+
     config_path = save_config(cfg, rec_dir)
     ctx = Ctx(cfg, dataset, splits, config_path)
     start = parse_step(from_step)
