@@ -265,7 +265,9 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
     if bar is not None:
         bar.update(state.step)
     done_here, t_last = 0, time.time()
+    prefetch = _Prefetcher(rows, order, cached_clip, max(1, tc.grad_accum))
     while state.step < total and (stop_after is None or done_here < stop_after):
+        prefetch.after(state)  # decode the NEXT step's clips in a thread while this step computes
         stats = _optimizer_step(acc, module, policy, opt, rows, order, cached_clip, tc, lam, tau, embedder, vv,
                                 state, total)
         state.step += 1
@@ -283,6 +285,7 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
         if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.step < total:
             common.save_checkpoint(acc, module, policy, opt, state, cfg, out_dir / common.checkpoint_name(state.step),
                                    keep=tc.keep_checkpoints)
+    prefetch.close()
     if bar is not None:
         bar.close()
     finished = state.step >= total
@@ -341,6 +344,37 @@ def _optimizer_step(acc, module, policy, opt, rows, order, clip_fn, tc, lam, tau
             "infonce": sum(nces) / len(nces) if nces else None, "lr": tc.lr * factor, "grad_norm": grad_norm,
             "rows": sum(s["rows"] for s in micro), "tokens": sum(s["tokens"] for s in micro),
             "target_tokens": sum(s["target_tokens"] for s in micro)}
+
+
+class _Prefetcher:
+    """Warms the clip cache with the rows of the step after the current one (one background thread;
+    failures are left for the main path, which counts them)."""
+
+    def __init__(self, rows, order, clip_fn, accum: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.rows, self.order, self.clip_fn, self.accum = rows, order, clip_fn, accum
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending = None
+
+    def after(self, state) -> None:
+        if self.pending is not None and not self.pending.done():
+            return
+        peek = common.TrainState(epoch=state.epoch, cursor=state.cursor)
+        for _ in range(self.accum):  # skip this step's micro-batches
+            self.order.next(peek)
+        ids = [self.rows[i].video for _ in range(self.accum) for i in self.order.next(peek)]
+        self.pending = self.pool.submit(self._load, ids)
+
+    def _load(self, ids) -> None:
+        for v in ids:
+            try:
+                self.clip_fn(v)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 class _nullcontext:
