@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import _world
 from videosearch_r1 import cli
 
@@ -139,3 +141,11 @@ def test_missing_and_corrupt_videos_are_counted_skips(tmp_path, capsys):
     rec = json.loads((ws / "data" / "synth" / "prepared" / "build" / "frames.json").read_text())
     assert set(rec["summary"]["skipped"]) == {vids[0].stem, vids[1].stem}
     assert rec["summary"]["stored"] == rec["summary"]["videos"] - 2
+
+
+def test_pluggable_step_commands_route_to_their_module(capsys):
+    assert cli.main(["build", "grpo", "synth"]) == 0  # empty by default: GRPO needs no data step
+    assert "nothing to build (build.grpo_module is empty)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # `vsr1 build sft` is the SFT-data module's own command
+        cli.main(["build", "sft", "--help"])
+    assert e.value.code == 0 and "vsr1 build sft" in capsys.readouterr().out

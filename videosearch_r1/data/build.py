@@ -489,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
         from videosearch_r1.config import load_config
 
         cfg = load_config()
+        if not getattr(cfg.build, plugins[argv[0]]):
+            print(f"vsr1 build {argv[0]}: nothing to build (build.{plugins[argv[0]]} is empty)")
+            return 0
         module = load_plugin(getattr(cfg.build, plugins[argv[0]]))
         if module is None:
             print(f"vsr1 build {argv[0]}: not available (module {getattr(cfg.build, plugins[argv[0]])} is not "
