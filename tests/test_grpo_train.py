@@ -8,7 +8,7 @@ import torch
 import _world as W
 from videosearch_r1.train import grpo_report
 from videosearch_r1.train.common import latest_checkpoint
-from videosearch_r1.train.grpo import check_grpo_config, run_grpo
+from videosearch_r1.train.grpo import bf16_copy, check_grpo_config, run_grpo, sync_rollout_weights
 
 MATCH = W.MATCH.format(s="1.0", e="3.0")
 
@@ -97,3 +97,23 @@ def test_bad_grpo_settings_name_the_field():
         check_grpo_config(W.world().cfg("grpo.reward_weights.speed=1.0").grpo)
     with pytest.raises(ValueError, match="grpo.latent_objective"):
         check_grpo_config(W.world().cfg("grpo.latent_objective=ppo").grpo)
+
+
+def test_bf16_rollout_copy_is_its_own_model_and_follows_the_weights():
+    from videosearch_r1.models.qwen3vl import prepare_model
+
+    pol = W.policy()
+    prepare_model(pol.model)
+    roll = bf16_copy(pol)
+    assert roll.model.dtype == torch.bfloat16 and roll.sqr is pol.sqr and roll.processor is pol.processor
+    for m in roll.model.modules():  # every patched forward runs on the copy's own weights
+        f = m.__dict__.get("forward")
+        assert f is None or f.__self__ is m
+    w = pol.model.model.language_model.layers[0].mlp.up_proj.weight
+    with torch.no_grad():
+        w.add_(1.0)
+    sync_rollout_weights(roll, pol)
+    assert torch.equal(roll.model.model.language_model.layers[0].mlp.up_proj.weight, w.to(torch.bfloat16))
+    qs = W.split().queries[:1]
+    clip = W.clip_fn()(qs[0].video_id)
+    assert len(roll.generate([qs[0].text], [clip], max_new_tokens=3).ids[0]) > 0

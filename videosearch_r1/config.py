@@ -305,6 +305,7 @@ class GRPOConfig:
     temperature: float = 1.0  # rollout sampling temperature
     top_p: float = 1.0  # rollout nucleus sampling
     max_new_tokens: int = 256  # generated tokens per turn in rollouts
+    rollout_dtype: str = "auto"  # "auto": on CUDA a bf16 copy of the weights, synced each step | "train": the trained weights
     lr: float = 1e-6  # this stage's policy lr (replaces train.lr)
     lr_sqr: float = 1e-5  # this stage's SQR-module lr (replaces train.lr_sqr)
     iterations: int = 1  # policy updates per rollout batch (1: on-policy, ratio 1, clipping inactive)

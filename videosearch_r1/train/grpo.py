@@ -142,8 +142,9 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     _prepare_policy(policy, tc, acc)
     if ref is not None:
         ref.to(acc.device)
-    if hasattr(policy, "set_decode"):  # the decode path for the device the policy now lives on
-        policy.set_decode(cfg.agent.decode_attention, cfg.agent.decode_compile, cfg.agent.cuda_graph)
+    roller = rollout_policy(policy, g.rollout_dtype, acc.device)
+    if hasattr(roller, "set_decode"):  # the decode path for the device the policy now lives on
+        roller.set_decode(cfg.agent.decode_attention, cfg.agent.decode_compile, cfg.agent.cuda_graph)
     resume = common.latest_checkpoint(out_dir)
     if resume is not None:
         common.load_weights(policy, resume)
@@ -155,7 +156,7 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     state = common.load_trainer_state(acc, opt, resume) if resume is not None else common.TrainState()
     acfg = dataclasses.replace(cfg.agent, method="sqr", max_new_tokens=g.max_new_tokens)
     clip_fn = functools.lru_cache(maxsize=max(1, tc.clip_cache))(lambda v: load_clip(cfg, dataset, v))
-    loop = AgentLoop(acfg, engine, policy, clip_fn=clip_fn, durations={v: r.duration for v, r in split.videos.items()},
+    loop = AgentLoop(acfg, engine, roller, clip_fn=clip_fn, durations={v: r.duration for v, r in split.videos.items()},
                      query_field=cfg.dataset_cfg(dataset).query_field)
     order = common.DataOrder(len(queries), g.queries_per_step, g.seed, acc.num_processes, acc.process_index)
     scorer = RetrievalScorer(local.vectors, local.ids, g.retrieval_tau, g.n_negatives)
@@ -166,10 +167,50 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     return run, state
 
 
+def rollout_policy(policy, rollout_dtype: str, device):
+    """The Policy the rollouts decode with: the trained one, or ("auto" on CUDA) a bf16 copy of its
+    model sharing its processor and SQR modules (fp32 master weights make a slow decode)."""
+    from videosearch_r1.agent.policy import Policy
+    from videosearch_r1.models.qwen3vl import prepare_model
+
+    if rollout_dtype not in ("auto", "train"):
+        raise ValueError(f"grpo.rollout_dtype must be 'auto' or 'train', got {rollout_dtype!r}")
+    if rollout_dtype == "train" or torch.device(device).type != "cuda" or policy.model.dtype == torch.bfloat16:
+        return policy
+    return bf16_copy(policy)
+
+
+def bf16_copy(policy):
+    """A bf16 Policy over a copy of policy.model (the fast step re-applied to the copy itself)."""
+    from videosearch_r1.agent.policy import Policy
+    from videosearch_r1.models.qwen3vl import prepare_model
+
+    model = copy.deepcopy(policy.model)  # patched forwards are instance attributes bound to the original
+    for m in model.modules():
+        for name in ("forward", "_unbatched_forward"):
+            if name in m.__dict__:
+                del m.__dict__[name]
+    if hasattr(model, "_vsr1_linear_patch_embed"):
+        del model._vsr1_linear_patch_embed
+    model = model.to(torch.bfloat16).requires_grad_(False).eval()
+    prepare_model(model)
+    return Policy(model, policy.processor, policy.sqr, policy.sqr_config)
+
+
+@torch.no_grad()
+def sync_rollout_weights(roller, policy) -> None:
+    """Copy the trained weights into the rollout copy (a no-op when the rollouts use the trained policy)."""
+    if roller is policy or roller.model is policy.model:
+        return
+    for d, s in zip(roller.model.parameters(), policy.model.parameters()):
+        d.copy_(s)
+
+
 # ------------------------------------------------------------------------------------ one step
 def rollout_step(run: Run, state) -> tuple[list, dict]:
     """Roll out this step's queries (seeded by grpo.seed and the step): (trajectories, clips)."""
     g, policy = run.cfg.grpo, run.policy
+    sync_rollout_weights(run.loop.policy, policy)
     qs = [run.queries[i] for i in run.order.next(state)]
     seed = g.seed * 1_000_003 + state.step * 7919 + run.acc.process_index
     gen = torch.Generator(device=policy.device).manual_seed(seed)
