@@ -34,7 +34,7 @@ if [[ $PROFILE == gpu || $PROFILE == gpu-lo ]]; then
   CHANNEL=(channel.queries=512 channel.steps=600 channel.eval_every=100 channel.batch_size=512 engine.batch_size=512)
   BASE=(base.world_families=750 base.steps=2000 base.batch_size=32 base.lr=3e-4 base.lr_vision=1e-4 base.warmup=100
         base.eval_videos=64 train.checkpoint_every=250 train.schedule=cosine train.min_lr_ratio=0.1)
-  LIMIT=()
+  LIMIT=(--limit 1000)  # the first 1,000 test queries (infer resumes: rerun to go on)
 else
   WS=workspace/cpu
   COMMON=(workspace=$WS synth.preset=tiny)
@@ -61,12 +61,13 @@ index() {
   run index synth --split test "${COMMON[@]}" engine.batch_size=256
   run index synth --split train "${COMMON[@]}" engine.batch_size=256
 }
-channel() {  # the ceiling, with latents scaled to the token embeddings (default), raw, and the reference insert
-  run engine channel synth --split test "${COMMON[@]}" "${CHANNEL[@]}" run_name=channel-embed
+channel() {  # the ceiling with raw latents, the reference insert, then the default (scaled latents, last:
+             # its channel.json is the one left beside the index)
   run engine channel synth --split test "${COMMON[@]}" "${CHANNEL[@]}" channel.scale=none channel.lr=0.01 \
       run_name=channel-raw
   run engine channel synth --split test "${COMMON[@]}" "${CHANNEL[@]}" engine.soft_insert=reference \
       run_name=channel-reference
+  run engine channel synth --split test "${COMMON[@]}" "${CHANNEL[@]}" run_name=channel-embed
 }
 base() { run train base "${COMMON[@]}" "${BASE[@]}" run_name=base-synth; }
 evaluate() {  # engine alone and the ZS base policy on the same test queries
