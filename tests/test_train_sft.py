@@ -159,6 +159,12 @@ def test_sft_steps_lower_the_loss(tmp_path, sft_rows):
 
     loaded = Policy.from_pretrained(str(tmp_path / "final"))  # loads with no flags
     assert loaded.sqr_config.embedder_hidden == W.engine().embedder.hidden_size
+    init = Policy.from_pretrained(str(W.world().policy_path))
+    for part, mod, trained in (("vision", lambda p: p.model.model.visual.blocks[0], False),  # train.train_vision=false
+                               ("merger", lambda p: p.model.model.visual.merger, True),
+                               ("llm", lambda p: p.model.model.language_model.layers[0], True)):
+        same = all(torch.equal(a, b) for a, b in zip(mod(loaded).parameters(), mod(init).parameters()))
+        assert same != trained, part
     assert (tmp_path / "final" / "trainer_state.pt").is_file() and (tmp_path / "final" / "config.yaml").is_file()
 
 
