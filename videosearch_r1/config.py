@@ -224,7 +224,8 @@ class TrainConfig:
     steps: int = 0  # optimizer steps; 0: `epochs` passes over the rows
     epochs: float = 1.0  # used when steps = 0
     batch_size: int = 2  # rows per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (per process; replaced when global_batch > 0)
+    global_batch: int = 0  # rows per optimizer step, all processes (>0: grad_accum = it / (batch_size x processes))
     lr: float = 2e-5  # language model (and tied embeddings / lm_head)
     lr_merger: float = 2e-5  # vision merger + deepstack mergers
     lr_vision: float = 2e-6  # vision tower (ViT blocks, patch and position embeddings)
@@ -300,7 +301,8 @@ class GRPOConfig:
 
     split: str = "train"  # queries rolled out; its index must exist (`vsr1 index DATASET --split train`)
     engine_url: str = ""  # empty: the engine in-process; else a `vsr1 serve` URL the rollouts search through
-    queries_per_step: int = 4  # queries per optimizer step (each rolled out group_size times)
+    queries_per_step: int = 4  # queries per optimizer step over ALL processes (each rank rolls out its share)
+    rollout_groups: int = 0  # query groups sampled per decode, seeded by global position (0: all of a rank's)
     group_size: int = 8  # G trajectories per query; advantages are normalised within a group
     temperature: float = 1.0  # rollout sampling temperature
     top_p: float = 1.0  # rollout nucleus sampling
