@@ -79,7 +79,8 @@ def test_engine_initialised_backbone_equals_the_engine(tmp_path):
     cfg = W.world().cfg()
     engine = W.engine().embedder.model
     path = policy_from_engine(cfg.engine_model(), tmp_path / "p")
-    pol = Policy.from_pretrained(str(path), device="cpu", dtype="fp32", embedder_hidden=engine.config.text_config.hidden_size)
+    he = engine.config.text_config.hidden_size
+    pol = Policy.from_pretrained(str(path), device="cpu", dtype="fp32", embedder_hidden=he)
     mine, theirs = pol.model.model.state_dict(), engine.state_dict()
     assert set(mine) == set(theirs)
     for k, t in theirs.items():

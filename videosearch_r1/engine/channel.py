@@ -159,7 +159,7 @@ def run_channel(cfg, dataset: str, split: str, embedder=None, engine=None) -> di
     t0 = time.time()
     sp = load_split(cfg, dataset, split)
     embedder = embedder if embedder is not None else load_embedder(cfg, dataset)
-    engine = engine if engine is not None else SearchEngine.load(cfg.index_dir(dataset) / split)
+    engine = engine if engine is not None else SearchEngine.load(cfg.index_dir(dataset) / split, embedder=embedder)
     field = cfg.dataset_cfg(dataset).query_field
     queries = list(sp.queries)
     if cc.queries and cc.queries < len(queries):
@@ -251,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = command_parser("vsr1 engine channel", __doc__)
     parser.add_argument("dataset", help="dataset name (an entry under `datasets` in the config)")
-    parser.add_argument("--split", default=None, help="the indexed split whose queries are checked (default: config split)")
+    parser.add_argument("--split", default=None, help="the indexed split whose queries are checked "
+                        "(default: config split)")
     args = parse_command(parser, argv)
     cfg = config_from_args(args, [f"dataset={args.dataset}"])
     split = args.split or cfg.split

@@ -162,8 +162,8 @@ def eval_rows(cfg) -> list:
     rows, counts = [], {"rows": {}, "unavailable": {}}
     videos = [(v, f.style) for f in world.families if f.split == "val" for v in f.videos][:n]
     for v, style in videos:
-        rows += video_rows(v, style, {t: 1 for t, k in cfg.base.tasks.items() if k > 0}, cfg.video_cfg(DATASET), DATASET,
-                           cfg.base.seed + 1, counts)
+        one_each = {t: 1 for t, k in cfg.base.tasks.items() if k > 0}
+        rows += video_rows(v, style, one_each, cfg.video_cfg(DATASET), DATASET, cfg.base.seed + 1, counts)
     return rows
 
 
