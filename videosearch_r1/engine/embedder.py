@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import videosearch_r1  # noqa: F401  (torchvision shim before transformers)
-from videosearch_r1.models.qwen3vl import (configure_processor, enable_fast_vision_attention, render_chat,
+from videosearch_r1.models.qwen3vl import (configure_processor, prepare_model, render_chat,
                                            rope_positions, text_positions, video_kwargs)
 
 SOFT_INSERT_MODES = ("before_tail", "reference")
@@ -94,8 +94,8 @@ class Embedder:
         model.to(device)
         model.train(trainable)
         model.requires_grad_(trainable)
-        if fast_vision:
-            enable_fast_vision_attention(model)
+        if fast_vision:  # the one fast step (batched vision attention + linear patch embed), as engine training
+            prepare_model(model)
         processor = configure_processor(AutoProcessor.from_pretrained(path), video_cfg or VideoConfig())
         emb = cls(model, processor, device=device, dtype=torch_dtype, instruction=instruction,
                   soft_insert=soft_insert, max_query_tokens=max_query_tokens, dim=dim, batch_size=batch_size)
