@@ -14,7 +14,8 @@ the chosen store (FAISS IndexIDMap2 over IndexFlatIP) at 1 M moments.
 2. search: --search-n random unit vectors of --search-dim in the FAISS store (ids as the library makes
    them: 2**20 per file, --per-file moments a file); add time, median k=10 latency for batch 1 and 16,
    the time to delete one file's moments (IDSelectorRange), memory; results checked against numpy.
-   --milvus-n > 0 runs the same on Milvus Lite (smaller N: its inserts go through gRPC).
+   --milvus-n > 0 runs the same on Milvus Lite (smaller N: its inserts go through gRPC; flushed before
+   timing searches), --search-n 0 skips FAISS.
 Prints a table and writes JSON to bench/results/bench_library_<tag>.json.
 """
 from __future__ import annotations
@@ -36,25 +37,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import videosearch_r1  # noqa: E402,F401  (torchvision shim)
 
 
-def _embedder_2b(cfg, device: str):
-    """An Embedder over a random Qwen3VLModel at the 2B shapes, with the tiny tokenizer's token ids."""
+def _embedder_2b(cfg, device: str, smoke: bool = False):
+    """An Embedder over a random Qwen3VLModel at the 2B shapes (bench_engine.SMOKE's when smoke), with the
+    tiny tokenizer's token ids."""
     import torch
     from transformers import Qwen3VLModel
 
-    from bench_engine import REAL
+    from bench_engine import REAL, SMOKE
     from videosearch_r1.engine.embedder import Embedder
     from videosearch_r1.models.qwen3vl import build_processor
     from videosearch_r1.models.tiny import build_tokenizer, tiny_config
 
+    shapes = SMOKE if smoke else REAL
     tok = build_tokenizer()
     conf = tiny_config(tok, "tiny")
-    for k, v in REAL["text"].items():
+    for k, v in shapes["text"].items():
         if k != "mrope_section":
             setattr(conf.text_config, k, v)
-    conf.text_config.rope_parameters["mrope_section"] = REAL["text"]["mrope_section"]
-    for k, v in REAL["vision"].items():
+    conf.text_config.rope_parameters["mrope_section"] = shapes["text"]["mrope_section"]
+    for k, v in shapes["vision"].items():
         setattr(conf.vision_config, k, v)
-    conf.vision_config.out_hidden_size = REAL["text"]["hidden_size"]
+    conf.vision_config.out_hidden_size = shapes["text"]["hidden_size"]
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -82,7 +85,7 @@ def bench_indexing(args) -> dict:
     for p in videos:
         shutil.copy(p, folder / p.name)
     over = common + [f"engine.batch_size={args.batch_size}"]
-    if args.engine == "2b":
+    if args.engine.startswith("2b"):
         over.append("library.video_budget=")
     cfg = load_config(None, over)
     if args.engine == "tiny":
@@ -91,18 +94,20 @@ def bench_indexing(args) -> dict:
 
         emb = load_embedder(load_config(None, over + [f"engine.device={args.device}"]))
     else:
-        emb = _embedder_2b(cfg, args.device)
+        emb = _embedder_2b(cfg, args.device, smoke=args.engine == "2b-smoke")
     store = open_store(cfg)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     s = add_folder(cfg, folder, store, emb)
-    dt = time.perf_counter() - t
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
     hours = store.status()["hours"]
     store.close()
     out = {"engine": args.engine, "device": args.device, "videos": s.new, "moments": s.moments, "seconds": dt,
            "videos_per_s": s.new / dt, "moments_per_s": s.moments / dt, "video_hours": hours,
-           "video_hours_per_hour": hours * 3600 / dt, "failed": len(s.failed)}
+           "video_hours_per_hour": hours * 3600 / dt, "failed": len(s.failed), "cpu_seconds": cpu,
+           "videos_per_cpu_s": s.new / cpu, "moments_per_cpu_s": s.moments / cpu}
     print(f"indexing ({args.engine}, {args.device}): {s.new} videos, {s.moments} moments, {hours:.3f} h of video "
-          f"in {dt:.1f} s -> {out['videos_per_s']:.2f} videos/s, {out['moments_per_s']:.1f} moments/s")
+          f"in {dt:.1f} s ({cpu:.1f} CPU s) -> {out['videos_per_s']:.2f} videos/s, {out['moments_per_s']:.1f} moments/s "
+          f"(per CPU second: {out['videos_per_cpu_s']:.2f} videos, {out['moments_per_cpu_s']:.1f} moments)")
     return out
 
 
@@ -123,6 +128,10 @@ def bench_store(scheme: str, n: int, dim: int, per_file: int, seed: int = 0) -> 
         index.add(ids, x, None)
         add_s += time.perf_counter() - t
         keep.append((ids[:2000], x[:2000]))
+    if scheme == "milvus":  # seal the segments (what the library's end-of-add flush does): searches get faster
+        t = time.perf_counter()
+        index.flush(0)
+        add_s += time.perf_counter() - t
     ref_ids = np.concatenate([a for a, _ in keep])
     ref = np.concatenate([b for _, b in keep])
     q = rng.standard_normal((64, dim), dtype=np.float32)
@@ -131,7 +140,7 @@ def bench_store(scheme: str, n: int, dim: int, per_file: int, seed: int = 0) -> 
     for b in (1, 16):
         index.search(q[:b], 10)
         times, cpus = [], []
-        for i in range(20 if n >= 500_000 else 50):
+        for i in range(20 if n >= 500_000 or scheme == "milvus" else 50):
             t, c = time.perf_counter(), time.process_time()
             index.search(q[(i % 4) * b % 64:(i % 4) * b % 64 + b], 10)
             times.append(time.perf_counter() - t)
@@ -156,7 +165,8 @@ def bench_store(scheme: str, n: int, dim: int, per_file: int, seed: int = 0) -> 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engine", choices=("tiny", "2b"), default="tiny")
+    p.add_argument("--engine", choices=("tiny", "2b", "2b-smoke"), default="tiny",
+                   help="2b-smoke: the 2b path at bench_engine.SMOKE shapes (CPU check of the GPU command)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--preset", default="tiny", help="synth preset of the indexed videos")
     p.add_argument("--videos", type=int, default=12)
@@ -175,7 +185,7 @@ def main() -> int:
            "args": vars(args)}
     if not args.skip_indexing:
         res["indexing"] = bench_indexing(args)
-    res["search"] = [bench_store("faiss", args.search_n, args.search_dim, args.per_file)]
+    res["search"] = [bench_store("faiss", args.search_n, args.search_dim, args.per_file)] if args.search_n else []
     if args.milvus_n:
         res["search"].append(bench_store("milvus", args.milvus_n, args.search_dim, args.per_file))
     out = Path(__file__).parent / "results" / f"bench_library_{args.tag}{'_smoke' if args.smoke else ''}.json"
