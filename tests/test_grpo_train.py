@@ -117,3 +117,28 @@ def test_bf16_rollout_copy_is_its_own_model_and_follows_the_weights():
     qs = W.split().queries[:1]
     clip = W.clip_fn()(qs[0].video_id)
     assert len(roll.generate([qs[0].text], [clip], max_new_tokens=3).ids[0]) > 0
+
+
+@pytest.mark.slow
+def test_rollouts_through_vsr1_serve_equal_in_process(tmp_path):
+    """grpo.engine_url: the loop searches through a live `vsr1 serve` (SearchClient); same seed, same run."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_server import _serve
+
+    from videosearch_r1.engine.server import create_app
+
+    server, thread, url = _serve(create_app(W.engine()))
+    try:
+        overrides = ("grpo.latent_objective=none", "grpo.kl_beta=0.0", "grpo.max_new_tokens=4", "agent.max_turns=2",
+                     "train.steps=1")
+        run_grpo(_cfg(tmp_path / "local", *overrides), "synth", engine=W.engine(), policy=_policy(False))
+        run_grpo(_cfg(tmp_path / "served", *overrides, f"grpo.engine_url={url}"), "synth", policy=_policy(False))
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    a, b = _lines(tmp_path / "local"), _lines(tmp_path / "served")
+    for k in ("entropy", "completion_tokens", "reward/total", "reward/retrieval", "turns"):
+        assert a[0][k] == pytest.approx(b[0][k], rel=1e-4), k
