@@ -112,11 +112,11 @@ def bench_indexing(args) -> dict:
 
 
 def bench_store(scheme: str, n: int, dim: int, per_file: int, seed: int = 0) -> dict:
-    from videosearch_r1.library.store import ID_SHIFT, FaissIndex, MilvusIndex
+    from videosearch_r1.library.store import ID_SHIFT, MilvusIndex, flat_index
 
     rng = np.random.default_rng(seed)
     d = Path(tempfile.mkdtemp(prefix="bench-store-"))
-    index = FaissIndex(d, dim) if scheme == "faiss" else MilvusIndex(d, dim)
+    index = flat_index(d, dim) if scheme == "faiss" else MilvusIndex(d, dim)  # numpy where faiss is missing
     chunk, add_s, keep = 100_000 if scheme == "faiss" else 5_000, 0.0, []
     for lo in range(0, n, chunk):
         m = min(chunk, n - lo)
@@ -153,11 +153,11 @@ def bench_store(scheme: str, n: int, dim: int, per_file: int, seed: int = 0) -> 
     t = time.perf_counter()
     index.remove_files([int(ref_ids[0] >> ID_SHIFT)])
     delete_ms = (time.perf_counter() - t) * 1e3
-    out = {"store": scheme, "n": n, "dim": dim, "add_s": add_s, "search_b1_ms": lat[1], "search_b16_ms": lat[16],
+    out = {"store": scheme, "backend": type(index).__name__, "n": n, "dim": dim, "add_s": add_s, "search_b1_ms": lat[1], "search_b16_ms": lat[16],
            "search_b1_cpu_ms": cpu[1], "search_b16_cpu_ms": cpu[16],
            "delete_one_file_ms": delete_ms, "vector_bytes": n * dim * 4, "exact": exact, "count": index.count()}
     index.close()
-    print(f"search {scheme}: {n:,} x {dim}: add {add_s:.1f} s; k=10 latency b1 {lat[1]:.1f} ms (CPU {cpu[1]:.1f}), "
+    print(f"search {scheme} ({type(index).__name__}): {n:,} x {dim}: add {add_s:.1f} s; k=10 latency b1 {lat[1]:.1f} ms (CPU {cpu[1]:.1f}), "
           f"b16 {lat[16]:.1f} ms (CPU {cpu[16]:.1f}); "
           f"delete one file {delete_ms:.1f} ms; vectors {n * dim * 4 / 2**30:.2f} GiB; exact {exact}")
     return out

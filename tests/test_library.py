@@ -204,15 +204,23 @@ def _fill(store: LibraryStore, rng, n_files=12, dim=16):
     return vecs
 
 
-@pytest.mark.parametrize("scheme", ["faiss+sqlite", "milvus+sqlite"])
-def test_store_matches_brute_force(tmp_path, scheme):
+@pytest.mark.parametrize("scheme", ["faiss+sqlite", "numpy", "milvus+sqlite"])
+def test_store_matches_brute_force(tmp_path, scheme, monkeypatch):
     if scheme.startswith("milvus"):
         pytest.importorskip("pymilvus", reason="pymilvus / milvus-lite not installed")
+    if scheme == "numpy":  # the faiss+sqlite store on a machine without faiss
+        from videosearch_r1.library import store as store_mod
+
+        monkeypatch.setattr(store_mod, "have_faiss", lambda: False)
+        scheme, want = "faiss+sqlite", "NumpyFlatIndex"
+    else:
+        want = {"faiss+sqlite": "FaissIndex", "milvus+sqlite": "MilvusIndex"}[scheme]
     rng = np.random.default_rng(0)
     uri = parse_uri(f"{scheme}://{tmp_path}", tmp_path)
     store = LibraryStore(uri)
     store.check_settings({"dim": 16, "engine_model": "x"})
     vecs = _fill(store, rng)
+    assert type(store.index).__name__ == want
     dropped = {store.file_id("/lib/v3.mp4"), store.file_id("/lib/v7.mp4")}
     assert store.drop_files(["/lib/v3.mp4", "/lib/v7.mp4", "/lib/never.mp4"]) == 2
     vecs = {i: v for i, v in vecs.items() if (i >> ID_SHIFT) not in dropped}
@@ -227,21 +235,29 @@ def test_store_matches_brute_force(tmp_path, scheme):
             assert [h.id for h in got[b]] == ids[want[b]].tolist()
             np.testing.assert_allclose([h.score for h in got[b]], (q[b] @ mat[want[b]].T), atol=1e-5)
     check(store)
+    assert store.index.count() == len(ids)
+    assert store.search_moments(q[:1], k=10_000)[0][-1].id == ids[np.argmin(q[0] @ mat.T)]  # k > N: all, in order
     if scheme == "faiss+sqlite":  # a kill before the snapshot: the index comes back from the database
         store.db.close()
         again = LibraryStore(uri)
-        assert again.index.rebuilt and again.index.count() == len(ids)
+        assert again.index.count() == len(ids) and again.index.rebuilt == store_mod_has_faiss()
         check(again)
         again.flush()
         again.close()
         third = LibraryStore(uri)
-        assert not third.index.rebuilt
+        assert not third.index.rebuilt and type(third.index) is type(store.index)
         check(third)
         with pytest.raises(StoreError, match="other settings"):
             third.check_settings({"dim": 16, "engine_model": "y"})
         third.close()
     else:
         store.close()
+
+
+def store_mod_has_faiss() -> bool:
+    from videosearch_r1.library import store as store_mod
+
+    return store_mod.have_faiss()
 
 
 def test_store_uri_errors(tmp_path):

@@ -6,7 +6,7 @@
     store.flush(); store.close()
 
 URIs (`library.store`): `faiss+sqlite:///DIR` (the default, embedded, no server: FAISS IndexIDMap2 over
-IndexFlatIP in memory, snapshotted to DIR/moments.faiss) or `milvus+sqlite:///DIR` (Milvus Lite in
+IndexFlatIP in memory, snapshotted to DIR/moments.faiss; numpy's exact search where faiss is missing) or `milvus+sqlite:///DIR` (Milvus Lite in
 DIR/milvus.db; add `?uri=http://HOST:19530` for a Milvus server). No DIR: <workspace>/library.
 docs/library.md compares the two. Either way DIR/library.sqlite holds roots, files (path, size, mtime,
 content-hash prefix, duration, the whole-video vector), moments (start, end, JPEG thumbnail, vector),
@@ -179,6 +179,68 @@ class FaissIndex:
         pass
 
 
+class NumpyFlatIndex:
+    """Exact inner product in numpy: the faiss+sqlite store where faiss is not installed (the GPU image
+    has none). No snapshot: it is filled from the database on open."""
+
+    def __init__(self, dir: Path, dim: int):
+        self.dim, self.rebuilt = dim, False
+        self.ids = np.zeros(0, np.int64)
+        self.vecs = np.zeros((0, dim), np.float32)
+        self._new: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def load(self, version: int, rows) -> None:
+        got = [(mid, _vec(blob)) for mid, blob in rows]
+        if got:
+            self.add(np.asarray([m for m, _ in got], np.int64), np.stack([v for _, v in got]), None)
+
+    def _merge(self) -> None:
+        if self._new:
+            self.ids = np.concatenate([self.ids] + [i for i, _ in self._new])
+            self.vecs = np.concatenate([self.vecs] + [v for _, v in self._new])
+            self._new = []
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray, file_id: Optional[int]) -> None:
+        self._new.append((np.asarray(ids, np.int64), np.asarray(vecs, np.float32).reshape(-1, self.dim)))
+
+    def remove_files(self, file_ids: list[int]) -> None:
+        self._merge()
+        keep = ~np.isin(self.ids >> ID_SHIFT, np.asarray(file_ids, np.int64))
+        self.ids, self.vecs = self.ids[keep], self.vecs[keep]
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self._merge()
+        k = min(k, len(self.ids))
+        s = q @ self.vecs.T  # [B, N]
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k] if 0 < k < s.shape[1] else np.tile(np.arange(k), (len(q), 1))
+        order = np.argsort(-np.take_along_axis(s, top, axis=1), axis=1, kind="stable")
+        rows = np.take_along_axis(top, order, axis=1)
+        return np.take_along_axis(s, rows, axis=1).astype(np.float32), self.ids[rows]
+
+    def count(self) -> int:
+        self._merge()
+        return int(len(self.ids))
+
+    def flush(self, version: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def have_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def flat_index(dir: Path, dim: int) -> VectorIndex:
+    """The faiss+sqlite store's index: FAISS when installed, else the numpy twin."""
+    return FaissIndex(dir, dim) if have_faiss() else NumpyFlatIndex(dir, dim)
+
+
 class MilvusIndex:
     """A Milvus collection (Milvus Lite file or server): id, file_id, vector; FLAT index, inner product."""
 
@@ -280,7 +342,7 @@ class LibraryStore:
 
     def _open_index(self, dim: int) -> None:
         if self.uri.scheme == "faiss+sqlite":
-            self.index: VectorIndex = FaissIndex(self.uri.dir, dim)
+            self.index: VectorIndex = flat_index(self.uri.dir, dim)
         else:
             self.index = MilvusIndex(self.uri.dir, dim, self.uri.milvus_uri)
         self.index.load(self.version(), self.db.execute("SELECT id, vector FROM moments ORDER BY id"))
@@ -348,7 +410,7 @@ class LibraryStore:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-            if isinstance(self.index, FaissIndex):
+            if not isinstance(self.index, MilvusIndex):
                 if old is not None:
                     self.index.remove_files([old])
                 if len(ids):
