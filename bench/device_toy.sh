@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# `vsr1 toy` on the lent GPU machine within its limits (10 min a command, the machine kept only while
+# calls follow each other): the run goes to the background and each call waits on it, then copies what
+# exists so far to $OUT (report, channel ceiling, training summaries and logs).
+#
+#   device run (carry [".wheels"]):  bash bench/device_toy.sh start [SECONDS] [overrides...]
+#   device run (right after):        bash bench/device_toy.sh wait [SECONDS]
+# start: install the carried wheels (bench/device_setup.sh), smoke-run the whole chain with the cpu
+# profile on the GPU (workspace/toy-smoke), then start `vsr1 toy --profile gpu` (workspace/toy-gpu).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:?usage: device_toy.sh start|wait [SECONDS] [overrides...]}
+LIMIT=${2:-540}
+shift $(( $# >= 2 ? 2 : 1 ))
+WS=$PWD/workspace/toy-gpu
+LOG=$WS/toy.log
+T0=$(date +%s)
+
+collect() {
+  local out=${OUT:-/tmp/out}
+  mkdir -p "$out"
+  grep -v -E "it/s\]|s/it\]|video/s\]|step/s\]|\|[^|]*\| *[0-9]+/[0-9]+ \[" "$LOG" > "$out/toy_log.txt" 2>/dev/null
+  cp "$WS/runs/toy-report/result.json" "$out/" 2>/dev/null
+  cp "$WS"/runs/toy-report/*.png "$out/" 2>/dev/null
+  python - "$WS" "$out" <<'PY' 2>/dev/null
+import json, sys, pathlib
+ws, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+keep = {}
+for p in sorted(ws.glob("runs/*/summary.json")) + sorted(ws.glob("runs/*/channel.json")):
+    try:
+        keep[str(p.relative_to(ws))] = json.loads(p.read_text())
+    except Exception as e:
+        keep[str(p.relative_to(ws))] = f"unreadable: {e}"
+for p in sorted(ws.glob("runs/*/metrics.jsonl")):
+    keep[str(p.relative_to(ws))] = p.read_text().splitlines()[-400:]
+(out / "toy_summaries.json").write_text(json.dumps(keep, indent=1, default=str))
+PY
+}
+
+if [[ $MODE == start ]]; then
+  bash bench/device_setup.sh || exit 1
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  mkdir -p "$WS"
+  echo "== smoke: the whole chain with the cpu profile (on the GPU)"
+  SMOKE=$PWD/workspace/toy-smoke
+  if ! timeout 300 vsr1 toy --profile cpu workspace=$SMOKE "$@" > "$WS/smoke.log" 2>&1; then
+    grep -v -E "it/s\]|s/it\]|video/s\]|step/s\]" "$WS/smoke.log" | tail -40
+    echo "smoke FAILED"; exit 1
+  fi
+  grep -E "^==>|^ +[0-9.]+ s  |done in" "$WS/smoke.log"
+  echo "== gpu profile in the background: $LOG"
+  nohup vsr1 toy --profile gpu workspace=$WS "$@" > "$LOG" 2>&1 &
+  echo $! > "$WS/toy.pid"
+fi
+# wait (both modes): until the run ends or LIMIT seconds from this call's start
+while kill -0 "$(cat "$WS/toy.pid" 2>/dev/null)" 2>/dev/null && (( $(date +%s) - T0 < LIMIT )); do sleep 5; done
+collect
+grep -E "^==>|^ +\(|done in|failed|Error|error" "$LOG" | tail -30
+tail -c 1500 "$LOG" | tr '\r' '\n' | tail -5
+kill -0 "$(cat "$WS/toy.pid" 2>/dev/null)" 2>/dev/null && echo "STILL RUNNING" || echo "FINISHED"
