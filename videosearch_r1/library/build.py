@@ -14,7 +14,8 @@ overlapping windows of library.window s every library.stride s with their real s
 library.window_frames frames each; the last window ends at the video's end) and a JPEG thumbnail of
 each window's middle frame. Every file is one store transaction (library/store.py), so a killed add
 resumes where it stopped; the index is updated in place, never rebuilt. A file that cannot be read is
-counted and listed (`status` shows it) and retried only once its fingerprint changes. A file already
+counted and listed (`status` shows it) and retried only once its fingerprint changes; any other error
+while embedding a file is listed in the summary and that file retried on the next add. A file already
 claimed by another library folder (nested folders) is left to that folder.
 """
 from __future__ import annotations
@@ -198,10 +199,13 @@ def add_folder(cfg, folder, store: LibraryStore, embedder, max_files: int | None
     for rec, was_known in progress(todo, total=len(todo), desc=f"library {root.name}", unit="video"):
         try:
             info, vvec, spans, thumbs, mvecs = embed_file(Path(rec.path), embedder, cfg)
-        except (VideoError, OSError, ValueError) as e:
+        except (VideoError, OSError, ValueError) as e:  # the file: recorded, retried once its bytes change
             reason = f"{type(e).__name__}: {e}"
             store.put_failed(rec, reason)
             s.failed.append((rec.path, reason))
+            continue
+        except Exception as e:  # noqa: BLE001 - anything else may be ours, not the file's: listed, retried next run
+            s.failed.append((rec.path, f"{type(e).__name__}: {e} (not recorded: retried on the next add)"))
             continue
         rec = rec._replace(duration=info.duration, width=info.width, height=info.height, fps=info.fps)
         store.put_file(rec, spans, thumbs, vvec, mvecs)
