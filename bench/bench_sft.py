@@ -148,10 +148,9 @@ def measure(shapes, variant: str, ckpt: bool, args) -> dict:
     torch.manual_seed(0)
     policy = build_policy(shapes, dev, dtype)
     model = policy.model
-    if variant == "hf":  # transformers' own vision attention (Policy installs the batched one)
+    if variant == "hf":  # transformers' own vision attention and Conv3d patch embedding (Policy patches both)
         for mod in model.modules():
-            if hasattr(mod, "_unbatched_forward"):
-                mod.forward = mod._unbatched_forward
+            mod.__dict__.pop("forward", None)
     else:
         prepare_model(model)
     if ckpt:

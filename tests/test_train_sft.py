@@ -78,11 +78,11 @@ def test_fast_step_equals_hf_step(sft_rows):
     rows, _ = sft_rows
     pol = _policy()
     hf_model = copy.deepcopy(pol.model)
-    for m in hf_model.modules():  # undo the batched vision attention Policy installed: the plain HF path
-        if hasattr(m, "_unbatched_forward"):
-            m.forward = m._unbatched_forward
-    assert prepare_model(pol.model)["patch_embed"] == 1 and prepare_model(pol.model)["patch_embed"] == 0
-    assert sum(hasattr(m, "_unbatched_forward") for m in pol.model.modules()) == 2  # batched vision attention
+    patched = [m for m in hf_model.modules() if "forward" in m.__dict__]
+    for m in patched:  # undo what Policy installed (qwen3vl.prepare_model): the plain HF path
+        del m.__dict__["forward"]
+    assert len(patched) == 3  # 2 vision attention layers + the patch embedding
+    assert prepare_model(pol.model) == {"vision_attention": 0, "patch_embed": 0}  # idempotent
     batch = collate(pol, rows[:3], [_clip_fn()(r.video) for r in rows[:3]])
     hf_inputs = {k: v for k, v in batch.inputs.items() if k != "position_ids"}
     hf_loss = hf_model(**hf_inputs, labels=batch.labels).loss

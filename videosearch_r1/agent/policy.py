@@ -134,7 +134,7 @@ class Policy:
                  refine_token_id: int | None = None):
         """processor=None (benchmarks feeding processor outputs directly) needs `refine_token_id`; text
         methods (build_inputs, generate) then raise, the tensor paths (decode.py, sqr.py) work."""
-        from videosearch_r1.models.qwen3vl import enable_fast_vision_attention
+        from videosearch_r1.models.qwen3vl import prepare_model
 
         self.model, self.processor, self.sqr, self.sqr_config = model, processor, sqr, sqr_config
         tok = getattr(processor, "tokenizer", None)
@@ -156,7 +156,7 @@ class Policy:
         text_hidden = model.config.text_config.hidden_size
         if sqr_config.hidden_size != text_hidden:
             raise PolicyLoadError(f"SQR hidden_size {sqr_config.hidden_size} != policy hidden {text_hidden}")
-        enable_fast_vision_attention(model)
+        prepare_model(model)  # the one fast step: batched vision attention + linear patch embed
         self.set_decode()
 
     def set_decode(self, attention: str = "auto", compile: bool = True, cuda_graph: bool = True) -> DecodeOptions:
