@@ -26,7 +26,6 @@ time: the EasyR1-style throughput (peer: ~1,800 tokens/s/GPU for a 3B VLM on an 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -158,8 +157,8 @@ def one_step(policy, roll, ref, module, opt, prompt, args, kind: str, gen) -> di
 
 
 def setup(args):
-    from videosearch_r1.agent.policy import Policy
     from videosearch_r1.models.qwen3vl import prepare_model
+    from videosearch_r1.train.grpo import bf16_copy, clone_model
     from videosearch_r1.train.grpo_step import GRPOModule
 
     dev = args.device
@@ -171,15 +170,12 @@ def setup(args):
             p.requires_grad_(True)
     if args.grad_ckpt:
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    rdt = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.rollout_dtype]
-    if rdt == torch.float32:
-        roll = policy
-    else:
-        roll = Policy(copy.deepcopy(policy.model).to(rdt).eval(), None, policy.sqr, policy.sqr_config,
-                      refine_token_id=policy.refine_token_id)
+    # copies are made by train/grpo.bf16_copy: a plain deepcopy would keep the fast-step forwards bound
+    # to the original modules
+    roll = policy if args.rollout_dtype == "fp32" else bf16_copy(policy)
     if hasattr(roll, "set_decode"):
         roll.set_decode()
-    ref = copy.deepcopy(roll.model if rdt != torch.float32 else policy.model).requires_grad_(False).eval()
+    ref = clone_model(policy.model, torch.bfloat16 if dev.startswith("cuda") else None).requires_grad_(False).eval()
     module = GRPOModule(policy, args.n_latents, fast=True)
     params = [p for p in list(policy.model.parameters()) + list(policy.sqr.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6, fused=dev.startswith("cuda"))

@@ -8,7 +8,7 @@ import torch
 import _world as W
 from videosearch_r1.train import grpo_report
 from videosearch_r1.train.common import latest_checkpoint
-from videosearch_r1.train.grpo import bf16_copy, check_grpo_config, run_grpo, sync_rollout_weights
+from videosearch_r1.train.grpo import bf16_copy, check_grpo_config, clone_model, run_grpo, sync_rollout_weights
 
 MATCH = W.MATCH.format(s="1.0", e="3.0")
 
@@ -106,9 +106,14 @@ def test_bf16_rollout_copy_is_its_own_model_and_follows_the_weights():
     prepare_model(pol.model)
     roll = bf16_copy(pol)
     assert roll.model.dtype == torch.bfloat16 and roll.sqr is pol.sqr and roll.processor is pol.processor
-    for m in roll.model.modules():  # every patched forward runs on the copy's own weights
-        f = m.__dict__.get("forward")
-        assert f is None or f.__self__ is m
+    ref = clone_model(pol.model)
+    patched = 0
+    for model in (roll.model, ref):
+        for m in model.modules():  # every patched forward runs on the copy's own weights
+            f = m.__dict__.get("forward")
+            assert f is None or f.__self__ is m
+            patched += f is not None
+    assert patched > 0 and ref.dtype == torch.float32
     w = pol.model.model.language_model.layers[0].mlp.up_proj.weight
     with torch.no_grad():
         w.add_(1.0)

@@ -138,7 +138,7 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     configure_processor(policy.processor, cfg.video_cfg(dataset))
     acc = common.make_accelerator(tc)
     common.seed_everything(tc.seed)
-    ref = copy.deepcopy(policy.model).requires_grad_(False).eval() if g.kl_beta > 0 else None
+    ref = clone_model(policy.model).requires_grad_(False).eval() if g.kl_beta > 0 else None
     _prepare_policy(policy, tc, acc)
     if ref is not None:
         ref.to(acc.device)
@@ -158,7 +158,10 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     clip_fn = functools.lru_cache(maxsize=max(1, tc.clip_cache))(lambda v: load_clip(cfg, dataset, v))
     loop = AgentLoop(acfg, engine, roller, clip_fn=clip_fn, durations={v: r.duration for v, r in split.videos.items()},
                      query_field=cfg.dataset_cfg(dataset).query_field)
-    order = common.DataOrder(len(queries), g.queries_per_step, g.seed, acc.num_processes, acc.process_index)
+    check_distributed(acc, g)
+    order = common.DataOrder(len(queries), common.per_process(g.queries_per_step, acc.num_processes,
+                                                              "grpo.queries_per_step"),
+                             g.seed, acc.num_processes, acc.process_index)
     scorer = RetrievalScorer(local.vectors, local.ids, g.retrieval_tau, g.n_negatives)
     if embedder is not None:
         embedder.model.requires_grad_(False)
@@ -167,12 +170,27 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     return run, state
 
 
+def check_distributed(acc, g) -> None:
+    """ValueError for a launch GRPO cannot run: parameter sharding (FSDP, ZeRO-3) would need the full
+    weights gathered into every rank's rollout copy each step (not built yet), and the per-rank share of
+    grpo.queries_per_step must split into grpo.rollout_groups chunks."""
+    from accelerate.utils import DistributedType
+
+    dt = acc.distributed_type
+    zero3 = dt == DistributedType.DEEPSPEED and getattr(acc.state.deepspeed_plugin, "zero_stage", 0) == 3
+    if dt == DistributedType.FSDP or zero3:
+        raise ValueError(f"vsr1 train grpo runs under DDP or DeepSpeed ZeRO-1/2, not {dt.value}"
+                         f"{' ZeRO-3' if zero3 else ''}: launch with videosearch_r1/configs/accelerate/multi_gpu.yaml "
+                         "(docs/training.md)")
+    share = common.per_process(g.queries_per_step, acc.num_processes, "grpo.queries_per_step")
+    if g.rollout_groups and share % g.rollout_groups:
+        raise ValueError(f"grpo.rollout_groups={g.rollout_groups} must divide grpo.queries_per_step / processes "
+                         f"= {share}")
+
+
 def rollout_policy(policy, rollout_dtype: str, device):
     """The Policy the rollouts decode with: the trained one, or ("auto" on CUDA) a bf16 copy of its
     model sharing its processor and SQR modules (fp32 master weights make a slow decode)."""
-    from videosearch_r1.agent.policy import Policy
-    from videosearch_r1.models.qwen3vl import prepare_model
-
     if rollout_dtype not in ("auto", "train"):
         raise ValueError(f"grpo.rollout_dtype must be 'auto' or 'train', got {rollout_dtype!r}")
     if rollout_dtype == "train" or torch.device(device).type != "cuda" or policy.model.dtype == torch.bfloat16:
@@ -180,21 +198,32 @@ def rollout_policy(policy, rollout_dtype: str, device):
     return bf16_copy(policy)
 
 
-def bf16_copy(policy):
-    """A bf16 Policy over a copy of policy.model (the fast step re-applied to the copy itself)."""
-    from videosearch_r1.agent.policy import Policy
-    from videosearch_r1.models.qwen3vl import prepare_model
+def clone_model(model, dtype=None):
+    """A deep copy of a Qwen3-VL model that is really its own: the fast-step forwards (instance attributes
+    bound to the ORIGINAL modules, which a plain deepcopy keeps) are dropped and re-applied to the copy."""
+    from videosearch_r1.models.qwen3vl import enable_fast_vision_attention, prepare_model
 
-    model = copy.deepcopy(policy.model)  # patched forwards are instance attributes bound to the original
-    for m in model.modules():
+    linear = getattr(model, "_vsr1_linear_patch_embed", False)
+    clone = copy.deepcopy(model)
+    for m in clone.modules():
         for name in ("forward", "_unbatched_forward"):
-            if name in m.__dict__:
-                del m.__dict__[name]
-    if hasattr(model, "_vsr1_linear_patch_embed"):
-        del model._vsr1_linear_patch_embed
-    model = model.to(torch.bfloat16).requires_grad_(False).eval()
-    prepare_model(model)
-    return Policy(model, policy.processor, policy.sqr, policy.sqr_config)
+            m.__dict__.pop(name, None)
+    clone.__dict__.pop("_vsr1_linear_patch_embed", None)
+    if dtype is not None:
+        clone = clone.to(dtype)
+    if linear:
+        prepare_model(clone)
+    else:
+        enable_fast_vision_attention(clone)
+    return clone
+
+
+def bf16_copy(policy):
+    """A bf16 Policy over a copy of policy.model, sharing its processor and SQR modules."""
+    from videosearch_r1.agent.policy import Policy
+
+    model = clone_model(policy.model, torch.bfloat16).requires_grad_(False).eval()
+    return Policy(model, policy.processor, policy.sqr, policy.sqr_config, refine_token_id=policy.refine_token_id)
 
 
 @torch.no_grad()
@@ -208,18 +237,31 @@ def sync_rollout_weights(roller, policy) -> None:
 
 # ------------------------------------------------------------------------------------ one step
 def rollout_step(run: Run, state) -> tuple[list, dict]:
-    """Roll out this step's queries (seeded by grpo.seed and the step): (trajectories, clips)."""
+    """Roll out this rank's share of the step's queries: (trajectories, clips). Chunks of
+    grpo.rollout_groups query groups are sampled together, each seeded by grpo.seed, the step and the
+    global position of its first query, so 1 and N processes sample the same trajectories."""
     g, policy = run.cfg.grpo, run.policy
     sync_rollout_weights(run.loop.policy, policy)
     qs = [run.queries[i] for i in run.order.next(state)]
-    seed = g.seed * 1_000_003 + state.step * 7919 + run.acc.process_index
-    gen = torch.Generator(device=policy.device).manual_seed(seed)
-    noise = torch.Generator().manual_seed(seed + 1)
+    first = run.acc.process_index * len(qs)  # global position of this rank's first query in the step
+    n = g.rollout_groups or len(qs)
     sigma = g.latent_sigma if g.latent_objective in ("gaussian", "both") else 0.0
+    trajs, clips = [], {}
     policy.model.eval()
     try:
-        return rollout(run.loop, qs, g.group_size, scorer=run.scorer, generator=gen, temperature=g.temperature,
-                       top_p=g.top_p, latent_sigma=sigma, noise_generator=noise)
+        for k in range(0, len(qs), n):
+            seed = g.seed * 1_000_003 + state.step * 7919 + (first + k) * 104_729
+            gen = torch.Generator(device=policy.device).manual_seed(seed)
+            noise = torch.Generator().manual_seed(seed + 1)
+            part, shown = rollout(run.loop, qs[k:k + n], g.group_size, scorer=run.scorer, generator=gen,
+                                  temperature=g.temperature, top_p=g.top_p, latent_sigma=sigma, noise_generator=noise)
+            for t in part:  # renumber into this rank's batch (group-major)
+                t.index, t.group = t.index + len(trajs), t.group + k
+                for turn in t.turns:
+                    turn.traj = t.index
+            trajs += part
+            clips.update(shown)
+        return trajs, clips
     finally:
         policy.model.train()
 
@@ -229,7 +271,10 @@ def rewards_step(run: Run, trajs: list) -> tuple[torch.Tensor, dict]:
     g = run.cfg.grpo
     completions, cols = reward_columns(trajs, run.loop.durations)
     total, parts = score(g.reward_weights, completions, mode=g.retrieval_reward, **cols)
-    adv = group_advantages(torch.tensor(total, dtype=torch.float32), g.group_size, g.scale_rewards)
+    adv = group_advantages(torch.tensor(total, dtype=torch.float32), g.group_size, g.scale_rewards)  # per group
+    every = common.gather_objects(run.acc, (list(total), {k: list(v) for k, v in parts.items()}))
+    total = [x for t, _ in every for x in t]  # the stats cover all processes' groups
+    parts = {k: [x for _, p in every for x in p[k]] for k in parts}
     stats = {f"reward/{k}": float(np.mean(v)) for k, v in parts.items()}
     r = np.asarray(total).reshape(-1, g.group_size)
     stats.update({"reward/total": float(r.mean()), "reward/std_in_group": float(r.std(axis=1, ddof=1).mean()),
@@ -244,28 +289,38 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
     bad = placeholder_ids(policy)
     turns = [ts for t in trajs for ts in t.turns if not bad.intersection(ts.completion_ids)]
     dropped = sum(len(t.turns) for t in trajs) - len(turns)
-    if not turns:
-        return {"turns": 0, "dropped_placeholder_turns": dropped}
-    chunks = [turns[i:i + g.micro_batch] for i in range(0, len(turns), g.micro_batch)]
-    batches = [collate_turns(policy, c, clips) for c in chunks]
     latent_on = kn.latent_objective != "none" and kn.latent_weight > 0
-    den = {"tokens": sum(len(t.completion_ids) for t in turns), "turns": len(turns),
-           "refined": sum(t.refined for t in turns) if latent_on else 0}
+    chunks = [turns[i:i + g.micro_batch] for i in range(0, len(turns), g.micro_batch)]
+    # the step's denominators over ALL processes (a 1-process run divides by the same numbers), and the
+    # most micro-batches any rank has: every rank runs that many forwards/backwards (zero-weighted repeats)
+    den = common.all_reduce(acc, {"tokens": sum(len(t.completion_ids) for t in turns), "turns": len(turns),
+                                  "refined": sum(t.refined for t in turns) if latent_on else 0})
+    n_micro = int(common.all_reduce(acc, {"n": len(chunks)}, "max")["n"])
+    if not common.all_reduce(acc, {"n": len(chunks)}, "min")["n"]:  # a rank has nothing to train on: all skip
+        return {"turns": 0, "dropped_placeholder_turns": dropped}
+    batches = [collate_turns(policy, c, clips) for c in chunks]
     dev, dt = acc.device, policy.model.dtype
     t0 = time.perf_counter()
     with acc.autocast():
         refs = [batch_logprobs(run.ref_model, b, dev, dt) if run.ref_model is not None else None for b in batches]
         olds = [batch_logprobs(policy.model, b, dev, dt) if g.iterations > 1 else None for b in batches]
+        for _ in range(n_micro - len(batches)) if g.iterations > 1 else ():  # same forwards on every rank
+            batch_logprobs(policy.model, batches[0], dev, dt)
     t1 = time.perf_counter()
     negatives = {t.index: t.negatives for t in trajs}
     gt = {t.index: t.record.gt_video for t in trajs}
     sums: dict[str, float] = {}
+    scale = float(acc.num_processes)  # gradients are averaged over processes; the loss is a global sum
     for _ in range(g.iterations):
-        for b, c, ref, old in zip(batches, chunks, refs, olds):
-            adv_rows = adv[[ts.traj for ts in c]]
-            loss, st = micro_loss(kn, run.module, b, adv_rows, den, ref_logp=ref, old_logp=old, embedder=run.embedder,
-                                  scorer=run.scorer, negatives=negatives, gt=gt, device=dev, dtype=dt)
-            acc.backward(loss)
+        for i in range(n_micro):
+            j, weight = (i, 1.0) if i < len(batches) else (0, 0.0)  # a repeat of micro-batch 0, weight 0
+            c = chunks[j]
+            loss, st = micro_loss(kn, run.module, batches[j], adv[[ts.traj for ts in c]], den, ref_logp=refs[j],
+                                  old_logp=olds[j], embedder=run.embedder, scorer=run.scorer, negatives=negatives,
+                                  gt=gt, device=dev, dtype=dt)
+            acc.backward(loss * (scale * weight))
+            if not weight:
+                continue
             for k, v in st.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
@@ -275,14 +330,19 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
         run.opt.step()
         run.opt.zero_grad(set_to_none=True)
     t2 = time.perf_counter()
+    latent_keys = ("latent_infonce", "latent_gaussian")
+    present = common.all_reduce(acc, {k: float(k in sums) for k in latent_keys}, "max")
+    sums = common.all_reduce(acc, {k: sums.get(k, 0.0) for k in ("loss", "tokens", "kl", "entropy", "clip_frac",
+                                                                 *latent_keys)})
+    counts = common.all_reduce(acc, {"forward_tokens": sum(b.n_tokens for b in batches), "dropped": dropped})
     n_tok, it = max(1.0, sums.get("tokens", 0.0)), g.iterations
     out = {"loss": sums.get("loss", 0.0) / it, "kl": sums.get("kl", 0.0) / n_tok, "entropy": sums.get("entropy", 0.0) / n_tok,
-           "clip_frac": sums.get("clip_frac", 0.0) / n_tok, "grad_norm": grad_norm, "turns": len(turns),
-           "completion_tokens": den["tokens"], "forward_tokens": sum(b.n_tokens for b in batches),
-           "refined_turns": den["refined"], "logprob_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4),
-           "dropped_placeholder_turns": dropped}
-    for k in ("latent_infonce", "latent_gaussian"):
-        if k in sums:
+           "clip_frac": sums.get("clip_frac", 0.0) / n_tok, "grad_norm": grad_norm, "turns": int(den["turns"]),
+           "completion_tokens": int(den["tokens"]), "forward_tokens": int(counts["forward_tokens"]),
+           "refined_turns": int(den["refined"]), "logprob_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4),
+           "dropped_placeholder_turns": int(counts["dropped"])}
+    for k in latent_keys:
+        if present[k]:
             out[k] = sums[k] / it / max(1, den["refined"])
     return out
 
@@ -294,7 +354,7 @@ def train_step(run: Run, state) -> dict | None:
     t0 = time.perf_counter()
     trajs, clips = rollout_step(run, state)
     t1 = time.perf_counter()
-    if not any(t.turns for t in trajs):
+    if not common.all_reduce(run.acc, {"any": float(any(t.turns for t in trajs))}, "min")["any"]:  # all ranks skip
         state.skipped["empty_step"] = state.skipped.get("empty_step", 0) + 1
         return None
     adv, stats = rewards_step(run, trajs)
@@ -309,7 +369,7 @@ def train_step(run: Run, state) -> dict | None:
                   "found": float(np.mean([r.stop_reason == "matched" and r.turns[-1].gt_shown for r in recs])),
                   "stop_reasons": dict(sorted({r.stop_reason: sum(x.stop_reason == r.stop_reason for x in recs)
                                                for r in recs}.items()))})
-    state.rows_seen += len(trajs)
+    state.rows_seen += len(trajs) * run.acc.num_processes
     state.tokens_seen += stats["forward_tokens"]
     return stats
 
