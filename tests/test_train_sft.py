@@ -184,6 +184,8 @@ def test_resume_after_kill_gives_the_same_losses_and_pinned_losses(tmp_path, sft
     assert resumed["complete"] and resumed["steps"] == 4
     assert resumed["losses"] == pytest.approx(full["losses"], rel=1e-6)
     assert _train(tmp_path / "part", rows[:6], *args)["losses"] == resumed["losses"]  # finished: nothing redone
+    with pytest.raises(ValueError, match="rows_sha1"):  # other rows in the same run dir: refused, not mixed
+        _train(tmp_path / "part", rows[1:7], *args)
 
 
 # ----------------------------------------------------------------------------- vsr1 build sft

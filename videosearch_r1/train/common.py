@@ -280,6 +280,28 @@ def load_weights(policy, ckpt: Path) -> None:
     policy.sqr.load_state_dict(load_file(str(ckpt / SQR_WEIGHTS)))
 
 
+def run_key(rows, tc, processes: int, total: int) -> dict:
+    """What a resumed run must share with the run that wrote its checkpoint: rows, data order, schedule."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for r in rows:
+        h.update(json.dumps(r.to_json(), sort_keys=True).encode() + b"\n")
+    return {"rows_sha1": h.hexdigest(), "rows": len(rows), "batch_size": tc.batch_size, "grad_accum": tc.grad_accum,
+            "seed": tc.seed, "processes": processes, "total_steps": total}
+
+
+def check_run_key(ckpt: Path, key: dict) -> None:
+    """Refuse to resume (or reuse) a checkpoint written with other rows / data order / schedule."""
+    blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+    old = blob.get("run_key") or {}
+    diff = sorted(k for k in key if k in old and old[k] != key[k])
+    if diff:
+        raise ValueError(f"{ckpt} was written by a run with another {', '.join(diff)} "
+                         f"({', '.join(f'{k}: {old[k]} -> {key[k]}' for k in diff if k != 'rows_sha1')}); "
+                         "resume with the same rows and train settings, or use another train.output / run_name")
+
+
 def load_trainer_state(acc, optimizer, ckpt: Path) -> TrainState:
     """Optimizer, RNG and position of a checkpoint (after accelerate.prepare)."""
     blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
@@ -301,3 +323,46 @@ def trim_metrics(path: Path, last_step: int) -> None:
     kept = [r for r in rows if int(r.get("step", 0)) <= last_step]
     if len(kept) != len(rows):
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+# ----------------------------------------------------------------------------- several processes
+def effective_grad_accum(tc, world: int) -> int:
+    """Micro-batches per optimizer step on each process: train.grad_accum, or, with train.global_batch > 0,
+    global_batch / (batch_size x world) so the optimizer sees the same rows on 1 and N processes."""
+    if tc.global_batch <= 0:
+        return max(1, tc.grad_accum)
+    per = max(1, tc.batch_size) * world
+    if tc.global_batch % per:
+        raise ValueError(f"train.global_batch={tc.global_batch} is not a multiple of train.batch_size x processes "
+                         f"= {tc.batch_size} x {world}")
+    return tc.global_batch // per
+
+
+def per_process(total: int, world: int, field_name: str) -> int:
+    """A global per-step count split evenly over `world` processes (ValueError naming the field if it cannot)."""
+    if total < world or total % world:
+        raise ValueError(f"{field_name}={total} must be a multiple of the number of processes ({world})")
+    return total // world
+
+
+def gather_objects(acc, obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] with one process)."""
+    if acc.num_processes == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * acc.num_processes
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce(acc, values: dict, op: str = "sum") -> dict:
+    """Element-wise sum (or max, min) over processes of a dict of floats with the same keys on every rank."""
+    if acc.num_processes == 1 or not values:
+        return dict(values)
+    import torch.distributed as dist
+
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=acc.device)
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return dict(zip(keys, t.tolist()))

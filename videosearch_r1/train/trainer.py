@@ -17,7 +17,8 @@ section=None, stop_after=None) -> summary dict
                  A section without them (e.g. a base-pretraining section) means CE only.
   stop_after     stop after this many optimizer steps in THIS call (tests simulate a kill with it)
 A run resumes from the newest checkpoint in out_dir (same data order, optimizer, RNG); a finished run
-(out_dir/final) returns its summary without training.
+(out_dir/final) returns its summary without training. A checkpoint written with other rows, batch size,
+grad_accum, seed, process count or total steps is refused (ValueError naming what changed).
 
 The InfoNCE term (reference.md §3.2, without the ambiguous-negative filter): for each row whose target
 ends with <REFINE> and has a positive, latents Z = sqr.rollout_latents(policy, batch, refine column,
@@ -28,12 +29,16 @@ Rows that cannot be used (video fails to load, too long, positive missing from t
 in summary["skipped"]; a CUDA OOM is an error naming the rows (train.on_oom=skip: a counted skipped step).
 
 Distributed (accelerate launch / torchrun): every rank gets full micro-batches (the epoch wraps) and
-runs the vision tower each step. The KV-cached rollout calls decoder sub-modules directly, which
+runs the vision tower each step (models/qwen3vl.vision_keepalive for a batch without video). With
+train.global_batch the optimizer batch is fixed over all processes (grad_accum derived from it), and
+each metrics line covers all processes, so 1 and N processes log the same losses (tests/test_multiprocess.py;
+launching: docs/training.md). The KV-cached rollout calls decoder sub-modules directly, which
 parameter-sharding wrappers (FSDP, ZeRO-3) do not see: there set sft.rollout_cached=false (the
 authors' full forwards, through the wrapped modules). DDP / ZeRO-1/2 run the cached path.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -62,7 +67,7 @@ class PolicyModule(nn.Module):
         """-> (CE summed over assistant tokens, number of those tokens, soft tokens [B', N, He] of the
         `contrastive` rows (None if there are none))."""
         from videosearch_r1.agent.sqr import rollout_latents
-        from videosearch_r1.models.qwen3vl import model_inputs
+        from videosearch_r1.models.qwen3vl import model_inputs, vision_keepalive
 
         kw = model_inputs(self.model, inputs, fast=self.fast)
         want = bool(contrastive.any())
@@ -74,6 +79,9 @@ class PolicyModule(nn.Module):
         sel = target != -100
         logits = self.model.lm_head(hidden[:, :-1][sel]).float()  # only the assistant positions
         ce = F.cross_entropy(logits, target[sel], reduction="sum")
+        keep = vision_keepalive(self.model, inputs)  # a batch without video still runs the vision tower
+        if keep is not None:
+            ce = ce + keep
         soft = None
         if want:
             rows = contrastive.nonzero()[:, 0]
@@ -236,12 +244,18 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
     lam, tau = _section_knobs(cfg.sft if section is None else section)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = common.latest_checkpoint(out_dir)
-    if ckpt is not None and ckpt.name == common.FINAL and (out_dir / "summary.json").is_file():
-        return json.loads((out_dir / "summary.json").read_text())
     if lam > 0 and (embedder is None or video_vectors is None):
         raise ValueError("the InfoNCE term (infonce_weight > 0) needs the frozen embedder and the index's video vectors")
     acc = common.make_accelerator(tc)
+    order = common.DataOrder(len(rows), tc.batch_size, tc.seed, acc.num_processes, acc.process_index)
+    total = common.total_steps(tc, order)
+    key = common.run_key(rows, tc, acc.num_processes, total)
+    ckpt = common.latest_checkpoint(out_dir)
+    if ckpt is not None:
+        common.check_run_key(ckpt, key)
+    if ckpt is not None and ckpt.name == common.FINAL and (out_dir / "summary.json").is_file():
+        return json.loads((out_dir / "summary.json").read_text())
+    tc = dataclasses.replace(tc, grad_accum=common.effective_grad_accum(tc, acc.num_processes))
     common.seed_everything(tc.seed)
     _prepare_policy(policy, tc, acc)
     if ckpt is not None:
@@ -255,8 +269,6 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
     vv = VideoVectors(video_vectors, acc.device) if lam > 0 else None
     if embedder is not None:
         embedder.model.requires_grad_(False)
-    order = common.DataOrder(len(rows), tc.batch_size, tc.seed, acc.num_processes, acc.process_index)
-    total = common.total_steps(tc, order)
     metrics = out_dir / "metrics.jsonl"
     if acc.is_main_process:
         common.trim_metrics(metrics, state.step)
@@ -284,14 +296,15 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
                 bar.set_postfix(loss=f"{stats['loss']:.4f}")
         if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.step < total:
             common.save_checkpoint(acc, module, policy, opt, state, cfg, out_dir / common.checkpoint_name(state.step),
-                                   keep=tc.keep_checkpoints)
+                                   extra={"run_key": key}, keep=tc.keep_checkpoints)
     prefetch.close()
     if bar is not None:
         bar.close()
     finished = state.step >= total
     final = None
     if finished:
-        final = common.save_checkpoint(acc, module, policy, opt, state, cfg, out_dir / common.FINAL)
+        final = common.save_checkpoint(acc, module, policy, opt, state, cfg, out_dir / common.FINAL,
+                                       extra={"run_key": key})
     summary = _summary(out_dir, state, total, finished, final, acc, groups)
     if acc.is_main_process:
         atomic_write_json(out_dir / "summary.json", summary)
@@ -333,6 +346,7 @@ def _optimizer_step(acc, module, policy, opt, rows, order, clip_fn, tc, lam, tau
             grad_norm = float(acc.clip_grad_norm_(module.parameters(), tc.clip_grad))
         opt.step()
     opt.zero_grad(set_to_none=True)
+    micro = [s for part in common.gather_objects(acc, micro) for s in part]  # the step over all processes
     if not micro:
         state.skipped["empty_step"] = state.skipped.get("empty_step", 0) + 1
         return None
