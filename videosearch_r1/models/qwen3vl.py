@@ -294,3 +294,28 @@ def model_inputs(model, inputs: dict, fast: bool = True) -> dict:
         out["position_ids"] = inputs["position_ids"] if inputs.get("position_ids") is not None \
             else rope_positions(model, inputs)
     return out
+
+
+def vision_keepalive(model, inputs: dict):
+    """0.0 with a graph through the whole vision tower when `inputs` carry no pixels, else None.
+
+    A batch without video skips the vision tower; under ZeRO-3 / FSDP the ranks whose batch has video
+    then wait forever for this rank's share of the vision parameters (and DDP's gradient buckets differ).
+    Adding `0 * vision_keepalive(...)` to the loss runs a dummy 2-frame 32x32 video (grid 1x2x2) through
+    the tower and the mergers, so every rank does the same vision work and gets (zero) vision gradients."""
+    import torch
+
+    if inputs.get("pixel_values_videos") is not None or inputs.get("pixel_values") is not None:
+        return None
+    visual = model.model.visual
+    vc = model.config.vision_config
+    merge = vc.spatial_merge_size
+    dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size ** 2
+    param = next(visual.parameters())
+    pixels = torch.zeros(merge * merge, dim, dtype=param.dtype, device=param.device)
+    grid = torch.tensor([[1, merge, merge]], dtype=torch.long, device=param.device)
+    out = visual(pixels, grid_thw=grid, return_dict=True)
+    total = out.pooler_output.float().sum()
+    for feat in out.deepstack_features or []:
+        total = total + feat.float().sum()
+    return total * 0.0

@@ -247,6 +247,7 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
     if lam > 0 and (embedder is None or video_vectors is None):
         raise ValueError("the InfoNCE term (infonce_weight > 0) needs the frozen embedder and the index's video vectors")
     acc = common.make_accelerator(tc)
+    tc = dataclasses.replace(tc, grad_accum=common.effective_grad_accum(tc, acc.num_processes))
     order = common.DataOrder(len(rows), tc.batch_size, tc.seed, acc.num_processes, acc.process_index)
     total = common.total_steps(tc, order)
     key = common.run_key(rows, tc, acc.num_processes, total)
@@ -255,7 +256,6 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
         common.check_run_key(ckpt, key)
     if ckpt is not None and ckpt.name == common.FINAL and (out_dir / "summary.json").is_file():
         return json.loads((out_dir / "summary.json").read_text())
-    tc = dataclasses.replace(tc, grad_accum=common.effective_grad_accum(tc, acc.num_processes))
     common.seed_everything(tc.seed)
     _prepare_policy(policy, tc, acc)
     if ckpt is not None:
