@@ -179,11 +179,59 @@ def test_agent_over_the_library(lib):
         store.close()
 
 
+def test_nested_folder_leaves_files_to_their_folder(lib, capsys):
+    folder, store_dir, argv = lib
+    capsys.readouterr()
+    assert cli.main(["library", "add", str(folder / "sub"), *argv]) == 0
+    out = capsys.readouterr().out
+    assert "0 videos found" in out and "4 skipped" in out and f"belongs to library folder {folder}" in out, out
+
+
+def test_killed_add_resumes(tmp_path, capsys):
+    """SIGKILL a real `vsr1 library add` after its first committed file; the rerun keeps what was
+    committed, rebuilds the stale FAISS snapshot from the database and embeds only the rest."""
+    import os
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    w = _world.world()
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for p in sorted((w.workspace / "data" / "synth" / "raw" / "videos").glob("s0-train*.mp4"))[:4]:
+        shutil.copy(p, folder / p.name)
+    argv = [f"workspace={w.workspace}", f"library.store=faiss+sqlite://{tmp_path / 'store'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "videosearch_r1.cli", "library", "add", str(folder), *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    db, done, t0 = tmp_path / "store" / "library.sqlite", 0, time.time()
+    while done == 0 and proc.poll() is None and time.time() - t0 < 300:
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                done = sqlite3.connect(db).execute("SELECT COUNT(*) FROM files").fetchone()[0]
+            except sqlite3.OperationalError:  # tables not created yet
+                pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if done in (0, 4):
+        pytest.skip(f"could not kill the add mid-run ({done} of 4 files committed)")
+    done = sqlite3.connect(db).execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    assert not (tmp_path / "store" / "moments.faiss").exists()  # killed before its end-of-add snapshot
+    capsys.readouterr()
+    assert cli.main(["library", "add", str(folder), *argv]) == 0
+    out = capsys.readouterr().out
+    assert f"{4 - done} new, 0 changed, {done} unchanged, 0 removed" in out, out
+    st = _status(argv, capsys)
+    assert st["files"] == 4 and st["moments"] == st["indexed_vectors"]
+
+
 def test_remove_folder(lib, capsys, tmp_path):
     """Runs last of the library tests: `remove` drops the folder's files, vectors and failures."""
     folder, store_dir, argv = lib
     assert cli.main(["library", "remove", str(tmp_path), *argv]) == 2  # not a library folder
-    assert cli.main(["library", "remove", str(folder), *argv]) == 0
+    assert cli.main(["library", "remove", str(folder), str(folder / "sub"), *argv]) == 0
     st = _status(argv, capsys)
     assert (st["files"], st["moments"], st["indexed_vectors"], st["failed"], st["roots"]) == (0, 0, 0, [], [])
     assert cli.main(["search", "anything", "--json", *argv]) == 0
