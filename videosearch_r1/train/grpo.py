@@ -199,23 +199,11 @@ def rollout_policy(policy, rollout_dtype: str, device):
 
 
 def clone_model(model, dtype=None):
-    """A deep copy of a Qwen3-VL model that is really its own: the fast-step forwards (instance attributes
-    bound to the ORIGINAL modules, which a plain deepcopy keeps) are dropped and re-applied to the copy."""
-    from videosearch_r1.models.qwen3vl import enable_fast_vision_attention, prepare_model
-
-    linear = getattr(model, "_vsr1_linear_patch_embed", False)
+    """An independent copy of a model (optionally cast). The fast-step forwards are instance attributes
+    bound to their module; deepcopy rebinds them to the copied modules (it deep-copies a bound method's
+    __self__ through the memo), which tests/test_grpo_train.py checks."""
     clone = copy.deepcopy(model)
-    for m in clone.modules():
-        for name in ("forward", "_unbatched_forward"):
-            m.__dict__.pop(name, None)
-    clone.__dict__.pop("_vsr1_linear_patch_embed", None)
-    if dtype is not None:
-        clone = clone.to(dtype)
-    if linear:
-        prepare_model(clone)
-    else:
-        enable_fast_vision_attention(clone)
-    return clone
+    return clone.to(dtype) if dtype is not None else clone
 
 
 def bf16_copy(policy):
