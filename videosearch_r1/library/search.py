@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from videosearch_r1.library.build import LibraryError, load_embedder, video_cfg
 from videosearch_r1.library.store import LibraryStore, StoreError, open_store
