@@ -130,7 +130,12 @@ class GRPOModule(nn.Module):
         from videosearch_r1.agent.sqr import rollout_latents
         from videosearch_r1.train.trainer import _select_videos
 
+        from videosearch_r1.models.qwen3vl import vision_keepalive
+
         logp, ent = sampled_logprobs(self.model, inputs, loss_mask, self.fast)
+        keep = vision_keepalive(self.model, inputs)  # a batch without video still runs the vision tower
+        if keep is not None:
+            logp = logp + keep
         soft = None
         if bool(latent_rows.any()):
             rows = latent_rows.nonzero()[:, 0]
