@@ -21,9 +21,11 @@ A run resumes from the newest checkpoint in out_dir (same data order, optimizer,
 grad_accum, seed, process count or total steps is refused (ValueError naming what changed).
 
 The InfoNCE term (reference.md §3.2, without the ambiguous-negative filter): for each row whose target
-ends with <REFINE> and has a positive, latents Z = sqr.rollout_latents(policy, batch, refine column,
-agent.n_latents) (differentiable; KV-cached unless grad checkpointing is on), soft tokens =
-to_embedder(Z), q = embedder.embed_soft(query, soft, grad=True), and CE over [cos(q, v+), cos(q, v-_j)]/tau.
+ends with <REFINE> and has a positive, agent.n_latents latents Z by sqr.py's rollout, differentiable:
+continued from the training forward's own KV cache (N-1 single-position steps, no second prefill; equal
+to sqr.rollout_latents), or the authors' full forwards under grad checkpointing / sft.rollout_cached=false;
+soft tokens = to_embedder(Z), q = embedder.embed_soft(query, soft, grad=True), and CE over
+[cos(q, v+), cos(q, v-_j)] / tau.
 Gradients reach the policy and all three SQR projectors; the embedder and the video vectors stay frozen.
 Rows that cannot be used (video fails to load, too long, positive missing from the index) are counted
 in summary["skipped"]; a CUDA OOM is an error naming the rows (train.on_oom=skip: a counted skipped step).
