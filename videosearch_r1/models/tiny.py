@@ -76,6 +76,17 @@ def _world_text() -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- tokenizer
+def _official_chat_template() -> str:
+    """trl's copy of the official Qwen3-VL chat template, read as a file: importing trl's module would pull
+    in `datasets` (absent on the GPU image), and only the template text is needed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("trl")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("trl is not installed: it ships the Qwen3-VL chat template (pip install trl==1.16.0)")
+    return (Path(list(spec.submodule_search_locations)[0]) / "chat_templates" / "qwen3_vl.jinja").read_text(encoding="utf-8")
+
+
 def build_tokenizer(extra_texts: list[str] | None = None, vocab_size: int = 1024, refine_token: bool = False):
     """Offline byte-level BPE as a transformers Qwen2Tokenizer with Qwen chat tokens and template.
 
@@ -86,7 +97,7 @@ def build_tokenizer(extra_texts: list[str] | None = None, vocab_size: int = 1024
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
     from tokenizers import Regex
-    from trl.chat_template_utils import qwen3_vl_chat_template
+    qwen3_vl_chat_template = _official_chat_template()
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
