@@ -104,7 +104,8 @@ def one_step(policy, roll, ref, module, opt, prompt, args, kind: str, gen) -> di
     from videosearch_r1.train.grpo_step import sampled_logprobs
 
     dev = args.device
-    auto = torch.autocast("cuda", dtype=torch.bfloat16) if dev.startswith("cuda") else torch.autocast("cpu", enabled=False)
+    cuda = dev.startswith("cuda")
+    auto = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
     sync(dev)
     t0 = time.perf_counter()
     policy.model.eval()
@@ -223,7 +224,8 @@ def main(argv=None) -> int:
         mem = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
         row = dict(variant=kind, **med, peak_gib=mem, prompt_tokens=prompt["input_ids"].shape[1])
         results.append(row)
-        print(f"{kind:5s}: step {med['step_s']:8.3f} s = rollout {med['rollout_s']:7.3f} + logprob {med['logprob_s']:7.3f}"
+        print(f"{kind:5s}: step {med['step_s']:8.3f} s = rollout {med['rollout_s']:7.3f} + "
+              f"logprob {med['logprob_s']:7.3f}"
               f" + update {med['update_s']:7.3f}  | {med['tokens_per_s']:9.1f} tokens/s/GPU, rollout "
               f"{med['rollout_tokens_per_s']:8.1f} sampled tokens/s, {b} rows x {row['prompt_tokens']} prompt tokens",
               flush=True)

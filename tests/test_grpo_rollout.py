@@ -172,7 +172,8 @@ def test_grpo_loss_on_a_fixed_batch_of_real_turns_decreases():
     refl = batch_logprobs(ref, batch, "cpu", torch.float32)
     losses = []
     for _ in range(4):
-        loss, _ = micro_loss(kn, module, batch, adv, den, ref_logp=refl, old_logp=old, device="cpu", dtype=torch.float32)
+        loss, _ = micro_loss(kn, module, batch, adv, den, ref_logp=refl, old_logp=old, device="cpu",
+                             dtype=torch.float32)
         opt.zero_grad()
         loss.backward()
         opt.step()

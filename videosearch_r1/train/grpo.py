@@ -27,6 +27,7 @@ shared with SFT; train/trainer.py the policy preparation):
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -55,7 +56,8 @@ def check_grpo_config(g) -> None:
             raise ValueError(f"grpo.{name} must be >= 1, got {getattr(g, name)}")
     if not 0 < g.top_p <= 1 or g.temperature < 0:
         raise ValueError(f"grpo.top_p must be in (0, 1] and grpo.temperature >= 0, got {g.top_p}, {g.temperature}")
-    for name, value, allowed in (("aggregation", g.aggregation, AGGREGATIONS), ("scale_rewards", g.scale_rewards, ADV_SCALES),
+    for name, value, allowed in (("aggregation", g.aggregation, AGGREGATIONS),
+                                 ("scale_rewards", g.scale_rewards, ADV_SCALES),
                                  ("retrieval_reward", g.retrieval_reward, RETRIEVAL_MODES),
                                  ("latent_objective", g.latent_objective, LATENT_OBJECTIVES)):
         if value not in allowed:
@@ -171,17 +173,14 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
 
 
 def check_distributed(acc, g) -> None:
-    """ValueError for a launch GRPO cannot run: parameter sharding (FSDP, ZeRO-3) would need the full
-    weights gathered into every rank's rollout copy each step (not built yet), and the per-rank share of
-    grpo.queries_per_step must split into grpo.rollout_groups chunks."""
+    """ValueError for a launch GRPO cannot run: FSDP would need the full weights gathered into every
+    rank's rollout copy each step (not built yet; the rollouts decode with whole weights), and the per-rank
+    share of grpo.queries_per_step must split into grpo.rollout_groups chunks."""
     from accelerate.utils import DistributedType
 
-    dt = acc.distributed_type
-    zero3 = dt == DistributedType.DEEPSPEED and getattr(acc.state.deepspeed_plugin, "zero_stage", 0) == 3
-    if dt == DistributedType.FSDP or zero3:
-        raise ValueError(f"vsr1 train grpo runs under DDP or DeepSpeed ZeRO-1/2, not {dt.value}"
-                         f"{' ZeRO-3' if zero3 else ''}: launch with videosearch_r1/configs/accelerate/multi_gpu.yaml "
-                         "(docs/training.md)")
+    if acc.distributed_type == DistributedType.FSDP:
+        raise ValueError("vsr1 train grpo runs under DDP (one process or several), not FSDP: launch with "
+                         "videosearch_r1/configs/accelerate/ddp.yaml (docs/training.md)")
     share = common.per_process(g.queries_per_step, acc.num_processes, "grpo.queries_per_step")
     if g.rollout_groups and share % g.rollout_groups:
         raise ValueError(f"grpo.rollout_groups={g.rollout_groups} must divide grpo.queries_per_step / processes "
@@ -306,7 +305,9 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
             loss, st = micro_loss(kn, run.module, batches[j], adv[[ts.traj for ts in c]], den, ref_logp=refs[j],
                                   old_logp=olds[j], embedder=run.embedder, scorer=run.scorer, negatives=negatives,
                                   gt=gt, device=dev, dtype=dt)
-            acc.backward(loss * (scale * weight))
+            last = i == n_micro - 1  # gradients are all-reduced once, after the step's last micro-batch
+            with (acc.no_sync(run.module) if not last and acc.num_processes > 1 else contextlib.nullcontext()):
+                acc.backward(loss * (scale * weight))
             if not weight:
                 continue
             for k, v in st.items():
@@ -324,7 +325,8 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
                                                                  *latent_keys)})
     counts = common.all_reduce(acc, {"forward_tokens": sum(b.n_tokens for b in batches), "dropped": dropped})
     n_tok, it = max(1.0, sums.get("tokens", 0.0)), g.iterations
-    out = {"loss": sums.get("loss", 0.0) / it, "kl": sums.get("kl", 0.0) / n_tok, "entropy": sums.get("entropy", 0.0) / n_tok,
+    out = {"loss": sums.get("loss", 0.0) / it, "kl": sums.get("kl", 0.0) / n_tok,
+           "entropy": sums.get("entropy", 0.0) / n_tok,
            "clip_frac": sums.get("clip_frac", 0.0) / n_tok, "grad_norm": grad_norm, "turns": int(den["turns"]),
            "completion_tokens": int(den["tokens"]), "forward_tokens": int(counts["forward_tokens"]),
            "refined_turns": int(den["refined"]), "logprob_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4),
@@ -426,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = command_parser("vsr1 train grpo", __doc__)
     parser.add_argument("dataset", help="dataset name (an entry under `datasets` in the config)")
-    parser.add_argument("--checkpoint", default="", help="the SFT policy to start from (default: train.init_checkpoint)")
+    parser.add_argument("--checkpoint", default="",
+                        help="the SFT policy to start from (default: train.init_checkpoint)")
     args = parse_command(parser, argv)
     cfg = config_from_args(args, [f"dataset={args.dataset}"])
     try:

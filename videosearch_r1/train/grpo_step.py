@@ -169,7 +169,8 @@ def latent_loss(kn: Knobs, soft: torch.Tensor, turns: list[TurnSample], adv: tor
     parts = {}
     if kn.latent_objective in ("infonce", "both"):
         prefixed = [soft[i] if t.soft_prefix is None else
-                    torch.cat([torch.as_tensor(t.soft_prefix, device=soft.device), soft[i]]) for i, t in enumerate(turns)]
+                    torch.cat([torch.as_tensor(t.soft_prefix, device=soft.device), soft[i]])
+                    for i, t in enumerate(turns)]
         by_len: dict[int, list[int]] = {}
         for i, x in enumerate(prefixed):
             by_len.setdefault(x.shape[0], []).append(i)

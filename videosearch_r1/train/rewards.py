@@ -161,7 +161,8 @@ def check_weights(weights: dict[str, float]) -> None:
         raise ValueError(f"grpo.reward_weights: non-finite weight(s) {bad}")
 
 
-def score(weights: dict[str, float], completions: list[list[str]], **kwargs) -> tuple[list[float], dict[str, list[float]]]:
+def score(weights: dict[str, float], completions: list[list[str]],
+          **kwargs) -> tuple[list[float], dict[str, list[float]]]:
     """Total reward sum_i w_i r_i per trajectory, and each named reward's values (weight 0: skipped).
 
     >>> total, parts = score({"turn_cost": 0.5, "format": 0.0}, [["a"], ["a", "b"]])
