@@ -141,8 +141,9 @@ class GRPOModule(nn.Module):
             rows = latent_rows.nonzero()[:, 0]
             sub = {k: (v[rows] if k not in ("pixel_values_videos", "video_grid_thw", "position_ids") else v)
                    for k, v in inputs.items()}
+            ckpt = getattr(self.model.model.language_model, "gradient_checkpointing", False)  # as SFT: then uncached
             z = rollout_latents(self.policy, _select_videos(sub, inputs, rows), refine_pos[rows], self.n_latents,
-                                cached=True)
+                                cached=not ckpt)
             soft = self.policy.soft_tokens(z)
         return logp, ent, soft
 
