@@ -7,8 +7,9 @@ parameter groups, the LR schedule, checkpoints, the data order and the metrics l
     ckpt = latest_checkpoint(out_dir)                     # resume point (None: start fresh)
 
 Distribution is accelerate's business: `accelerate launch --config_file F -m videosearch_r1.cli train sft`
-(or torchrun) picks DDP, FSDP2 or DeepSpeed from accelerate's own config file; no code here chooses.
-Under FSDP / DeepSpeed the optimizer state goes through `accelerator.save_state` (a folder
+(or torchrun) picks DDP or FSDP2 from accelerate's own config file (videosearch_r1/configs/accelerate/,
+docs/training.md); no code here chooses. DeepSpeed is refused (its engine accumulates gradients on a fixed
+count; ours accumulate themselves). Under FSDP the optimizer state goes through `accelerator.save_state` (a folder
 `accelerate_state/` inside the checkpoint); with one process or DDP it is part of `trainer_state.pt`.
 
 A checkpoint directory is what `vsr1 infer --checkpoint DIR` loads with no flags (Policy.save_pretrained:
@@ -40,14 +41,19 @@ def make_accelerator(tc):
     """An accelerate Accelerator for the `train` section (mixed precision; unused params allowed under DDP,
     since rows without <REFINE> leave the SQR modules out of a step)."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
     mp = tc.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
     if mp not in ("no", "bf16", "fp16"):
         raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16; got {tc.mixed_precision!r}")
-    return Accelerator(mixed_precision=mp, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    acc = Accelerator(mixed_precision=mp, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if acc.distributed_type == DistributedType.DEEPSPEED:  # its engine accumulates and steps on its own count
+        raise ValueError("DeepSpeed launches are not supported: the trainers accumulate gradients themselves (GRPO "
+                         "over a varying number of micro-batches); use the DDP or FSDP2 accelerate configs in "
+                         "videosearch_r1/configs/accelerate/ (docs/training.md)")
+    return acc
 
 
 def seed_everything(seed: int) -> None:
