@@ -141,6 +141,10 @@ def grpo_worker(args, acc) -> dict:
 def _entry(rank: int, world: int, port: int, stage: str, args, result: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+    if args.fsdp and stage == "sft":  # what `accelerate launch --config_file configs/accelerate/fsdp2.yaml` sets
+        os.environ.update(ACCELERATE_USE_FSDP="true", FSDP_VERSION="2", FSDP_AUTO_WRAP_POLICY="TRANSFORMER_BASED_WRAP",
+                          FSDP_TRANSFORMER_CLS_TO_WRAP="Qwen3VLTextDecoderLayer,Qwen3VLVisionBlock",
+                          FSDP_RESHARD_AFTER_FORWARD="true", FSDP_STATE_DICT_TYPE="SHARDED_STATE_DICT")
     if args.device == "cpu":
         os.environ.update(ACCELERATE_USE_CPU="yes", GLOO_SOCKET_IFNAME="lo")
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
@@ -166,7 +170,7 @@ def run(stage: str, world: int, args) -> dict:
         result = str(Path(tmp) / "row.json")
         start_processes(_entry, args=(world, _free_port(), stage, args, result), nprocs=world, start_method="spawn")
         row = json.loads(Path(result).read_text())
-    row.update(stage=stage, gpus=world, tokens_per_s_per_gpu=row["tokens_per_gpu"] / row["step_s"])
+    row.update(stage=stage, gpus=world, launch="fsdp2" if args.fsdp and stage == "sft" else "ddp", tokens_per_s_per_gpu=row["tokens_per_gpu"] / row["step_s"])
     return row
 
 
@@ -179,6 +183,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="SFT rows per GPU")
     ap.add_argument("--sqr", action="store_true", help="SFT also runs the 8-latent SQR rollout with grad")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    ap.add_argument("--fsdp", action="store_true", help="SFT under FSDP2 (configs/accelerate/fsdp2.yaml), not DDP")
     ap.add_argument("--queries", type=int, default=1, help="GRPO queries per GPU per step")
     ap.add_argument("--group", type=int, default=8, help="GRPO trajectories per query")
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -202,7 +207,7 @@ def main(argv=None) -> int:
             base = base or r["tokens_per_s_per_gpu"]
             r["scaling_efficiency"] = r["tokens_per_s_per_gpu"] / base
             rows.append(r)
-            print(f"{stage:4s} {w} GPU(s): step {r['step_s']:8.3f} s | {r['tokens_per_gpu']:6d} tokens/GPU/step | "
+            print(f"{stage:4s} {r['launch']:5s} {w} GPU(s): step {r['step_s']:8.3f} s | {r['tokens_per_gpu']:6d} tokens/GPU/step | "
                   f"{r['tokens_per_s_per_gpu']:9.1f} tokens/s/GPU | scaling efficiency {100 * r['scaling_efficiency']:5.1f} %"
                   + (f" | peak {r['peak_gib']:.1f} GiB" if r.get("peak_gib") else ""), flush=True)
     if args.out:
