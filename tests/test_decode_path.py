@@ -103,3 +103,13 @@ def test_infer_reads_agent_decode_fields():
     assert load_policy(W.world().cfg(ckpt), engine).decode_options.name == "sdpa"  # CPU default
     pol = load_policy(W.world().cfg(ckpt, "agent.decode_attention=matmul", "agent.decode_compile=false"), engine)
     assert pol.decode_options == DecodeOptions(cuda_graph=False, attention="matmul", compile=False)
+
+
+@pytest.mark.parametrize("field", ["latent_dim", "embedder_hidden"])
+def test_unread_agent_fields_are_gone(field):
+    """agent.latent_dim / agent.embedder_hidden were accepted and silently ignored (vsr1 infer sizes fresh
+    SQR modules from the engine); setting one is now an error naming it."""
+    from videosearch_r1.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=field):
+        load_config(None, [f"agent.{field}=32"])
