@@ -101,6 +101,26 @@ def test_a_batch_without_video_still_runs_the_vision_tower():
     assert vision and all(p.grad is not None for _, p in vision), [k for k, p in vision if p.grad is None][:3]
     assert all(float(p.grad.abs().max()) == 0.0 for _, p in vision)
     keep = vision_keepalive(pol.model, inputs)
-    assert float(keep) == 0.0 and keep.requires_grad
+    assert float(keep.detach()) == 0.0 and keep.requires_grad
     with_video = {**inputs, "pixel_values_videos": torch.zeros(4, 8)}
     assert vision_keepalive(pol.model, with_video) is None  # real pixels: nothing added
+
+
+def test_data_order_gives_every_step_the_same_rows_on_1_and_n_processes():
+    from types import SimpleNamespace
+
+    from videosearch_r1.train.common import DataOrder, TrainState, effective_grad_accum
+
+    n, batch, seed = 24, 2, 7
+    for world in (2, 3):
+        tc = SimpleNamespace(global_batch=12, batch_size=batch, grad_accum=1)
+        one_accum, accum = effective_grad_accum(tc, 1), effective_grad_accum(tc, world)
+        assert (one_accum, accum) == (6, 6 // world)
+        one, st1 = DataOrder(n, batch, seed), TrainState()
+        ranks = [(DataOrder(n, batch, seed, world, r), TrainState()) for r in range(world)]
+        for _ in range(5):  # five optimizer steps, across an epoch boundary
+            rows1 = sorted(i for _ in range(one_accum) for i in one.next(st1))
+            rows_n = sorted(i for order, st in ranks for _ in range(accum) for i in order.next(st))
+            assert rows1 == rows_n
+    with pytest.raises(ValueError, match="train.global_batch=10 is not a multiple"):
+        effective_grad_accum(SimpleNamespace(global_batch=10, batch_size=2, grad_accum=1), 3)
