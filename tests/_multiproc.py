@@ -2,7 +2,9 @@
 tests/test_multiprocess.py: the same calls as the 1-process tests, on the tiny world that the parent
 already built (its paths are passed in; nothing is rebuilt in the children).
 
-    spawn(2, {"sft": (rows, out, overrides), "grpo": (out, overrides)}, world)   # from a test
+    spawn(2, {"sft": (rows, sft_overrides), "grpo": grpo_overrides}, W.world())   # from a test
+Each child sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (a free port) and ACCELERATE_USE_CPU, so the
+trainers' own `make_accelerator` builds a gloo DDP run; train.output in the overrides is the run directory.
 """
 from __future__ import annotations
 
