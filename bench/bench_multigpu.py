@@ -13,7 +13,8 @@ autocast on CUDA, fused AdamW on the LLM + merger (+ SQR), ViT frozen.
         target ending with <REFINE>, the 8-latent SQR rollout with grad when --sqr), --batch rows per GPU;
         gradient all-reduce once per step.
 - grpo: bench_grpo.one_step (fast-decode rollout of --queries x --group rows per GPU, reference log-probs,
-        GRPOModule update in micro-batches) with the DDP-wrapped module (all-reduce per micro-batch backward).
+        GRPOModule update in micro-batches) with the DDP-wrapped module, gradients all-reduced once per
+        step after the last micro-batch (as train/grpo.update_step: no_sync before it).
 tokens/s/GPU = tokens one rank processes in a step / the step time (median after --warmup steps, the
 slowest rank's time). Prints a table; --out writes JSON.
 """
@@ -127,6 +128,7 @@ def grpo_worker(args, acc) -> dict:
     torch.manual_seed(0)
     policy, roll, ref, module, opt = bench_grpo.setup(g)
     module, opt = acc.prepare(module, opt)
+    module = _SyncOnLast(module, -(-g.queries * g.group // max(1, g.micro_batch)))
     prompt = video_inputs(policy, g.queries * g.group, g.frames, g.side, g.text_tokens, tail=[])
     gen = torch.Generator(device=dev).manual_seed(acc.process_index)
     out = {}
@@ -136,6 +138,20 @@ def grpo_worker(args, acc) -> dict:
     times = _timed(acc, dev.type, step, args.warmup, args.steps)
     return {"tokens_per_gpu": out["tokens"], "step_s": statistics.median(times), "rows_per_gpu": out["rows"],
             "rollout_s": out["rollout_s"], "update_s": out["update_s"]}
+
+
+class _SyncOnLast:
+    """Calls the DDP module with gradient sync only on the last micro-batch of each step (what no_sync
+    around the others does in the trainer; bench_grpo.one_step calls the module once per micro-batch)."""
+
+    def __init__(self, ddp, per_step: int):
+        self.ddp, self.per_step, self.calls = ddp, per_step, 0
+
+    def __call__(self, *a, **kw):
+        self.calls += 1
+        if hasattr(self.ddp, "require_backward_grad_sync"):
+            self.ddp.require_backward_grad_sync = self.calls % self.per_step == 0
+        return self.ddp(*a, **kw)
 
 
 def _entry(rank: int, world: int, port: int, stage: str, args, result: str) -> None:
