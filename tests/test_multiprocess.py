@@ -4,6 +4,7 @@ runs the vision tower.
 
     .venv/bin/python -m pytest -q tests/test_multiprocess.py
 """
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,7 @@ import _world as W
 
 
 def _sft_overrides(out):
-    return ("train.batch_size=1", "train.global_batch=4", "train.steps=2", "train.lr=1e-3", "train.lr_sqr=1e-3",
+    return ("train.batch_size=2", "train.global_batch=4", "train.steps=2", "train.lr=1e-3", "train.lr_sqr=1e-3",
             "train.lr_merger=1e-3", "train.schedule=constant", "train.log_every=1", "agent.n_latents=2",
             f"train.output={out}")
 
@@ -39,6 +40,11 @@ def runs(tmp_path_factory):
     rows, _ = build_sft_rows(built.cfg("sft.n_negatives=4"), "synth")
     rows = rows[:8]
     assert len(rows) == 8 and any(r.contrastive for r in rows)
+    # an undecodable video in rank 1's first micro-batch: a counted skip that rank 0's summary must report
+    from videosearch_r1.train.common import DataOrder, TrainState
+
+    bad = DataOrder(8, 2, built.cfg().train.seed, world=2, rank=1).next(TrainState())[0]
+    rows[bad] = dataclasses.replace(rows[bad], id="bad", video="no-such-video")
     root = tmp_path_factory.mktemp("multiproc")
     one, two = root / "one", root / "two"
     cfg = built.cfg(*_sft_overrides(one / "sft"))
@@ -54,12 +60,14 @@ def test_two_processes_log_the_sft_losses_of_one(runs):
     assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2]
     for k in ("rows", "tokens", "target_tokens"):  # the whole global batch is counted, not rank 0's share
         assert [x[k] for x in a] == [x[k] for x in b], k
-    assert a[0]["rows"] == 4
+    assert a[0]["rows"] + a[1]["rows"] == 7  # 8 rows, the bad one skipped
     for k in ("loss", "ce", "infonce", "grad_norm"):
         assert [x[k] for x in a] == pytest.approx([x[k] for x in b], rel=1e-4, abs=1e-6), k
     assert a[0]["loss"] != pytest.approx(a[1]["loss"], rel=1e-3)  # step 2 saw the (equal) step-1 update
     s1, s2 = (json.loads((d / "sft" / "summary.json").read_text()) for d in (one, two))
-    assert s1["processes"] == 1 and s2["processes"] == 2 and s1["rows_seen"] == s2["rows_seen"] == 8
+    assert s1["processes"] == 1 and s2["processes"] == 2 and s1["rows_seen"] == s2["rows_seen"] == 7
+    assert s1["skipped"] == s2["skipped"] and s2["skipped"]["video"] == 1  # skipped on rank 1, reported by rank 0
+    assert [r[0] for r in s2["skipped_rows"]] == ["bad"]
     from safetensors.torch import load_file
 
     w1, w2 = (load_file(str(d / "sft" / "final" / "sqr.safetensors")) for d in (one, two))

@@ -372,3 +372,17 @@ def all_reduce(acc, values: dict, op: str = "sum") -> dict:
     t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=acc.device)
     dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
     return dict(zip(keys, t.tolist()))
+
+
+STEP_SKIPS = ("empty_step", "oom_step", "no_trainable_turns")  # skip kinds that count steps, not rows
+
+
+def skipped_over_ranks(acc, state: TrainState) -> tuple[dict, list]:
+    """(skip counts summed over processes, the first skipped (row id, reason) pairs of all of them): a
+    row skipped on rank 1 is counted in the summary rank 0 writes."""
+    parts = gather_objects(acc, (dict(state.skipped), [tuple(x) for x in state.skipped_rows[:50]]))
+    counts: dict[str, int] = {}
+    for d, _ in parts:
+        for k, v in d.items():  # whole-step kinds are decided together (counted once), row kinds add up
+            counts[k] = max(counts.get(k, 0), v) if k in STEP_SKIPS else counts.get(k, 0) + v
+    return counts, [x for _, rows in parts for x in rows][:50]

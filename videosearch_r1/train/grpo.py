@@ -415,10 +415,11 @@ def run_grpo(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = N
 def _summary(out_dir: Path, state, run: Run, finished: bool, final) -> dict:
     from videosearch_r1.utils import read_jsonl_resumable
 
+    skipped = common.skipped_over_ranks(run.acc, state)[0]  # every rank takes part
     log = read_jsonl_resumable(out_dir / "metrics.jsonl") if run.acc.is_main_process else []
     return {"out_dir": str(out_dir), "steps": state.step, "total_steps": run.total, "complete": finished,
             "final_checkpoint": str(final) if final else None, "queries": len(run.queries),
-            "trajectories": state.rows_seen, "tokens_seen": state.tokens_seen, "skipped": dict(state.skipped),
+            "trajectories": state.rows_seen, "tokens_seen": state.tokens_seen, "skipped": skipped,
             "rewards": [r.get("reward/total") for r in log], "last": log[-1] if log else None}
 
 

@@ -404,10 +404,11 @@ class _nullcontext:
 def _summary(out_dir: Path, state, total: int, finished: bool, final, acc, groups) -> dict:
     from videosearch_r1.utils import read_jsonl_resumable
 
+    skipped, skipped_rows = common.skipped_over_ranks(acc, state)  # every rank takes part
     log = read_jsonl_resumable(out_dir / "metrics.jsonl") if acc.is_main_process else []
     return {"out_dir": str(out_dir), "steps": state.step, "total_steps": total, "complete": finished,
             "final_checkpoint": str(final) if final else None, "epoch": state.epoch,
             "rows_seen": state.rows_seen, "tokens_seen": state.tokens_seen,
-            "skipped": dict(state.skipped), "skipped_rows": [list(x) for x in state.skipped_rows[:50]],
+            "skipped": skipped, "skipped_rows": [list(x) for x in skipped_rows],
             "trainable_parameters": common.count_parameters(groups), "processes": acc.num_processes,
             "losses": [r["loss"] for r in log], "last": log[-1] if log else None}
