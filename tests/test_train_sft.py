@@ -236,3 +236,31 @@ def test_teacher_traces_batched_resumable_and_tag_free():
     assert all(parse_output(r.target).ok for r in rows)
     rows2, _ = build_sft_rows(cfg, "synth")
     assert cache.read_text().splitlines() == lines and [r.target for r in rows2] == [r.target for r in rows]
+
+
+def test_a_step_with_nan_gradients_is_not_applied_and_counted(tmp_path, sft_rows):
+    """One NaN gradient must not poison the weights (seen on the H200: loss NaN from step 156 to the end)."""
+    from videosearch_r1.agent.policy import Policy
+    from videosearch_r1.train.trainer import train_policy
+
+    rows, _ = sft_rows
+    calls = []
+
+    def poison_first(g):
+        calls.append(1)
+        return g * float("nan") if len(calls) == 1 else g
+
+    cfg = _cfg(tmp_path / "once", "train.steps=2", "sft.infonce_weight=0")
+    pol = _policy()
+    pol.model.model.language_model.layers[0].mlp.down_proj.weight.register_hook(poison_first)
+    s = train_policy(cfg, pol, rows[:2], tmp_path / "once", _clip_fn(), section=cfg.sft)
+    assert s["complete"] and s["skipped"].get("nonfinite_step") == 1, s["skipped"]
+    assert "non-finite" in s["skipped_rows"][0][1]
+    trained = Policy.from_pretrained(str(tmp_path / "once" / "final"))
+    assert all(torch.isfinite(p).all() for p in trained.model.parameters())
+
+    cfg = _cfg(tmp_path / "always", "train.steps=4", "sft.infonce_weight=0", "train.max_nonfinite_steps=2")
+    pol = _policy()
+    pol.model.model.language_model.layers[0].mlp.down_proj.weight.register_hook(lambda g: g * float("nan"))
+    with pytest.raises(RuntimeError, match="2 steps in a row with a non-finite gradient norm"):
+        train_policy(cfg, pol, rows[:2], tmp_path / "always", _clip_fn(), section=cfg.sft)

@@ -248,6 +248,7 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto" (bf16 on GPU, none on CPU) | "no" | "bf16" (accelerate autocast)
     max_tokens: int = 0  # rows longer than this (prompt + target tokens) are counted skips (0: no limit)
     on_oom: str = "error"  # a CUDA OOM in a step: "error" (names the rows) | "skip" (counted in the summary)
+    max_nonfinite_steps: int = 3  # NaN/inf gradients: the step is skipped (counted); this many in a row is an error
     fast_step: bool = True  # rope_positions + batched vision attention + linear patch embed (False: HF path)
     clip_cache: int = 256  # decoded clips kept in memory (LRU)
 

@@ -156,6 +156,7 @@ class TrainState:
     tokens_seen: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows (or steps, for "oom_step")
     skipped_rows: list[tuple[str, str]] = field(default_factory=list)  # first (row id, reason) pairs
+    nonfinite_run: int = 0  # optimizer steps in a row whose gradients were NaN/inf (not applied)
 
     def skip(self, row_id: str, reason: str, kind: str) -> None:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
