@@ -80,5 +80,20 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.main(rest) or 0)
 
 
+
+def run_step(title: str, argv: list[str], who: str) -> float:
+    """Run one `vsr1` subcommand in this process as a step of a pipeline command (`who`: quickstart,
+    toy): print it, time it, and stop with the step named when it fails. Returns its seconds."""
+    import time
+
+    print(f"\n==> {title}: vsr1 {' '.join(argv)}", flush=True)
+    t = time.time()
+    rc = main(argv)
+    if rc != 0:
+        raise SystemExit(f"vsr1 {who}: step '{title}' failed with exit code {rc} (rerun to resume)")
+    dt = time.time() - t
+    print(f"    ({dt:.1f} s)", flush=True)
+    return dt
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import time
 from pathlib import Path
 
 from videosearch_r1 import cli
@@ -30,12 +29,7 @@ from videosearch_r1.utils import command_parser, config_from_args, parse_command
 
 
 def _step(title: str, argv: list[str]) -> None:
-    print(f"\n==> {title}: vsr1 {' '.join(argv)}", flush=True)
-    t = time.time()
-    rc = cli.main(argv)
-    if rc != 0:
-        raise SystemExit(f"quickstart: step '{title}' failed with exit code {rc}")
-    print(f"    ({time.time() - t:.1f} s)", flush=True)
+    cli.run_step(title, argv, "quickstart")
 
 
 def engine_needs_training(cfg) -> tuple[bool, str]:

@@ -75,18 +75,6 @@ def plan(runs: Path, common: list[str], grpo_steps: int) -> list[tuple[str, str,
     return steps
 
 
-def run_step(title: str, argv: list[str]) -> float:
-    """Run one `vsr1` command in this process; a non-zero exit stops the toy with the step named."""
-    print(f"\n==> {title}: vsr1 {' '.join(argv)}", flush=True)
-    t = time.time()
-    rc = cli.main(argv)
-    if rc != 0:
-        raise SystemExit(f"vsr1 toy: step '{title}' failed with exit code {rc} (rerun to resume)")
-    dt = time.time() - t
-    print(f"    ({dt:.1f} s)", flush=True)
-    return dt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("vsr1 toy", __doc__)
     parser.add_argument("--profile", default="auto", choices=("auto",) + PROFILES,
@@ -109,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for step, title, step_argv in todo:
         if STEPS.index(step) < first:
             continue
-        times[title] = run_step(title, step_argv)
+        times[title] = cli.run_step(title, step_argv, "toy")
     print(f"\nvsr1 toy ({profile}) done in {time.time() - t0:.0f} s: workspace {cfg.workspace}", flush=True)
     for title, dt in times.items():
         print(f"  {dt:7.1f} s  {title}", flush=True)

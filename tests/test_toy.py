@@ -1,0 +1,50 @@
+"""`vsr1 toy`: the plan of steps (order, checkpoints handed from stage to stage, the five evaluations on
+one split), the profiles as loadable config files, and --from-step.
+
+    .venv/bin/python -m pytest -q tests/test_toy.py
+"""
+from pathlib import Path
+
+import pytest
+
+from videosearch_r1 import cli, toy
+from videosearch_r1.config import load_config
+
+
+@pytest.mark.parametrize("profile", toy.PROFILES)
+def test_profiles_are_config_files_of_the_tree(profile):
+    cfg = load_config(toy.profile_config(profile))
+    assert cfg.toy.grpo_steps > 0 and cfg.engine_train.size in ("tiny", "small")
+    with pytest.raises(ValueError, match="unknown toy profile"):
+        toy.profile_config("tpu")
+
+
+def test_plan_hands_each_stage_the_previous_checkpoint(tmp_path):
+    runs = tmp_path / "runs"
+    steps = toy.plan(runs, ["--config", "c.yaml", "x.y=1"], grpo_steps=7)
+    names = [s for s, _, _ in steps]
+    assert names == sorted(names, key=toy.STEPS.index), "steps out of order"
+    assert set(names) == set(toy.STEPS)
+    argv = {title: a for _, title, a in steps}
+    sft = argv["SFT (token CE + InfoNCE)"]
+    assert sft[sft.index("--checkpoint") + 1] == str(runs / "toy-base" / "policy")
+    grpo = argv["GRPO from SFT"]
+    assert grpo[grpo.index("--checkpoint") + 1] == str(runs / "toy-sft" / "final")
+    assert "train.steps=7" in grpo and grpo[-1] == "run_name=toy-grpo"  # the toy's own names win
+    evals = [a for s, _, a in steps if s == "infer"]
+    assert len(evals) == 5 and all(a[a.index("--split") + 1] == "test" for a in evals)
+    assert all("x.y=1" in a for _, _, a in steps)  # user overrides reach every step
+    report = argv["report"]
+    assert [p for p in report if p.endswith("predictions.jsonl")] == [
+        str(runs / n / "predictions.jsonl") for n, _, _ in toy.EVAL_RUNS]
+
+
+def test_from_step_skips_earlier_steps_and_a_failure_names_the_step(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "main", lambda argv: seen.append(argv) or (3 if argv[0] == "report" else 0))
+    with pytest.raises(SystemExit, match="vsr1 toy: step 'report' failed with exit code 3"):
+        toy.main(["--profile", "cpu", "--from-step", "grpo", f"workspace={tmp_path}"])
+    assert [a[:2] for a in seen][0] == ["train", "grpo"]
+    assert not any(a[0] in ("synth", "engine", "index") for a in seen)
+    assert sum(a[0] == "infer" for a in seen) == 5
+    assert str(Path(toy.profile_config("cpu"))) in seen[0]
