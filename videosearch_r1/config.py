@@ -119,7 +119,7 @@ class EngineTrainConfig:
     lr: float = 1e-3
     warmup: int = 30
     temperature: float = 0.05
-    fine_caption_prob: float = 0.5  # share of captions with the fine details (real engines: coarse)
+    fine_caption_prob: float = 0.25  # share of captions with the fine details (chosen on val; real engines: coarse)
     seed: int = 0
     output: str = ""  # empty: <workspace>/models/synth-engine
     learn_temperature: bool = True  # temperature starts at `temperature`, learned (clamped to >= 0.01)

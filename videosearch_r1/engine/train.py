@@ -4,14 +4,11 @@
     vsr1 engine train engine_train.size=tiny engine_train.lr=1e-3     # the measured CPU recipe (below)
 
 Recipes are chosen on the VAL split and the test split is reported once, for the chosen recipe
-(docs/results.md; selection rule in LOG.md, 2026-12-01). The default (size tiny, lr 1e-3, 300 steps,
-batch 64, fine_caption_prob 0.5, engine world of 500 families) was picked on 2026-11-24 by comparing
-test-split figures, which is not a valid selection. One checkpoint of it (the quickstart run,
-2026-11-24): val VR@1 63.8 % / VR@10 100 % (40 videos, 80 queries), test 36.4 / 99.1 (120 videos, 228
-queries; an earlier run of the same recipe: 35.1 / 99.1). By the rule it is outside the band on val
-(63.8 > 60). The val comparison of variants (fine_caption_prob 0.25; 150 steps) could not finish on
-the loaded shared CPU on 2026-12-01 (14-17 s/step instead of ~0.7 s); until it runs, the default stays,
-provisionally.
+(docs/results.md; selection rule in LOG.md, 2026-12-01). On val (40 videos, 80 queries; band 25-60 %
+VR@1): fine_caption_prob 0.5 / 300 steps (the old default, picked on test figures in 2026-11) 63.8 %,
+fine_caption_prob 0.25 / 300 steps 47.5 %, 0.5 / 150 steps 43.8 %; chosen and now the default:
+fine_caption_prob 0.25 (size tiny, lr 1e-3, 300 steps, batch 64, engine world of 500 families), whose
+one test figure is VR@1 23.7 % / VR@10 98.2 % (120 videos, 228 queries).
 
 1. the training data: for the synthetic benchmark, a separate, larger synthetic world (engine_train.
    world_families train families, another seed; built here, resumable), as real engines are trained on
