@@ -49,7 +49,7 @@ if [[ $MODE == start ]]; then
   fi
   grep -E "^==>|^ +[0-9.]+ s  |done in" "$WS/smoke.log"
   echo "== gpu profile in the background: $LOG"
-  nohup vsr1 toy --profile gpu workspace=$WS "$@" > "$LOG" 2>&1 &
+  setsid nohup vsr1 toy --profile gpu workspace=$WS "$@" > "$LOG" 2>&1 < /dev/null &  # setsid: survives the call's end
   echo $! > "$WS/toy.pid"
 fi
 # wait (both modes): until the run ends or LIMIT seconds from this call's start
