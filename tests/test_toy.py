@@ -21,7 +21,7 @@ def test_profiles_are_config_files_of_the_tree(profile):
 
 def test_plan_hands_each_stage_the_previous_checkpoint(tmp_path):
     runs = tmp_path / "runs"
-    steps = toy.plan(runs, ["--config", "c.yaml", "x.y=1"], grpo_steps=7)
+    steps = toy.plan(runs, ["--config", "c.yaml", "x.y=1"], grpo_steps=7, grpo_warmup=2)
     names = [s for s, _, _ in steps]
     assert names == sorted(names, key=toy.STEPS.index), "steps out of order"
     assert set(names) == set(toy.STEPS)
@@ -30,7 +30,7 @@ def test_plan_hands_each_stage_the_previous_checkpoint(tmp_path):
     assert sft[sft.index("--checkpoint") + 1] == str(runs / "toy-base" / "policy")
     grpo = argv["GRPO from SFT"]
     assert grpo[grpo.index("--checkpoint") + 1] == str(runs / "toy-sft" / "final")
-    assert "train.steps=7" in grpo and grpo[-1] == "run_name=toy-grpo"  # the toy's own names win
+    assert "train.steps=7" in grpo and "train.warmup=2" in grpo and grpo[-1] == "run_name=toy-grpo"  # the toy's own names win
     evals = [a for s, _, a in steps if s == "infer"]
     assert len(evals) == 5 and all(a[a.index("--split") + 1] == "test" for a in evals)
     assert all("x.y=1" in a for _, _, a in steps)  # user overrides reach every step

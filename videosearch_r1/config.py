@@ -371,6 +371,7 @@ class ToyConfig:
     """`vsr1 toy`: per-stage step counts where stages share `train` (SFT and GRPO both read train.steps)."""
 
     grpo_steps: int = 4  # optimizer steps of the toy's GRPO stage (passed as train.steps to that stage)
+    grpo_warmup: int = 0  # warm-up steps of the toy's GRPO stage (train.warmup there; SFT keeps train.warmup)
 
 
 # --------------------------------------------------------------------------------------- root

@@ -49,7 +49,7 @@ def profile_config(profile: str) -> Path:
     return Path(__file__).parent / "configs" / f"toy_{profile}.yaml"
 
 
-def plan(runs: Path, common: list[str], grpo_steps: int) -> list[tuple[str, str, list[str]]]:
+def plan(runs: Path, common: list[str], grpo_steps: int, grpo_warmup: int = 0) -> list[tuple[str, str, list[str]]]:
     """(step, title, vsr1 argv) in order; `common` (--config + overrides) goes to every command, and the
     toy's own run names come last so they win."""
     steps = [
@@ -64,7 +64,8 @@ def plan(runs: Path, common: list[str], grpo_steps: int) -> list[tuple[str, str,
         ("sft", "SFT (token CE + InfoNCE)", ["train", "sft", "synth", "--checkpoint",
                                              str(runs / "toy-base" / "policy"), *common, "run_name=toy-sft"]),
         ("grpo", "GRPO from SFT", ["train", "grpo", "synth", "--checkpoint", str(runs / "toy-sft" / "final"),
-                                   *common, f"train.steps={grpo_steps}", "run_name=toy-grpo"]),
+                                   *common, f"train.steps={grpo_steps}", f"train.warmup={grpo_warmup}",
+                                   "run_name=toy-grpo"]),
     ]
     for name, policy, extra in EVAL_RUNS:
         ckpt = ["--checkpoint", str(runs / policy)] if policy else []
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(args, ["dataset=synth"])
     common = ["--config", config, *args.overrides]
     runs = cfg.runs_dir()
-    todo = plan(runs, common, cfg.toy.grpo_steps)
+    todo = plan(runs, common, cfg.toy.grpo_steps, cfg.toy.grpo_warmup)
     first = STEPS.index(args.from_step)
     t0, times = time.time(), {}
     for step, title, step_argv in todo:
