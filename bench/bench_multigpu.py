@@ -78,7 +78,7 @@ def _max(acc, t: torch.Tensor) -> torch.Tensor:
 
 
 def sft_worker(args, acc) -> dict:
-    from bench_sft import IDS, REAL, SMOKE, build_policy, make_batch
+    from bench_sft import IDS, REAL, SMOKE, build_policy, make_batch, train_setup
 
     from videosearch_r1.models.qwen3vl import prepare_model
     from videosearch_r1.train.trainer import PolicyModule
@@ -87,15 +87,7 @@ def sft_worker(args, acc) -> dict:
     torch.manual_seed(0)
     policy = build_policy(shapes, str(dev), torch.float32)  # fp32 master weights, as train_policy
     prepare_model(policy.model)
-    model = policy.model
-    if args.grad_ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    model.model.visual.requires_grad_(False)
-    for mod in (model.model.visual.merger, *model.model.visual.deepstack_merger_list):
-        mod.requires_grad_(True)
-    params = [p for p in model.parameters() if p.requires_grad] + list(policy.sqr.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=dev.type == "cuda")
+    opt = train_setup(policy, args.grad_ckpt, cuda=dev.type == "cuda")
     module, opt = acc.prepare(PolicyModule(policy, n_latents=8, rollout_cached=not args.grad_ckpt, fast=True), opt)
     batch = make_batch(shapes, args.batch, str(dev), torch.float32, seed=acc.process_index)
     inputs = {k: v for k, v in batch.items() if k != "labels"}

@@ -140,6 +140,20 @@ def step_fn(policy, variant: str, batch: dict, opt, sqr: bool):
     return run
 
 
+def train_setup(policy, grad_ckpt: bool, cuda: bool):
+    """The measured training set-up (the trainer's defaults): LLM + mergers + SQR train, the ViT is frozen;
+    optional grad checkpointing; fused AdamW on CUDA. Returns the optimizer."""
+    model = policy.model
+    if grad_ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    model.model.visual.requires_grad_(False)
+    for mod in (model.model.visual.merger, *model.model.visual.deepstack_merger_list):
+        mod.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad] + list(policy.sqr.parameters())
+    return torch.optim.AdamW(params, lr=1e-5, fused=cuda)
+
+
 def measure(shapes, variant: str, ckpt: bool, args) -> dict:
     from videosearch_r1.agent.policy import Policy  # noqa: F401  (import cost outside the timing)
     from videosearch_r1.models.qwen3vl import prepare_model
@@ -153,14 +167,7 @@ def measure(shapes, variant: str, ckpt: bool, args) -> dict:
             mod.__dict__.pop("forward", None)
     else:
         prepare_model(model)
-    if ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
-    model.model.visual.requires_grad_(False)
-    for mod in (model.model.visual.merger, *model.model.visual.deepstack_merger_list):
-        mod.requires_grad_(True)
-    params = [p for p in model.parameters() if p.requires_grad] + list(policy.sqr.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=dev == "cuda")
+    opt = train_setup(policy, ckpt, cuda=dev == "cuda")
     batch = make_batch(shapes, args.batch, dev, dtype)
     run = step_fn(policy, variant, batch, opt, args.sqr and variant == "ours")
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
