@@ -156,7 +156,7 @@ def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(rng.uniform(lo, hi))
 
 
-def _article(phrase: str) -> str:
+def article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 
 
@@ -193,16 +193,16 @@ class Style:
 def fine_desc(style: Style, thing: Thing, wall: Wall, companion: Optional[Thing],
               segments: Sequence[Segment], i: int, context: str) -> str:
     """The fine-grained query for segment i: object, action, companion, wall, optional context clause."""
-    obj = _article(f"{thing.size} {colour_at(thing, segments, i)} {thing.shape}")
+    obj = article(f"{thing.size} {colour_at(thing, segments, i)} {thing.shape}")
     act = phrase(segments[i])
     if companion is not None:
-        act += " next to " + _article(f"{companion.colour} {companion.shape}")
+        act += " next to " + article(f"{companion.colour} {companion.shape}")
     ctx = ""
     if context == "after":
         ctx = f", after it {phrase(segments[i - 1])}"
     elif context == "then":
         ctx = f", and then it {phrase(segments[i + 1])}"
-    w = _article(wall_phrase(wall))
+    w = article(wall_phrase(wall))
     if style.template == 1:
         return f"In front of {w}, {obj} {act}{ctx}."
     where = "against" if style.template == 2 else "in front of"
@@ -217,9 +217,9 @@ def coarse_desc(style: Style, seg: Segment) -> str:
 
 def video_caption(thing: Thing, wall: Wall, companion: Optional[Thing], segments: Sequence[Segment]) -> str:
     obj = f"{thing.size} {thing.colour} {thing.shape}"
-    comp = f" next to {_article(f'{companion.colour} {companion.shape}')}" if companion else ""
+    comp = f" next to {article(f'{companion.colour} {companion.shape}')}" if companion else ""
     acts = ", then it ".join(phrase(s) for s in segments)
-    return f"{_article(obj)[0].upper()}{_article(obj)[1:]}{comp} in front of {_article(wall_phrase(wall))}: it {acts}."
+    return f"{article(obj)[0].upper()}{article(obj)[1:]}{comp} in front of {article(wall_phrase(wall))}: it {acts}."
 
 
 # ----------------------------------------------------------------------------- attributes

@@ -168,16 +168,16 @@ class SynthTraces:
         from videosearch_r1.synth.world import phrase, wall_phrase
 
         thing, wall, comp, segs = self._spec(vid)
-        from videosearch_r1.synth.world import _article
+        from videosearch_r1.synth.world import article
 
-        beside = f" next to {_article(f'{comp.colour} {comp.shape}')}" if comp else ""
+        beside = f" next to {article(f'{comp.colour} {comp.shape}')}" if comp else ""
         acts = ", then ".join(f"{phrase(s)} ({s.start:.1f}-{s.end:.1f} s)" for s in segs)
-        return (f"I see {_article(f'{thing.size} {thing.colour} {thing.shape}')}{beside} in front of "
-                f"{_article(wall_phrase(wall))}. It {acts}.")
+        return (f"I see {article(f'{thing.size} {thing.colour} {thing.shape}')}{beside} in front of "
+                f"{article(wall_phrase(wall))}. It {acts}.")
 
     def trace(self, q, shown: str, label: str) -> tuple[str, bool]:
         """(reasoning, whether the shown video also fits the query's wording)."""
-        from videosearch_r1.synth.world import Style, _article, colour_at, fine_desc, kind_of, phrase, wall_phrase
+        from videosearch_r1.synth.world import Style, article, colour_at, fine_desc, kind_of, phrase, wall_phrase
 
         g = self.videos[q.video_id]
         qs = next((x for x in g["queries"] if x["fig_desc"] == q.fig_desc), None)
@@ -203,12 +203,12 @@ class SynthTraces:
         if want_colour != have_colour:
             diffs.append(f"it is {have_colour}, not {want_colour}")
         if gt_thing.shape != thing.shape:
-            diffs.append(f"it is {_article(thing.shape)}, not {_article(gt_thing.shape)}")
+            diffs.append(f"it is {article(thing.shape)}, not {article(gt_thing.shape)}")
         if (gt_wall.colour, gt_wall.texture) != (wall.colour, wall.texture):
-            diffs.append(f"the wall is {_article(wall_phrase(wall))}, not {_article(wall_phrase(gt_wall))}")
+            diffs.append(f"the wall is {article(wall_phrase(wall))}, not {article(wall_phrase(gt_wall))}")
         if gt_comp != comp:
-            have = _article(f"{comp.colour} {comp.shape}") if comp else "no second object"
-            want = _article(f"{gt_comp.colour} {gt_comp.shape}") if gt_comp else "none"
+            have = article(f"{comp.colour} {comp.shape}") if comp else "no second object"
+            want = article(f"{gt_comp.colour} {gt_comp.shape}") if gt_comp else "none"
             diffs.append(f"beside it there is {have}, not {want}")
         if not same:
             diffs.append(f"it never {phrase(seg)}")
