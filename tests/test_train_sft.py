@@ -264,3 +264,19 @@ def test_a_step_with_nan_gradients_is_not_applied_and_counted(tmp_path, sft_rows
     pol.model.model.language_model.layers[0].mlp.down_proj.weight.register_hook(lambda g: g * float("nan"))
     with pytest.raises(RuntimeError, match="2 steps in a row with a non-finite gradient norm"):
         train_policy(cfg, pol, rows[:2], tmp_path / "always", _clip_fn(), section=cfg.sft)
+
+
+def test_a_finished_run_is_not_reused_for_other_starting_weights(tmp_path, sft_rows):
+    """Same rows and settings, another starting checkpoint (e.g. a retrained base at the same path): refused."""
+    from videosearch_r1.train.trainer import train_policy
+
+    rows, _ = sft_rows
+    cfg = _cfg(tmp_path, "train.steps=1", "sft.infonce_weight=0")
+    s = train_policy(cfg, _policy(), rows[:2], tmp_path, _clip_fn(), section=cfg.sft)
+    assert s["complete"]
+    assert train_policy(cfg, _policy(), rows[:2], tmp_path, _clip_fn(), section=cfg.sft)["complete"]  # same start: reused
+    other = _policy()
+    with torch.no_grad():
+        other.model.model.language_model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    with pytest.raises(ValueError, match="another init_weights"):
+        train_policy(cfg, other, rows[:2], tmp_path, _clip_fn(), section=cfg.sft)

@@ -298,6 +298,21 @@ def run_key(rows, tc, processes: int, total: int) -> dict:
             "seed": tc.seed, "processes": processes, "total_steps": total}
 
 
+def weights_key(policy) -> str:
+    """A short key of the policy's starting weights (model + SQR modules), so that a run started from
+    other weights (a retrained engine or base under the same path) does not reuse a finished run or
+    resume into it. Per tensor: name, shape and a strided sample of its values (cheap at 2B shapes)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for part in (policy.model, policy.sqr):
+        for name, t in part.state_dict().items():
+            flat = t.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 4096)][:4096].float().cpu().numpy().tobytes()
+            h.update(f"{name}{tuple(t.shape)}".encode() + sample)
+    return h.hexdigest()[:16]
+
+
 def check_run_key(ckpt: Path, key: dict) -> None:
     """Refuse to resume (or reuse) a checkpoint written with other rows / data order / schedule."""
     blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
