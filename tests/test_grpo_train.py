@@ -68,7 +68,12 @@ def test_grpo_steps_log_rewards_and_move_parameters(tmp_path):
     for k, p in now.items():
         assert not torch.equal(p.detach().cpu(), before[k]), k
     assert latest_checkpoint(tmp_path).name == "final" and (tmp_path / "final" / "sqr.safetensors").is_file()
-    assert run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=pol)["steps"] == 2  # finished: no retraining
+    # finished: rerunning from the same starting weights reuses it; other starting weights are refused
+    assert run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=_policy(scripted=True))["steps"] == 2
+    with pytest.raises(ValueError, match="init_weights"):
+        run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=pol)  # the trained policy = another start
+    with pytest.raises(ValueError, match="queries_per_step"):
+        run_grpo(_cfg(tmp_path, "grpo.queries_per_step=2"), "synth", engine=W.engine(), policy=_policy(scripted=True))
     assert grpo_report.main([str(tmp_path / "metrics.jsonl")]) == 0
     png = (tmp_path / "grpo_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -90,6 +90,7 @@ class Run:
     order: object
     total: int
     out_dir: Path
+    key: dict = dataclasses.field(default_factory=dict)  # what a resumed run must share (see run_key)
 
 
 def _engines(cfg, dataset: str, split: str, need_embedder: bool):
@@ -138,6 +139,7 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
         he = embedder.hidden_size if embedder is not None else int(local.meta.get("hidden_size", 0) or 0)
         policy = Policy.from_pretrained(ckpt, device="cpu", dtype="fp32", embedder_hidden=he, seed=cfg.seed)
     configure_processor(policy.processor, cfg.video_cfg(dataset))
+    init_weights = common.weights_key(policy)
     acc = common.make_accelerator(tc)
     common.seed_everything(tc.seed)
     ref = clone_model(policy.model).requires_grad_(False).eval() if g.kl_beta > 0 else None
@@ -148,9 +150,14 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     if hasattr(roller, "set_decode"):  # the decode path for the device the policy now lives on
         roller.set_decode(cfg.agent.decode_attention, cfg.agent.decode_compile, cfg.agent.cuda_graph)
     resume = common.latest_checkpoint(out_dir)
-    if resume is not None:
-        common.load_weights(policy, resume)
+    order = common.DataOrder(len(queries), common.per_process(g.queries_per_step, acc.num_processes,
+                                                              "grpo.queries_per_step"),
+                             g.seed, acc.num_processes, acc.process_index)
     stage_tc = dataclasses.replace(tc, lr=g.lr, lr_sqr=g.lr_sqr, grad_accum=1)
+    key = run_key(cfg, queries, acc.num_processes, common.total_steps(stage_tc, order), init_weights)
+    if resume is not None:
+        common.check_run_key(resume, key)
+        common.load_weights(policy, resume)
     groups = common.param_groups(policy, stage_tc, sqr=latent_on)
     opt = torch.optim.AdamW(groups, lr=g.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
                             fused=acc.device.type == "cuda")
@@ -161,15 +168,25 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     loop = AgentLoop(acfg, engine, roller, clip_fn=clip_fn, durations={v: r.duration for v, r in split.videos.items()},
                      query_field=cfg.dataset_cfg(dataset).query_field)
     check_distributed(acc, g)
-    order = common.DataOrder(len(queries), common.per_process(g.queries_per_step, acc.num_processes,
-                                                              "grpo.queries_per_step"),
-                             g.seed, acc.num_processes, acc.process_index)
     scorer = RetrievalScorer(local.vectors, local.ids, g.retrieval_tau, g.n_negatives)
     if embedder is not None:
         embedder.model.requires_grad_(False)
     run = Run(cfg, acc, policy, module, opt, ref, loop, scorer, embedder, queries, order,
-              common.total_steps(stage_tc, order), out_dir)
+              common.total_steps(stage_tc, order), out_dir, key)
     return run, state
+
+
+def run_key(cfg, queries: list, processes: int, total: int, init_weights: str) -> dict:
+    """What a resumed (or reused finished) GRPO run must share with the run that wrote its checkpoint: the
+    queries and their order, the group / step sizes, seeds, schedule and the starting weights (an SFT
+    checkpoint retrained under the same path must not be continued from the old run's weights)."""
+    import hashlib
+
+    g = cfg.grpo
+    h = hashlib.sha1("\n".join(str(q.qid) for q in queries).encode())
+    return {"queries_sha1": h.hexdigest(), "queries": len(queries), "queries_per_step": g.queries_per_step,
+            "group_size": g.group_size, "seed": g.seed, "train_seed": cfg.train.seed, "processes": processes,
+            "total_steps": total, "init_weights": init_weights, "lr": g.lr, "lr_sqr": g.lr_sqr}
 
 
 def check_distributed(acc, g) -> None:
@@ -372,11 +389,11 @@ def run_grpo(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = N
     from videosearch_r1.utils import append_jsonl, atomic_write_json, progress
 
     out_dir = Path(cfg.train.output) if cfg.train.output else cfg.runs_dir() / (cfg.run_name or f"grpo-{dataset}")
+    run, state = setup(cfg, dataset, checkpoint, out_dir, engine=engine, policy=policy)  # refuses another run's
     done = common.latest_checkpoint(out_dir)
     if done is not None and done.name == common.FINAL and (out_dir / "summary.json").is_file():
-        return json.loads((out_dir / "summary.json").read_text())
+        return json.loads((out_dir / "summary.json").read_text())  # finished with the same key: reuse it
     save_config(cfg, out_dir)
-    run, state = setup(cfg, dataset, checkpoint, out_dir, engine=engine, policy=policy)
     acc, tc = run.acc, cfg.train
     metrics = out_dir / "metrics.jsonl"
     if acc.is_main_process:
@@ -400,12 +417,13 @@ def run_grpo(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = N
                 bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.4f}")
         if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.step < run.total:
             common.save_checkpoint(acc, run.module, run.policy, run.opt, state, cfg,
-                                   out_dir / common.checkpoint_name(state.step), keep=tc.keep_checkpoints)
+                                   out_dir / common.checkpoint_name(state.step), extra={"run_key": run.key},
+                                   keep=tc.keep_checkpoints)
     if bar is not None:
         bar.close()
     finished = state.step >= run.total
-    final = common.save_checkpoint(acc, run.module, run.policy, run.opt, state, cfg, out_dir / common.FINAL) \
-        if finished else None
+    final = common.save_checkpoint(acc, run.module, run.policy, run.opt, state, cfg, out_dir / common.FINAL,
+                                   extra={"run_key": run.key}) if finished else None
     summary = _summary(out_dir, state, run, finished, final)
     if acc.is_main_process:
         atomic_write_json(out_dir / "summary.json", summary)
