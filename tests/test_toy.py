@@ -31,7 +31,9 @@ def test_plan_hands_each_stage_the_previous_checkpoint(tmp_path):
     grpo = argv["GRPO from SFT"]
     assert grpo[grpo.index("--checkpoint") + 1] == str(runs / "toy-sft" / "final")
     assert "train.steps=7" in grpo and "train.warmup=2" in grpo and grpo[-1] == "run_name=toy-grpo"  # the toy's own names win
-    evals = [a for s, _, a in steps if s == "infer"]
+    evals = [a for _, _, a in steps if a[0] == "infer"]
+    assert [a[-1] for a in evals] == [f"run_name={n}" for n, _, _ in toy.EVAL_RUNS]
+    assert names.index("grpo") > max(i for i, s in enumerate(names) if s == "infer")  # GRPO after the others' evals
     assert len(evals) == 5 and all(a[a.index("--split") + 1] == "test" for a in evals)
     assert all("x.y=1" in a for _, _, a in steps)  # user overrides reach every step
     report = argv["report"]
@@ -46,5 +48,5 @@ def test_from_step_skips_earlier_steps_and_a_failure_names_the_step(tmp_path, mo
         toy.main(["--profile", "cpu", "--from-step", "grpo", f"workspace={tmp_path}"])
     assert [a[:2] for a in seen][0] == ["train", "grpo"]
     assert not any(a[0] in ("synth", "engine", "index") for a in seen)
-    assert sum(a[0] == "infer" for a in seen) == 5
+    assert [a[-1] for a in seen if a[0] == "infer"] == ["run_name=toy-grpo"]  # the other evals came before grpo
     assert str(Path(toy.profile_config("cpu"))) in seen[0]

@@ -14,8 +14,9 @@ so rerunning the command after a kill continues where it stopped):
 5. base       vsr1 train base                             the base policy = the zero-shot (ZS) baseline
 6. sft-data   vsr1 build sft synth                        top-1 pairs, traces from the timelines, negatives
 7. sft        vsr1 train sft synth --checkpoint BASE      token CE + InfoNCE through the frozen engine
-8. grpo       vsr1 train grpo synth --checkpoint SFT      multi-turn GRPO with the live engine
-9. infer      vsr1 infer synth ...                        engine alone, ZS, SFT (SQR), SFT without SQR, GRPO
+8. infer      vsr1 infer synth ...                        engine alone, ZS, SFT (SQR), SFT without SQR
+9. grpo       vsr1 train grpo synth --checkpoint SFT      multi-turn GRPO with the live engine, then its infer
+   (the runs that do not need GRPO are evaluated first: a run stopped during GRPO still has them)
 10. report    vsr1 report RUN ... --out <workspace>/runs/toy-report   one table, result.json, plots
 
 Run names are fixed (`toy-*`), so the runs land in <workspace>/runs/toy-*/. The profiles are plain config
@@ -31,7 +32,7 @@ from videosearch_r1 import cli
 from videosearch_r1.utils import command_parser, config_from_args, parse_command
 
 PROFILES = ("cpu", "gpu")
-STEPS = ("world", "engine", "index", "channel", "base", "sft-data", "sft", "grpo", "infer", "report")
+STEPS = ("world", "engine", "index", "channel", "base", "sft-data", "sft", "infer", "grpo", "report")
 # the inference runs compared in the report: (run name, policy run dir under runs/ or None, extra overrides)
 EVAL_RUNS = (
     ("toy-engine", None, ["agent.method=engine"]),
@@ -63,14 +64,16 @@ def plan(runs: Path, common: list[str], grpo_steps: int, grpo_warmup: int = 0) -
         ("sft-data", "build the SFT rows", ["build", "sft", "synth", *common]),
         ("sft", "SFT (token CE + InfoNCE)", ["train", "sft", "synth", "--checkpoint",
                                              str(runs / "toy-base" / "policy"), *common, "run_name=toy-sft"]),
-        ("grpo", "GRPO from SFT", ["train", "grpo", "synth", "--checkpoint", str(runs / "toy-sft" / "final"),
-                                   *common, f"train.steps={grpo_steps}", f"train.warmup={grpo_warmup}",
-                                   "run_name=toy-grpo"]),
     ]
+    grpo = ("grpo", "GRPO from SFT", ["train", "grpo", "synth", "--checkpoint", str(runs / "toy-sft" / "final"),
+                                      *common, f"train.steps={grpo_steps}", f"train.warmup={grpo_warmup}",
+                                      "run_name=toy-grpo"])
     for name, policy, extra in EVAL_RUNS:
+        if name == "toy-grpo":
+            steps.append(grpo)
         ckpt = ["--checkpoint", str(runs / policy)] if policy else []
-        steps.append(("infer", f"evaluate {name}", ["infer", "synth", "--split", "test", *ckpt, *common,
-                                                    *extra, f"run_name={name}"]))
+        steps.append(("grpo" if name == "toy-grpo" else "infer", f"evaluate {name}",
+                      ["infer", "synth", "--split", "test", *ckpt, *common, *extra, f"run_name={name}"]))
     preds = [str(runs / name / "predictions.jsonl") for name, _, _ in EVAL_RUNS]
     steps.append(("report", "report", ["report", *preds, "--out", str(runs / "toy-report"), *common]))
     return steps
