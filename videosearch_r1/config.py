@@ -209,6 +209,8 @@ class AgentConfig:
     decode_attention: str = "auto"  # decode-step attention: "auto" (matmul on CUDA, sdpa on CPU) | "sdpa" | "matmul"
     decode_compile: bool = True  # torch.compile the decode step (CUDA only; once per process, eager if it fails)
     cuda_graph: bool = True  # capture the decode step as a CUDA graph (CUDA only)
+    prefill_tokens: int = 65536  # verification prefill: rows of equal length bucketed, <= this many tokens per forward (0: one padded HF forward)
+    vision_cache_mb: int = 2048  # visual-token cache (MiB on the policy's device): a video shown again is not re-encoded (0: off)
     device: str = "auto"  # policy device ("auto": cuda if available)
     dtype: str = "auto"  # policy dtype ("auto": bf16 on GPU, fp32 on CPU)
     profile_depths: tuple[int, ...] = ()  # also log the GT rank after refinement from the first d latents

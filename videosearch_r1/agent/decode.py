@@ -444,20 +444,30 @@ def _pick(logits: torch.Tensor, temperature: float, generator, top_p: float = 1.
 def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens: int, eos_ids: list[int],
                     pad_id: int, temperature: float = 0.0, generator: torch.Generator | None = None,
                     options: DecodeOptions = DecodeOptions(), keep_state: bool = False, reserve: int = 0,
-                    ignore_eos: bool = False, check_every: int = 8, top_p: float = 1.0) -> DecodeResult:
+                    ignore_eos: bool = False, check_every: int = 8, top_p: float = 1.0,
+                    plan=None) -> DecodeResult:
     """Greedy (temperature 0) or sampled decoding of a left-padded batch (temperature / top_p, drawn
     from `generator`: seeded, a run repeats exactly; greedy ignores both).
 
     Every generated token is also fed through the model once, so each one's hidden state is known
     (the SQR seed at a generated <REFINE> comes for free). `reserve` extra cache columns are kept
-    for a latent rollout continuing from the returned state (keep_state=True).
+    for a latent rollout continuing from the returned state (keep_state=True). `plan` (a
+    prefill.PrefillPlan): the bucketed prefill (no compute on padding, cached video features) instead
+    of the one HF forward; the decode loop after it is the same.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     length = inputs["attention_mask"].shape[1]
-    pre_fill = prefill(model, inputs, positions, capacity=length + max_new_tokens + reserve)
+    if plan is not None:
+        from videosearch_r1.agent.prefill import bucketed_prefill, supports
+
+        plan = plan if supports(inputs) else None
+    if plan is None:
+        pre_fill = prefill(model, inputs, positions, capacity=length + max_new_tokens + reserve)
+    else:
+        pre_fill = bucketed_prefill(model, inputs, positions, length + max_new_tokens + reserve, plan)
     cache = pre_fill.cache
     b = cache.valid.shape[0]
     dev = cache.valid.device

@@ -122,6 +122,7 @@ def load_policy(cfg: Config, engine):
                                     reference_layout=a.reference_layout, embedder_hidden=he, seed=cfg.seed)
     configure_processor(policy.processor, cfg.video_cfg(cfg.dataset))  # the dataset's video budget
     opts = policy.set_decode(a.decode_attention, a.decode_compile, a.cuda_graph)
+    policy.set_prefill(a.prefill_tokens, a.vision_cache_mb)
     print(f"policy decode path on {policy.device}: {opts.name}", flush=True)
     if a.method == "sqr" and policy.sqr_config.soft_insert != cfg.engine.soft_insert:
         raise ConfigError(f"the policy's soft tokens were trained for engine.soft_insert="

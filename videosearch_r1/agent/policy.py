@@ -158,6 +158,7 @@ class Policy:
             raise PolicyLoadError(f"SQR hidden_size {sqr_config.hidden_size} != policy hidden {text_hidden}")
         prepare_model(model)  # the one fast step: batched vision attention + linear patch embed
         self.set_decode()
+        self.set_prefill()
 
     def set_decode(self, attention: str = "auto", compile: bool = True, cuda_graph: bool = True) -> DecodeOptions:
         """Pick the decode path for the policy's current device (decode.decode_options_for): on CUDA by
@@ -165,6 +166,27 @@ class Policy:
         agent.decode_attention / agent.decode_compile / agent.cuda_graph; call again after moving the model."""
         self.decode_options = decode_options_for(self.device, attention, compile, cuda_graph)
         return self.decode_options
+
+    def set_prefill(self, tokens: int = 65536, vision_cache_mb: int = 2048, pad_slack: float = 0.0):
+        """How a verification turn is prefilled (agent.prefill_tokens / agent.vision_cache_mb): tokens > 0:
+        the bucketed prefill (agent/prefill.py; rows of equal length together, at most `tokens` per forward,
+        no compute on padding) with a visual-token cache of `vision_cache_mb` MiB (0: none, each distinct
+        video of a batch still encoded once); tokens = 0: one HF forward of the padded batch (the old path).
+        Returns the PrefillPlan template (None for the old path)."""
+        from videosearch_r1.agent.prefill import PrefillPlan
+        from videosearch_r1.agent.vision_cache import VisionCache
+
+        if tokens < 0 or vision_cache_mb < 0:
+            raise ValueError(f"prefill tokens and vision cache MiB must be >= 0, got {tokens}, {vision_cache_mb}")
+        self.vision_cache = VisionCache(int(vision_cache_mb) << 20) if tokens > 0 else None
+        self.prefill_plan = PrefillPlan(max_tokens=int(tokens), pad_slack=pad_slack) if tokens > 0 else None
+        return self.prefill_plan
+
+    def video_keys(self, clips: list[Any]) -> list[str] | None:
+        """Visual-token cache keys of `clips` (content + processor settings), None when no cache is in use."""
+        from videosearch_r1.agent.vision_cache import clip_keys
+
+        return clip_keys(clips, self.processor) if self.vision_cache is not None else None
 
     # ---- properties
     @property
@@ -319,15 +341,18 @@ class Policy:
         """
         inputs = self.build_inputs(queries, clips, method)
         res = self.generate_ids(inputs, max_new_tokens, temperature=temperature, keep_state=keep_state,
-                                reserve=reserve, seed=seed, ignore_eos=ignore_eos, top_p=top_p, generator=generator)
+                                reserve=reserve, seed=seed, ignore_eos=ignore_eos, top_p=top_p, generator=generator,
+                                video_keys=self.video_keys(clips))
         return self._finish(res, inputs["input_ids"].shape[1])
 
     @torch.no_grad()
     def generate_ids(self, inputs: dict, max_new_tokens: int = 256, temperature: float = 0.0,
                      keep_state: bool = False, reserve: int = 16, seed: int | None = None,
-                     ignore_eos: bool = False, top_p: float = 1.0, generator: torch.Generator | None = None):
-        """`generate` on a processor batch (left padded, on the policy's device): the same decode path
-        (self.decode_options), ids in and out, no text (bench/bench_agent.py times this). -> DecodeResult"""
+                     ignore_eos: bool = False, top_p: float = 1.0, generator: torch.Generator | None = None,
+                     video_keys: list[str] | None = None):
+        """`generate` on a processor batch (left padded, on the policy's device): the same prefill
+        (self.prefill_plan; `video_keys`, one per video, let the visual-token cache serve repeats) and decode
+        path (self.decode_options), ids in and out, no text (bench/bench_agent.py times this). -> DecodeResult"""
         from videosearch_r1.agent.decode import generate_tokens
 
         gen = generator
@@ -336,7 +361,17 @@ class Policy:
             gen.manual_seed(seed)
         return generate_tokens(self.model, inputs, self.positions(inputs), max_new_tokens, self.eos_token_ids,
                                self.pad_token_id, temperature=temperature, generator=gen, options=self.decode_options,
-                               keep_state=keep_state, reserve=reserve, ignore_eos=ignore_eos, top_p=top_p)
+                               keep_state=keep_state, reserve=reserve, ignore_eos=ignore_eos, top_p=top_p,
+                               plan=self._plan(video_keys))
+
+    def _plan(self, video_keys: list[str] | None):
+        """This call's PrefillPlan (the policy's template + its cache and the batch's video keys), or None."""
+        from dataclasses import replace
+
+        if self.prefill_plan is None:
+            return None
+        cache = self.vision_cache if video_keys is not None else None
+        return replace(self.prefill_plan, cache=cache, video_keys=video_keys)
 
     def _finish(self, res, prompt_len: int) -> Generation:
         ids = res.ids.cpu().tolist()

@@ -319,3 +319,37 @@ def vision_keepalive(model, inputs: dict):
     for feat in out.deepstack_features or []:
         total = total + feat.float().sum()
     return total * 0.0
+
+
+# ---------------------------------------------------------------------------------- video features
+def encode_videos(model, pixel_values_videos, video_grid_thw) -> list:
+    """The vision tower on a batch of videos, split per video: [(embeds [n_i, H], (deepstack [n_i, H], ...))].
+    Exactly what `Qwen3VLModel.get_video_features` computes (same call), in a per-video layout that
+    `video_encoder_outputs` turns back into the forward's `mm_encoder_outputs`."""
+    out = model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+    levels = [list(level) for level in (out.deepstack_features or [])]
+    return [(emb, tuple(level[i] for level in levels)) for i, emb in enumerate(out.pooler_output)]
+
+
+def video_encoder_outputs(features: list) -> dict | None:
+    """Per-video features (as `encode_videos` returns, in the prompt's video order) -> the `mm_encoder_outputs`
+    keyword of `Qwen3VLModel.forward` (5.24: replaces pixel_values_videos; deepstack features included)."""
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+    if not features:
+        return None
+    n_levels = len(features[0][1])
+    return {"video": BaseModelOutputWithDeepstackFeatures(
+        pooler_output=tuple(f[0] for f in features),
+        deepstack_features=[tuple(f[1][k] for f in features) for k in range(n_levels)])}
+
+
+def video_patch_rows(model, video_grid_thw) -> list[int]:
+    """Rows of `pixel_values_videos` per video (t * h * w patches)."""
+    return [int(x) for x in video_grid_thw.prod(-1).tolist()]
+
+
+def video_token_counts(model, video_grid_thw) -> list[int]:
+    """Placeholder tokens per video (t * h * w / merge^2)."""
+    merge = model.config.vision_config.spatial_merge_size
+    return [n // merge ** 2 for n in video_patch_rows(model, video_grid_thw)]

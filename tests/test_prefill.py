@@ -1,0 +1,129 @@
+"""The verification turn's fast prefill (agent/prefill.py) and visual-token cache (agent/vision_cache.py) on a
+tiny Qwen3-VL: the bucketed prefill equals HF's one padded forward (hidden states, logits, K/V, greedy ids) on
+a batch of unequal prompts with videos; a cached video's tokens equal a fresh encoding; other video settings
+or changed weights miss.
+
+    .venv/bin/python -m pytest -q tests/test_prefill.py
+"""
+import pytest
+import torch
+
+from videosearch_r1.agent.decode import prefill
+from videosearch_r1.agent.prefill import PrefillPlan, bucketed_prefill, buckets, video_rows
+from videosearch_r1.agent.policy import Policy
+from videosearch_r1.agent.vision_cache import VisionCache, clip_keys
+from videosearch_r1.config import VideoConfig
+from videosearch_r1.models.qwen3vl import configure_processor, encode_videos
+from videosearch_r1.models.tiny import make_tiny_checkpoint
+
+from _policy_inputs import CLIPS, QUERIES, liven, make_clip  # noqa: E402
+
+VCFG = VideoConfig(fps=1.0, max_frames=8, min_pixels=32 * 32, max_pixels=64 * 64)
+BATCH_Q = QUERIES + ["a small green star jumps twice", QUERIES[0]]
+BATCH_C = CLIPS + [CLIPS[0], CLIPS[0]]  # unequal lengths; clip 0 shown to three queries
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    ckpt = make_tiny_checkpoint(tmp_path_factory.mktemp("policy"), kind="policy", video_cfg=VCFG)
+    return liven(Policy.from_pretrained(ckpt))
+
+
+def _close(a, b, tol=1e-4):
+    return (a - b).abs().max().item() <= tol * max(1.0, b.abs().max().item())
+
+
+def test_buckets_group_equal_lengths_under_a_token_budget():
+    assert buckets([5, 9, 5, 9, 9, 3], max_tokens=18) == [[1, 3], [4], [0, 2], [5]]
+    assert buckets([10, 9, 4], max_tokens=100, pad_slack=0.1) == [[0, 1], [2]]
+    assert buckets([50], max_tokens=8) == [[0]]  # a longer row is its own bucket
+
+
+@pytest.mark.parametrize("max_tokens,slack", [(10 ** 6, 0.0), (1, 0.0), (10 ** 6, 0.5)])
+def test_bucketed_prefill_equals_hf_forward(policy, max_tokens, slack):
+    inputs = policy.build_inputs(BATCH_Q, BATCH_C)
+    mask = inputs["attention_mask"]
+    assert len(set(mask.sum(1).tolist())) >= 3 and not bool(mask.all())  # really unequal, padded
+    assert video_rows(policy.model, inputs) == [0, 1, 2, 3, 4]
+    pos = policy.positions(inputs)
+    length = mask.shape[1]
+    gather = mask.sum(1) * 0 + length - 2  # a column that is not the last one
+    plan = PrefillPlan(max_tokens=max_tokens, pad_slack=slack, cache=VisionCache(1 << 30),
+                       video_keys=clip_keys(BATCH_C, policy.processor))
+    with torch.no_grad():
+        ref = prefill(policy.model, inputs, pos, gather_at=gather, capacity=length + 8, want_pre=True)
+        new = bucketed_prefill(policy.model, inputs, pos, length + 8, plan, gather_at=gather, want_pre=True)
+        assert _close(new.post, ref.post) and _close(new.pre, ref.pre)
+        assert _close(policy.model.lm_head(new.post), policy.model.lm_head(ref.post))
+    assert torch.equal(new.cache.valid, ref.cache.valid) and new.cache.length == ref.cache.length
+    assert new.cache.capacity == ref.cache.capacity
+    for a, b in zip(new.cache.keys + new.cache.values, ref.cache.keys + ref.cache.values):
+        assert _close(a, b)
+    assert plan.cache.stats()["misses"] == 3 and plan.cache.stats()["hits"] == 2
+
+
+def test_generate_ids_equal_old_path(policy):
+    """The greedy verification turn (what `vsr1 infer` runs) gives the same ids as the one-forward prefill."""
+    assert policy.prefill_plan is not None  # the default
+    new = policy.generate(BATCH_Q, BATCH_C, max_new_tokens=16, ignore_eos=True)
+    hits = policy.vision_cache.hits
+    again = policy.generate(BATCH_Q, BATCH_C, max_new_tokens=16, ignore_eos=True)
+    assert policy.vision_cache.hits == hits + len(BATCH_C)  # every video of the second call served from cache
+    policy.set_prefill(0)
+    try:
+        old = policy.generate(BATCH_Q, BATCH_C, max_new_tokens=16, ignore_eos=True)
+    finally:
+        policy.set_prefill()
+    assert new.ids == old.ids == again.ids and len({tuple(r) for r in old.ids}) >= 3
+
+
+def test_cached_tokens_equal_fresh_encoding_and_other_settings_miss(policy):
+    model = policy.model
+    inputs = policy.build_inputs(BATCH_Q, BATCH_C)
+    pix, grid = inputs["pixel_values_videos"], inputs["video_grid_thw"]
+    cache = VisionCache(1 << 30)
+    keys = clip_keys(BATCH_C, policy.processor)
+    with torch.no_grad():
+        first = cache.features(model, pix, grid, keys)
+        second = cache.features(model, pix, grid, keys)
+        alone = policy.build_inputs(QUERIES[:1], CLIPS[:1])
+        fresh = encode_videos(model, alone["pixel_values_videos"], alone["video_grid_thw"])[0]
+    assert cache.stats()["misses"] == 3 and cache.stats()["hits"] == 7
+    for feat in (first[0], first[3], first[4], second[0]):  # a hit is bit-for-bit a fresh encoding
+        assert torch.equal(feat[0], fresh[0]) and len(feat[1]) == len(fresh[1]) >= 1
+        assert all(torch.equal(a, b) for a, b in zip(feat[1], fresh[1]))
+    # another video budget: other frames (another key) and other processor settings are misses
+    small = make_clip(4, 32, 32, 0)
+    assert clip_keys([small])[0] != clip_keys(CLIPS[:1])[0]
+    saved = policy.processor.video_processor.to_dict()
+    configure_processor(policy.processor, VideoConfig(fps=1.0, max_frames=4, min_pixels=32 * 32, max_pixels=32 * 64))
+    try:
+        other = clip_keys(CLIPS[:1], policy.processor)
+    finally:
+        for k in ("size", "max_video_tokens"):
+            setattr(policy.processor.video_processor, k, saved[k])
+    assert other != clip_keys(CLIPS[:1], policy.processor) == keys[:1]
+    with torch.no_grad():
+        cache.features(model, alone["pixel_values_videos"], alone["video_grid_thw"], other)
+    assert cache.stats()["misses"] == 4
+    # new vision weights (an optimizer step): the cache empties, the next lookup is a miss
+    p = next(model.model.visual.parameters())
+    with torch.no_grad():
+        p.add_(0.0)
+        cache.features(model, alone["pixel_values_videos"], alone["video_grid_thw"], keys[:1])
+    assert cache.stats()["misses"] == 5 and cache.stats()["resets"] == 1
+
+
+def test_cache_is_bounded_by_bytes(policy):
+    inputs = policy.build_inputs(QUERIES, CLIPS)
+    keys = clip_keys(CLIPS, policy.processor)
+    with torch.no_grad():
+        feats = VisionCache(1 << 30).features(policy.model, inputs["pixel_values_videos"],
+                                              inputs["video_grid_thw"], keys)
+        one = sum(t.numel() * t.element_size() for t in (feats[0][0], *feats[0][1]))
+        cache = VisionCache(one)  # room for clip 0's entry only
+        cache.features(policy.model, inputs["pixel_values_videos"], inputs["video_grid_thw"], keys)
+    s = cache.stats()
+    assert s["bytes"] <= one and s["misses"] == 3 and s["evictions"] >= 1 and s["entries"] < 3
+    with pytest.raises(ValueError, match="3 videos"):
+        cache.features(policy.model, inputs["pixel_values_videos"], inputs["video_grid_thw"], keys[:2])

@@ -1,0 +1,162 @@
+"""Bucketed prefill: a batch of unequal prompts prefilled with no compute on padding, into one static cache.
+
+    plan = PrefillPlan(max_tokens=65536, cache=VisionCache(2 << 30), video_keys=clip_keys(clips, processor))
+    pf = bucketed_prefill(model, inputs, positions, capacity=L + 256, plan=plan)   # same Prefill as decode.prefill
+
+What it does (Policy.generate / `vsr1 infer` with agent.prefill_tokens > 0; decode.prefill is the one-forward
+HF path it replaces for the verification turn):
+1. the batch's videos go through the vision tower once each (VisionCache: a video repeated in the batch or
+   seen earlier in the run is a hit) or, without keys, in one call as HF does;
+2. rows are sorted by real length and cut into buckets of rows of EQUAL length (`pad_slack` > 0 lets a
+   bucket take rows up to that fraction shorter than its longest) with at most `max_tokens` tokens
+   (rows x bucket length; a longer row is its own bucket);
+3. each bucket is one HF text forward over only its own columns (the left padding common to the batch is
+   cut off; no mask when its rows are equal, so SDPA runs its causal kernel), with the precomputed video
+   features passed as `mm_encoder_outputs`, and the mRoPE positions of the whole batch sliced;
+4. its K/V land in the static cache at the same columns the one-forward path writes (left padded to the
+   batch's length L), so decoding after it is unchanged (decode.generate_tokens, sqr.rollout_from_state).
+Equal to decode.prefill within float tolerance (tests/test_prefill.py: hidden states, logits, K/V and
+greedy ids on a batch of unequal prompts with videos).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+import videosearch_r1  # noqa: F401  (torchvision shim before transformers)
+from videosearch_r1.agent.decode import DecodeCache, Prefill, _take_layer_kv, round_capacity
+
+
+@dataclass
+class PrefillPlan:
+    """How Policy prefills a verification turn (agent.prefill_tokens / agent.vision_cache_mb)."""
+
+    max_tokens: int = 65536  # tokens (rows x bucket length) per text forward
+    pad_slack: float = 0.0  # a bucket may take rows up to this fraction shorter than its longest (then masked)
+    cache: Any = None  # a VisionCache (None: the batch's videos encoded in one call, no reuse)
+    video_keys: list | None = None  # one key per video of the batch (vision_cache.clip_keys); None: no caching
+
+
+def buckets(lengths: list[int], max_tokens: int, pad_slack: float = 0.0) -> list[list[int]]:
+    """Row indices grouped for prefill: longest first, equal lengths (or within pad_slack) together,
+    at most max_tokens (rows x the bucket's longest) per bucket, at least one row each."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    out: list[list[int]] = []
+    for i in order:
+        if out:
+            top = lengths[out[-1][0]]
+            if lengths[i] >= top * (1 - pad_slack) and (len(out[-1]) + 1) * top <= max_tokens:
+                out[-1].append(i)
+                continue
+        out.append([i])
+    return out
+
+
+def video_rows(model, inputs: dict) -> list[int]:
+    """The batch row of each video (videos are in row order; a row may hold several or none)."""
+    from videosearch_r1.models.qwen3vl import video_token_counts
+
+    grid = inputs.get("video_grid_thw")
+    if grid is None or len(grid) == 0:
+        return []
+    per_video = video_token_counts(model, grid)
+    mask = inputs["attention_mask"].bool()
+    per_row = ((inputs["input_ids"] == model.config.video_token_id) & mask).sum(1).tolist()
+    rows, v = [], 0
+    for r, need in enumerate(per_row):
+        while need > 0 and v < len(per_video):
+            rows.append(r)
+            need -= per_video[v]
+            v += 1
+        if need != 0:
+            break
+    if v != len(per_video) or len(rows) != len(per_video) or need != 0:
+        raise ValueError(f"video placeholders per row {per_row} do not match the grids' token counts {per_video}")
+    return rows
+
+
+def video_features(model, inputs: dict, plan: PrefillPlan) -> list:
+    """Per-video features of the batch: through the plan's cache (each distinct key once), else one call."""
+    from videosearch_r1.models.qwen3vl import encode_videos
+
+    pix, grid = inputs.get("pixel_values_videos"), inputs.get("video_grid_thw")
+    if pix is None or grid is None or len(grid) == 0:
+        return []
+    if plan.cache is not None and plan.video_keys is not None:
+        return plan.cache.features(model, pix, grid, list(plan.video_keys))
+    return encode_videos(model, pix, grid)
+
+
+def _static_cache(model, into: DecodeCache | None, b: int, length: int, capacity: int | None) -> DecodeCache:
+    if into is None:
+        return DecodeCache.empty(model, b, round_capacity(max(int(capacity or length), length)))
+    if not into.static or into.valid.shape[0] != b or into.capacity < length:
+        raise ValueError(f"prefill into a cache of {into.valid.shape[0]} rows x {into.capacity} columns "
+                         f"(static={into.static}): the batch needs {b} x {length}")
+    for t in into.keys + into.values:
+        t.zero_()
+    return into
+
+
+def supports(inputs: dict) -> bool:
+    """Whether a batch can take the bucketed path (token ids and videos; images and embeds go the HF way)."""
+    return (inputs.get("inputs_embeds") is None and inputs.get("pixel_values") is None
+            and not torch.is_grad_enabled())
+
+
+def bucketed_prefill(model, inputs: dict, positions: torch.Tensor, capacity: int | None, plan: PrefillPlan,
+                     gather_at: torch.Tensor | None = None, want_pre: bool = False,
+                     into: DecodeCache | None = None) -> Prefill:
+    """decode.prefill's result (static cache, hidden at `gather_at`) with no compute on padding (see module doc)."""
+    from videosearch_r1.models.qwen3vl import video_encoder_outputs
+
+    if not supports(inputs):
+        raise ValueError("bucketed_prefill takes token ids + videos with grad disabled (use decode.prefill)")
+    lm = model.model.language_model
+    mask = inputs["attention_mask"].bool()
+    b, length = mask.shape
+    dev = mask.device
+    lengths = mask.sum(1).tolist()
+    feats = video_features(model, inputs, plan)
+    owner = video_rows(model, inputs)
+    cache = _static_cache(model, into, b, length, capacity)
+    cache.valid.zero_()
+    cache.valid[:, :length] = mask
+    gather = torch.full((b,), length - 1, device=dev) if gather_at is None else gather_at.to(dev).long()
+    h = lm.config.hidden_size
+    post = torch.empty(b, h, dtype=lm.embed_tokens.weight.dtype, device=dev)
+    pre = torch.empty_like(post) if want_pre else None
+    for rows in buckets(lengths, max(int(plan.max_tokens), 1), plan.pad_slack):
+        width = max(lengths[r] for r in rows)
+        lo = length - width
+        idx = torch.tensor(rows, device=dev)
+        sub_mask = inputs["attention_mask"][idx, lo:]
+        mm = video_encoder_outputs([f for r in rows for f, o in zip(feats, owner) if o == r])
+        captured = {}
+        hook = lm.norm.register_forward_hook(lambda mod, a, o: captured.__setitem__("pre", a[0])) if want_pre else None
+        try:
+            out = model.model(input_ids=inputs["input_ids"][idx, lo:], attention_mask=sub_mask,
+                              position_ids=positions[:, idx, lo:], mm_encoder_outputs=mm, use_cache=True)
+        finally:
+            if hook is not None:
+                hook.remove()
+        at = gather[idx] - lo
+        if bool((at < 0).any()):
+            raise ValueError(f"gather_at {gather[idx].tolist()} falls in the left padding of rows {rows}")
+        sel = torch.arange(len(rows), device=dev)
+        post[idx] = out.last_hidden_state[sel, at]
+        if want_pre:
+            pre[idx] = captured["pre"][sel, at]
+        hf_cache = next(out[k] for k in ("cache", "past_key_values") if k in out.keys())
+        pads = ~sub_mask.bool()[:, None, :, None]
+        padded = bool(pads.any())
+        for i in range(len(lm.layers)):
+            k, v = _take_layer_kv(hf_cache, i)
+            for buf, src in ((cache.keys[i], k), (cache.values[i], v)):
+                buf[idx, :, lo:length] = src.masked_fill(pads, 0) if padded else src
+        del out, hf_cache
+    cache.length = length
+    cache.col.fill_(length)
+    return Prefill(cache, post, pre)

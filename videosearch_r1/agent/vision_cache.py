@@ -1,0 +1,141 @@
+"""Visual-token cache: a video shown to several queries (of one batch, or of a run) goes through the vision
+tower once. Used by Policy.generate (agent.vision_cache_mb) through the bucketed prefill (agent/prefill.py).
+
+    cache = VisionCache(max_bytes=2 << 30)
+    keys = clip_keys(clips, processor)                       # one per video: content + processor settings
+    feats = cache.features(model, pixel_values_videos, video_grid_thw, keys)   # [(embeds, deepstack)] per video
+    cache.stats()                                            # hits, misses, evictions, bytes, entries
+
+Keys. A video's entry is keyed by (a) `clip_keys`: a SHA-256 of the clip's frames (bytes, shape) and
+timestamps, i.e. the video's identity after the video config sampled and sized it, plus a digest of the
+processor's video settings (normalisation, patch sizes, bounds); and (b) the vision weights' identity:
+the tower object, its dtype/device and the sum of its parameters' in-place version counters (an optimizer
+step or a load_state_dict bumps them), so features of older weights are never returned: a change of
+weights empties the cache. A different frame budget or pixel budget is a different key (a miss).
+
+Exactness. Each missing video is encoded ALONE (one get_video_features call per video), so a video's tokens
+never depend on its batch-mates: a hit returns bit-for-bit what a fresh encoding of that video gives
+(tests/test_prefill.py). Not used with grad enabled or a model in training mode (features are detached).
+Bounded by bytes (LRU); `max_bytes=0` keeps nothing but still encodes each distinct video of a batch once.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+
+import videosearch_r1  # noqa: F401  (torchvision shim before transformers)
+
+
+def processor_digest(processor) -> str:
+    """Digest of the video processor settings that shape pixel values (its full serialised config)."""
+    vp = getattr(processor, "video_processor", None)
+    if vp is None:
+        return "no-processor"
+    try:
+        settings = vp.to_dict()
+    except Exception:  # noqa: BLE001  (an exotic processor: fall back on its repr)
+        settings = repr(vp)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def clip_key(clip: Any) -> str:
+    """SHA-256 of a clip's frames (shape + bytes) and timestamps: its identity as the policy sees it."""
+    frames = np.ascontiguousarray(clip.frames)
+    ts = np.ascontiguousarray(np.asarray(clip.timestamps, dtype=np.float64))
+    h = hashlib.sha256()
+    h.update(repr((frames.shape, str(frames.dtype))).encode())
+    h.update(memoryview(frames).cast("B"))
+    h.update(memoryview(ts).cast("B"))
+    return h.hexdigest()
+
+
+def clip_keys(clips: list, processor=None) -> list[str]:
+    """One cache key per clip: clip content + the processor's video settings."""
+    settings = processor_digest(processor)
+    return [f"{clip_key(c)}:{settings}" for c in clips]
+
+
+def weights_token(model) -> tuple:
+    """Identity of the vision weights: changes whenever any vision parameter is modified in place."""
+    visual = model.model.visual
+    params = list(visual.parameters())
+    return (id(visual), params[0].dtype, params[0].device, sum(p._version for p in params),
+            tuple(p.data_ptr() for p in params[:4]))
+
+
+def _nbytes(feat) -> int:
+    emb, deep = feat
+    return sum(t.numel() * t.element_size() for t in (emb, *deep))
+
+
+class VisionCache:
+    """LRU of per-video vision features (embeds + deepstack levels), bounded by bytes; counts hits/misses."""
+
+    def __init__(self, max_bytes: int):
+        if max_bytes < 0:
+            raise ValueError(f"VisionCache max_bytes must be >= 0, got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.entries: OrderedDict[str, tuple] = OrderedDict()
+        self.bytes = 0
+        self.token = None
+        self.hits = self.misses = self.evictions = self.resets = 0
+
+    def stats(self) -> dict:
+        return dict(hits=self.hits, misses=self.misses, evictions=self.evictions, resets=self.resets,
+                    entries=len(self.entries), bytes=self.bytes, max_bytes=self.max_bytes)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+    def _put(self, key: str, feat) -> None:
+        size = _nbytes(feat)
+        if size > self.max_bytes:
+            return
+        while self.entries and self.bytes + size > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= _nbytes(old)
+            self.evictions += 1
+        self.entries[key] = feat
+        self.bytes += size
+
+    @torch.no_grad()
+    def features(self, model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
+                 keys: list[str]) -> list:
+        """Per-video (embeds, deepstack) of a processor batch's videos, in order; each distinct key encoded
+        once (alone), cached ones taken from the cache."""
+        from videosearch_r1.models.qwen3vl import encode_videos, video_patch_rows
+
+        if torch.is_grad_enabled() or model.training:
+            raise RuntimeError("VisionCache serves inference only (grad disabled, model in eval mode)")
+        rows = video_patch_rows(model, video_grid_thw)
+        if len(keys) != len(rows):
+            raise ValueError(f"{len(keys)} video keys for {len(rows)} videos in the batch")
+        token = weights_token(model)
+        if token != self.token:
+            if self.entries:
+                self.resets += 1
+            self.clear()
+            self.token = token
+        starts = np.concatenate([[0], np.cumsum(rows)]).tolist()
+        out, batch_local = [], {}
+        for i, key in enumerate(keys):
+            feat = batch_local.get(key)
+            if feat is None and key in self.entries:
+                feat = self.entries[key]
+                self.entries.move_to_end(key)
+            if feat is not None:
+                self.hits += 1
+            else:
+                self.misses += 1
+                pix = pixel_values_videos[starts[i]:starts[i + 1]]
+                feat = encode_videos(model, pix, video_grid_thw[i:i + 1])[0]
+                self._put(key, feat)
+            batch_local[key] = feat
+            out.append(feat)
+        return out
