@@ -189,6 +189,27 @@ def test_resume_after_kill_gives_the_same_losses_and_pinned_losses(tmp_path, sft
 
 
 # ----------------------------------------------------------------------------- vsr1 build sft
+def test_synth_traces_name_the_queried_events_only():
+    """A verification trace lists the events the query is about (with their times), not the whole timeline:
+    the matched trace holds the ground-truth span, and every trace stays far below the full description."""
+    from videosearch_r1.synth.world import phrase
+    from videosearch_r1.train.sft_data import SynthTraces
+
+    cfg = W.world().cfg()
+    st = SynthTraces(cfg.dataset_root("synth") / "world.json")
+    vid = max(st.videos, key=lambda v: len(st.videos[v]["segments"]))
+    _, _, _, segs = st._spec(vid)
+    assert len(segs) >= 3
+    full, one = st.describe(vid), st.describe(vid, [1])
+    assert all(f"{s.start:.1f}-{s.end:.1f} s" in full for s in segs)
+    assert f"{segs[1].start:.1f}-{segs[1].end:.1f} s" in one and f"({segs[0].start:.1f}-" not in one
+    assert st.describe(vid, [0, 2]).count("; later it ") == 1 and len(one) < len(full)
+    target = phrase(segs[1])
+    keep = SynthTraces.focus(segs, target, "after")
+    assert 1 in keep and 0 in keep and all(phrase(segs[i]) == target or phrase(segs[i + 1]) == target
+                                           for i in keep if i + 1 < len(segs))
+
+
 def test_build_sft_balanced_rows_with_counted_skips(sft_rows):
     import numpy as np
 

@@ -164,16 +164,35 @@ class SynthTraces:
         comp = Thing(**v["companion"]) if v["companion"] else None
         return Thing(**v["thing"]), Wall(**v["wall"]), comp, [Segment(**s) for s in v["segments"]]
 
-    def describe(self, vid: str) -> str:
-        from videosearch_r1.synth.world import phrase, wall_phrase
+    def describe(self, vid: str, keep: list[int] | None = None) -> str:
+        """What is seen: the object, its companion and wall, and its events with times (all of them, or only
+        the `keep` indices: a verification trace names the events the query is about, which keeps it near
+        the agent's token budget even for videos of eight events)."""
+        from videosearch_r1.synth.world import article, phrase, wall_phrase
 
         thing, wall, comp, segs = self._spec(vid)
-        from videosearch_r1.synth.world import article
-
         beside = f" next to {article(f'{comp.colour} {comp.shape}')}" if comp else ""
-        acts = ", then ".join(f"{phrase(s)} ({s.start:.1f}-{s.end:.1f} s)" for s in segs)
+        idx = sorted(set(range(len(segs)) if keep is None else keep))
+        acts, prev = "", None
+        for i in idx:
+            sep = "" if prev is None else (", then " if i == prev + 1 else "; later it ")
+            acts += f"{sep}{phrase(segs[i])} ({segs[i].start:.1f}-{segs[i].end:.1f} s)"
+            prev = i
         return (f"I see {article(f'{thing.size} {thing.colour} {thing.shape}')}{beside} in front of "
-                f"{article(wall_phrase(wall))}. It {acts}.")
+                f"{article(wall_phrase(wall))}." + (f" It {acts}." if acts else ""))
+
+    @staticmethod
+    def focus(segs, target: str, context: str, limit: int = 4) -> list[int]:
+        """Indices of the events a query about `target` (with its "after"/"then" context) is about: each
+        occurrence of the action and its context neighbour, at most `limit` (the first ones)."""
+        from videosearch_r1.synth.world import phrase
+
+        keep = []
+        for i, s in enumerate(segs):
+            if phrase(s) == target:
+                keep += ([i - 1] if context == "after" and i >= 1 else []) + [i] \
+                    + ([i + 1] if context == "then" and i + 1 < len(segs) else [])
+        return sorted(set(keep))[:limit]
 
     def trace(self, q, shown: str, label: str) -> tuple[str, bool]:
         """(reasoning, whether the shown video also fits the query's wording)."""
@@ -185,8 +204,10 @@ class SynthTraces:
             raise KeyError(f"query {q.qid} is not in world.json (world and annotations out of sync)")
         gt_thing, gt_wall, gt_comp, gt_segs = self._spec(q.video_id)
         seg = gt_segs[qs["segment"]]
-        seen = self.describe(shown)
         if label == "matched":
+            k = qs["segment"]
+            keep = [k - 1] * (qs["context"] == "after" and k >= 1) + [k] + [k + 1] * (qs["context"] == "then")
+            seen = self.describe(shown, [i for i in keep if 0 <= i < len(gt_segs)])
             return f"{seen} From {seg.start:.1f} to {seg.end:.1f} s it {phrase(seg)}, as the query asks.", False
         style = Style(**self.style[(g["split"], g["family"])])
         thing, wall, comp, segs = self._spec(shown)
@@ -195,6 +216,7 @@ class SynthTraces:
                    and (qs["context"] != "then" or i + 1 < len(segs)))
         same = [i for i, s in enumerate(segs) if phrase(s) == phrase(seg)]
         near = same or [i for i, s in enumerate(segs) if kind_of(s.action) == kind_of(seg.action)]
+        seen = self.describe(shown, self.focus(segs, phrase(seg), qs["context"]) or near[:2] or [0])
         want_colour = colour_at(gt_thing, gt_segs, qs["segment"])
         have_colour = colour_at(thing, segs, near[0]) if near else thing.colour
         diffs = []
