@@ -68,6 +68,8 @@ def test_grpo_steps_log_rewards_and_move_parameters(tmp_path):
     for k, p in now.items():
         assert not torch.equal(p.detach().cpu(), before[k]), k
     assert latest_checkpoint(tmp_path).name == "final" and (tmp_path / "final" / "sqr.safetensors").is_file()
+    assert (tmp_path / "grpo_curves.png").read_bytes()[:4] == b"\x89PNG"  # drawn at the end of the run
+    (tmp_path / "grpo_curves.png").unlink()
     # finished: rerunning from the same starting weights reuses it; other starting weights are refused
     assert run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=_policy(scripted=True))["steps"] == 2
     with pytest.raises(ValueError, match="init_weights"):

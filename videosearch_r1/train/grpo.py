@@ -23,7 +23,8 @@ shared with SFT; train/trainer.py the policy preparation):
 4. <out_dir>/metrics.jsonl (one line a step): reward/<name> per reward function, reward/total, kl,
    entropy, clip_frac, latent losses, turns, tokens, rollout_s / logprob_s / update_s, tokens_per_s;
    checkpoint-N/ and final/ (load with `vsr1 infer DATASET --checkpoint <out_dir>/final`), summary.json.
-   Curves: `python -m videosearch_r1.train.grpo_report <out_dir>/metrics.jsonl` (PNG beside it).
+   Curves: <out_dir>/grpo_curves.png at the end of a run (`python -m videosearch_r1.train.grpo_report
+   <out_dir>/metrics.jsonl` redraws them, e.g. mid-run).
 """
 from __future__ import annotations
 
@@ -427,6 +428,13 @@ def run_grpo(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = N
     summary = _summary(out_dir, state, run, finished, final)
     if acc.is_main_process:
         atomic_write_json(out_dir / "summary.json", summary)
+        if finished and metrics.is_file():  # the reward / KL / entropy curves beside the metrics
+            from videosearch_r1.train.grpo_report import grpo_series, plot_curves
+            from videosearch_r1.utils import read_jsonl_resumable
+
+            series = grpo_series(read_jsonl_resumable(metrics))
+            if series:
+                plot_curves(series, out_dir / "grpo_curves.png")
     return summary
 
 
