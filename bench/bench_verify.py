@@ -1,0 +1,297 @@
+"""Bench: verification-turn throughput (issue 18), today's path and the new one side by side in one run.
+
+    python bench/bench_verify.py --device cuda --out bench/results/bench_verify_h200_$(date +%F).json   # H200, < 6 min
+    python bench/bench_verify.py --smoke                                  # tiny shapes on CPU, < 60 s
+
+A turn = prefill (vision tower + prompt) + 128 greedy tokens (ignore_eos), at Qwen3-VL-2B shapes with random
+bf16 weights (bench_agent.build_policy), the reference's budget: 64 frames at 448x448 (32 temporal patches x
+196 merged tokens) + ~280 text tokens = ~6.8k tokens per prompt. Both paths run through `Policy.generate_ids`
+with the same decode step (`vsr1 infer`'s default: matmul + CUDA graph + torch.compile); they differ only in
+the prefill:
+- old: `decode.prefill`, one HF forward of the left-padded batch (agent.prefill_tokens=0);
+- new: `prefill.bucketed_prefill` (agent.prefill_tokens=65536, agent.vision_cache_mb=2048): rows of equal
+  length per forward, no compute on padding, each distinct video through the vision tower once. The cache
+  is emptied before every timed run, so only repeats inside the batch hit (a cold cache per turn).
+Scenarios (in this order; `--budget-s` stops starting new ones, so a short device slot still writes JSON):
+- same: every row its own video, 64 frames (equal lengths): batches --batches (1, 8, 32, 64);
+- grpo: batch 32 = 4 videos x 8 queries (a GRPO group / the loop's shared top-1);
+- mixed: batch 32 of unequal prompts, videos of 16/32/48/64 frames, distinct.
+Per row: turns/s, prefill s, prefill MFU (useful FLOPs: real tokens only, each distinct video once, over
+--peak 989 TFLOP/s, the H200's dense bf16 roof), decode ms/token = (turn - prefill) / tokens, and its ratio
+to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s). Prints a table, writes JSON.
+Needs torch + transformers and this package on the path (no PyAV/faiss): inputs are random ids and pixels
+in the processor's canonical layout (`<t s><|vision_start|>pads<|vision_end|>` per 2-frame patch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
+from bench_agent import IDS_2B, IDS_SMOKE, build_policy, is_oom  # noqa: E402
+from videosearch_r1.config import AgentConfig  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------ inputs
+def turn_inputs(policy, frames: list[int], video_of_row: list[int], side: int, text_tokens: int, seed: int = 0):
+    """A left-padded batch: row r shows video video_of_row[r] with frames[video] frames (random pixels, made on
+    the device), text_tokens + r % 5 prompt ids before it and 12 after. -> (inputs, video keys)"""
+    cfg = policy.model.config
+    ids = IDS_SMOKE if cfg.text_config.vocab_size == 512 else IDS_2B
+    g = torch.Generator().manual_seed(seed)
+    vocab = min(cfg.text_config.vocab_size, 151000) - 20
+    hw = side // 16
+    per_patch = (hw // 2) ** 2
+    rows, types = [], []
+    for r, v in enumerate(video_of_row):
+        n = text_tokens + r % 5
+        seq, ty = torch.randint(0, vocab, (n,), generator=g).tolist(), [0] * n
+        for _ in range(frames[v] // 2):
+            seq += torch.randint(0, vocab, (6,), generator=g).tolist() + [ids["vision_start"]] + \
+                [ids["video"]] * per_patch + [ids["vision_end"]]
+            ty += [0] * 7 + [2] * per_patch + [0]
+        seq += torch.randint(0, vocab, (12,), generator=g).tolist()
+        ty += [0] * 12
+        rows.append(seq)
+        types.append(ty)
+    width = max(len(s) for s in rows)
+    dev = policy.device
+    pad = cfg.text_config.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in rows], device=dev)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in rows], device=dev)
+    mm = torch.tensor([[0] * (width - len(t)) + t for t in types], device=dev)
+    gd = torch.Generator(device=dev).manual_seed(seed)
+    pix = {v: torch.randn(frames[v] // 2 * hw * hw, 3 * 2 * 16 * 16, generator=gd, device=dev).to(policy.dtype)
+           for v in sorted(set(video_of_row))}
+    inputs = {"input_ids": input_ids, "attention_mask": mask, "mm_token_type_ids": mm,
+              "pixel_values_videos": torch.cat([pix[v] for v in video_of_row]),
+              "video_grid_thw": torch.tensor([[frames[v] // 2, hw, hw] for v in video_of_row], device=dev)}
+    return inputs, [f"video{v}" for v in video_of_row]
+
+
+# ------------------------------------------------------------------------------------ model arithmetic
+def prefill_flops(policy, inputs: dict, keys: list[str]) -> float:
+    """Useful forward FLOPs of a prefill: text linears x real tokens + causal attention per row, and the vision
+    tower (linears, per-chunk attention, mergers) once per distinct video. Embedding tables not counted."""
+    m = policy.model
+    lm, vis = m.model.language_model, m.model.visual
+    n_lm = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    merger = [vis.merger, *vis.deepstack_merger_list]
+    n_merge = sum(p.numel() for mod in merger for p in mod.parameters())
+    n_vit = sum(p.numel() for n, p in vis.named_parameters() if "pos_embed" not in n) - n_merge
+    c, vc = lm.config, vis.config
+    lengths = inputs["attention_mask"].sum(1).tolist()
+    text = sum(2 * n_lm * n + 2 * 2 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * n * n / 2
+               for n in lengths)
+    vision, seen = 0.0, set()
+    merge = vc.spatial_merge_size ** 2
+    for key, (t, h, w) in zip(keys, inputs["video_grid_thw"].tolist()):
+        if key in seen:
+            continue
+        seen.add(key)
+        patches = t * h * w
+        vision += 2 * n_vit * patches + 2 * 2 * vc.depth * patches * (h * w) * vc.hidden_size
+        vision += 2 * n_merge * patches / merge
+    return text + vision
+
+
+def weight_bytes(policy) -> int:
+    """Bytes a decode step must read at least: the text tower without its embedding table + lm_head."""
+    lm = policy.model.model.language_model
+    elem = policy.model.lm_head.weight.element_size()
+    return (sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+            + policy.model.lm_head.weight.numel()) * elem
+
+
+# ------------------------------------------------------------------------------------ timing
+def timed(fn, device: str, reps: int, warmup: int):
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+PATHS = ("old", "new")
+
+
+def use_path(policy, path: str) -> None:
+    a = AgentConfig()
+    if path == "old":
+        policy.set_prefill(0)
+    else:
+        policy.set_prefill(a.prefill_tokens, a.vision_cache_mb)
+
+
+def run_row(policy, args, scenario: str, path: str, inputs: dict, keys: list[str]) -> dict:
+    """One (scenario, path) row: the prefill alone, then the whole turn, each from an empty vision cache."""
+    from videosearch_r1.agent.decode import prefill
+    from videosearch_r1.agent.prefill import bucketed_prefill
+
+    use_path(policy, path)
+    b, length = inputs["input_ids"].shape
+    pos = policy.positions(inputs)
+    cap = length + args.new_tokens
+
+    def cold():
+        if policy.vision_cache is not None:
+            policy.vision_cache.clear()
+
+    def pre():
+        cold()
+        if path == "old":
+            return prefill(policy.model, inputs, pos, capacity=cap).post
+        return bucketed_prefill(policy.model, inputs, pos, cap, policy._plan(keys)).post
+
+    def turn():
+        cold()
+        return policy.generate_ids(inputs, args.new_tokens, ignore_eos=True, video_keys=keys)
+
+    big = b >= 8 and args.device.startswith("cuda")
+    reps = 1 if big else args.reps
+    with torch.no_grad():
+        t_turn, res = timed(turn, args.device, reps, args.warmup)  # warm-up compiles the step at this batch
+        t_pre, _ = timed(pre, args.device, reps, 0 if big else args.warmup)
+    stats = policy.vision_cache.stats() if policy.vision_cache is not None else {}
+    steps = res.ids.shape[1]
+    decode_ms = 1000 * max(t_turn - t_pre, 1e-9) / steps
+    floor_ms = 1000 * weight_bytes(policy) / args.hbm
+    flops = prefill_flops(policy, inputs, keys)
+    real = int(inputs["attention_mask"].sum())
+    row = dict(scenario=scenario, path=path, batch=b, distinct_videos=len(set(keys)), columns=length,
+               real_tokens=real, padding_share=1 - real / (b * length), new_tokens=steps, prefill_s=t_pre,
+               turn_s=t_turn, turns_per_s=b / t_turn, prefill_tflops=flops / t_pre / 1e12,
+               prefill_mfu=flops / t_pre / args.peak, decode_ms_per_token=decode_ms, floor_ms=floor_ms,
+               decode_vs_floor=decode_ms / floor_ms, vision_cache=stats, ids=res.ids[:, :8].tolist())
+    print(f"{scenario:<6} {path:<4} b{b:3d} ({len(set(keys)):2d} videos, {real:7d} tok, pad {100 * row['padding_share']:4.1f}%)"
+          f": prefill {t_pre:7.3f} s (MFU {100 * row['prefill_mfu']:5.1f}%)  turn {t_turn:7.3f} s  "
+          f"{row['turns_per_s']:6.2f} turns/s  decode {decode_ms:6.2f} ms/tok ({row['decode_vs_floor']:4.2f}x floor)",
+          flush=True)
+    return row
+
+
+def scenarios(args) -> list[tuple[str, list[int], list[int]]]:
+    """(name, frames per video, video of each row) in the order they run."""
+    f = args.frames
+    out = [("same", [f] * b, list(range(b))) for b in args.batches]
+    out.insert(min(3, len(out)), ("grpo", [f] * 4, [r // 8 for r in range(32)]) if not args.smoke
+               else ("grpo", [f] * 2, [0, 0, 1, 1]))
+    mix = [max(2, f // 4 * k) for k in (1, 2, 3, 4)]
+    mb = 4 if args.smoke else 32
+    out.insert(min(4, len(out)), ("mixed", [mix[r % 4] for r in range(mb)], list(range(mb))))
+    return out
+
+
+# ------------------------------------------------------------------------------------ main
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes on CPU (< 60 s)")
+    ap.add_argument("--out", default="", help="JSON path (default bench/results/bench_verify_<device>.json)")
+    ap.add_argument("--batches", default="1,8,32,64", help="batch sizes of the 'same' scenario")
+    ap.add_argument("--frames", type=int, default=64)
+    ap.add_argument("--side", type=int, default=448)
+    ap.add_argument("--text-tokens", type=int, default=280)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=2, help="timed runs of small batches (batch >= 8 on CUDA: 1)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--peak", type=float, default=989e12, help="dense bf16 FLOP/s roof (H100/H200 SXM: 989e12)")
+    ap.add_argument("--hbm", type=float, default=4.8e12, help="memory bandwidth, bytes/s (H200: 4.8e12)")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="no new scenario starts after this many seconds")
+    ap.add_argument("--no-compile", dest="compile", action="store_false", help="decode step not compiled")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.device = "cpu" if not torch.cuda.is_available() else args.device
+        args.frames, args.side, args.text_tokens, args.new_tokens = 4, 64, 24, 8
+        args.batches, args.reps, args.warmup = "1,2,4", 1, 1
+    args.batches = [int(x) for x in str(args.batches).split(",") if x]
+    args.dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    return args
+
+
+def best(rows: list[dict], path: str) -> dict | None:
+    mine = [r for r in rows if r["path"] == path and r["scenario"] == "same"]
+    return max(mine, key=lambda r: r["turns_per_s"]) if mine else None
+
+
+def main(argv=None) -> int:
+    import transformers
+
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    policy = build_policy(args.smoke, args.device, args.dtype)
+    a = AgentConfig()
+    policy.set_decode(a.decode_attention, a.decode_compile and args.compile, a.cuda_graph)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"{name}, {args.dtype}, decode {policy.decode_options.name}; weights read per step "
+          f"{weight_bytes(policy) / 1e9:.2f} GB -> floor {1000 * weight_bytes(policy) / args.hbm:.2f} ms/token", flush=True)
+    rows, skipped = [], []
+    for scenario, frames, video_of_row in scenarios(args):
+        if time.perf_counter() - t0 > args.budget_s:
+            skipped.append(f"{scenario} b{len(video_of_row)}")
+            continue
+        inputs, keys = turn_inputs(policy, frames, video_of_row, args.side, args.text_tokens)
+        for path in PATHS:
+            try:
+                rows.append(run_row(policy, args, scenario, path, inputs, keys))
+            except RuntimeError as e:
+                if not is_oom(e):
+                    raise
+                print(f"{scenario} {path} b{len(video_of_row)}: out of memory")
+                rows.append(dict(scenario=scenario, path=path, batch=len(video_of_row), oom=True))
+                torch.cuda.empty_cache()
+        del inputs
+    ok = [r for r in rows if not r.get("oom")]
+    print(f"\n{'scenario':<8}{'batch':>6}{'videos':>7}{'pad %':>7} | {'turns/s old':>11}{'new':>8}{'x':>6} | "
+          f"{'MFU old':>8}{'new':>7} | {'ms/tok old':>10}{'new':>7}{'floor':>7}")
+    for r in ok:
+        if r["path"] != "old":
+            continue
+        n = next((x for x in ok if x["path"] == "new" and x["scenario"] == r["scenario"] and x["batch"] == r["batch"]), None)
+        if n is None:
+            continue
+        print(f"{r['scenario']:<8}{r['batch']:>6}{r['distinct_videos']:>7}{100 * r['padding_share']:>7.1f} | "
+              f"{r['turns_per_s']:>11.2f}{n['turns_per_s']:>8.2f}{n['turns_per_s'] / r['turns_per_s']:>6.2f} | "
+              f"{100 * r['prefill_mfu']:>7.1f}%{100 * n['prefill_mfu']:>6.1f}% | "
+              f"{r['decode_ms_per_token']:>10.2f}{n['decode_ms_per_token']:>7.2f}{r['floor_ms']:>7.2f}")
+    summary = {p: best(ok, p) for p in PATHS}
+    for p, r in summary.items():
+        if r:
+            print(f"best batch, {p}: {r['batch']} -> {r['turns_per_s']:.2f} turns/s")
+    if skipped:
+        print(f"skipped (--budget-s {args.budget_s:.0f}): {', '.join(skipped)}")
+    wall = time.perf_counter() - t0
+    print(f"total wall time {wall:.0f} s")
+    result = dict(bench="bench_verify", date=time.strftime("%Y-%m-%d %H:%M"), device=name, torch=torch.__version__,
+                  transformers=transformers.__version__, smoke=args.smoke, dtype=str(args.dtype),
+                  frames=args.frames, side=args.side, new_tokens=args.new_tokens, peak_flops=args.peak,
+                  hbm_bytes_per_s=args.hbm, decode_path=policy.decode_options.name, rows=rows,
+                  best_batch=summary, skipped=skipped, wall_s=wall)
+    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"bench_verify_{'smoke' if args.smoke else name.split()[-1].lower()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
