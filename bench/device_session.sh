@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One lease of the lent H200, planned for its limits (~30 device-minutes a session, 10 min a command, the
+# machine released ~30 s after a call): `vsr1 toy --profile gpu` runs in the background the whole time
+# (bench/device_toy.sh) while the 2B-shape benches run one after another in the foreground of the calls.
+# The benches therefore share the GPU with a small training job (12.8 M parameters, mostly CPU-bound):
+# docs/benchmarks.md says so beside each figure. Every call ends by copying what exists to $OUT.
+#
+#   device run (carry [".wheels"]):        bash bench/device_session.sh 1   # setup, toy start, bench_sft
+#   device run (carry [".wheels_faiss"]):  bash bench/device_session.sh 2   # faiss, bench_grpo, bench_library
+#   device run:                            bash bench/device_session.sh 3   # bench_verify (issue 18)
+#   device run:                            bash bench/device_session.sh wait [SECONDS]   # the toy to its end
+# SMOKE=1 runs every stage at CPU smoke sizes (the check before spending device time).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STAGE=${1:?usage: device_session.sh 1|2|3|wait [SECONDS]}
+OUTD=${OUT:-/tmp/out}
+mkdir -p "$OUTD" bench/results
+T0=$(date +%s)
+if [[ -n ${SMOKE:-} ]]; then DEV=cpu; SM=--smoke; TAG=smoke; TOYARGS=(--profile cpu); else DEV=cuda; SM=; TAG=h200; TOYARGS=(); fi
+
+bench() {  # bench NAME SECONDS ARGS...: run one bench under a time limit, keep its log and JSON
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)"
+  timeout "$limit" python "bench/$name.py" "$@" > "bench/results/${name}_$TAG.log" 2>&1
+  echo "rc $? after $(( $(date +%s) - T0 )) s"
+  grep -v -E "it/s\]|s/it\]" "bench/results/${name}_$TAG.log" | tail -25
+}
+
+bring_back() {  # everything small goes back as one archive + the toy's text summary
+  tar czf "$OUTD/session.tar.gz" bench/results/*_$TAG.json bench/results/*_$TAG.log 2>/dev/null
+  ls "$OUTD"
+}
+
+case $STAGE in
+  1)
+    SKIP_SMOKE=1 bash bench/device_toy.sh start 5 "${TOYARGS[@]}" || exit 1   # setup + background toy
+    bench bench_sft 330 --device "$DEV" $SM --sqr --out bench/results/bench_sft_$TAG.json
+    ;;
+  2)
+    if [[ -d .wheels_faiss ]]; then python -m pip install -q --no-deps --no-index .wheels_faiss/*.whl 2>&1 | tail -1; fi
+    bench bench_grpo 300 --device "$DEV" $SM --steps 2 --out bench/results/bench_grpo_$TAG.json
+    if [[ -n ${SMOKE:-} ]]; then bench bench_library 200 --smoke --tag smoke
+    else bench bench_library 240 --engine 2b --device cuda --preset default --videos 24 --search-dim 2048 --tag h200
+    fi
+    ;;
+  3)
+    if [[ -f bench/bench_verify.py ]]; then bench bench_verify 480 --device "$DEV" $SM --out bench/results/bench_verify_$TAG.json
+    else echo "bench/bench_verify.py not in this tree"; fi
+    ;;
+  wait) ;;
+  *) echo "unknown stage $STAGE"; exit 2 ;;
+esac
+LEFT=${2:-5}
+[[ $STAGE == wait ]] || LEFT=5
+bash bench/device_toy.sh wait "$LEFT"    # toy progress (waits up to LEFT s) + its files into $OUT
+bring_back
