@@ -14,8 +14,10 @@ the prefill:
   is emptied before every timed run, so only repeats inside the batch hit (a cold cache per turn).
 Scenarios (in this order; `--budget-s` stops starting new ones, so a short device slot still writes JSON):
 - same: every row its own video, 64 frames (equal lengths): batches --batches (1, 8, 32, 64);
-- grpo: batch 32 = 4 videos x 8 queries (a GRPO group / the loop's shared top-1);
-- mixed: batch 32 of unequal prompts, videos of 16/32/48/64 frames, distinct.
+- grpo: batch 32 = 4 queries x 8 identical prompts (a GRPO group's first turn: same query, same top-1);
+- mixed: batch 32 of unequal prompts, videos of 16/32/48/64 frames, distinct;
+- shared: batch 32 = 32 distinct queries, 4 videos each the top-1 of 8 of them (the loop's shared top-1).
+Order: same b <= 32, grpo, mixed, same b > 32, shared.
 Per row: turns/s, prefill s, prefill MFU (useful FLOPs: real tokens only, each distinct video once, over
 --peak 989 TFLOP/s, the H200's dense bf16 roof), decode ms/token = (turn - prefill) / tokens, and its ratio
 to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s). Prints a table, writes JSON.
@@ -43,18 +45,21 @@ from videosearch_r1.config import AgentConfig  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------ inputs
-def turn_inputs(policy, frames: list[int], video_of_row: list[int], side: int, text_tokens: int, seed: int = 0):
+def turn_inputs(policy, frames: list[int], video_of_row: list[int], side: int, text_tokens: int, seed: int = 0,
+                text_of_row: list[int] | None = None):
     """A left-padded batch: row r shows video video_of_row[r] with frames[video] frames (random pixels, made on
-    the device), text_tokens + r % 5 prompt ids before it and 12 after. -> (inputs, video keys)"""
+    the device) after text_tokens + t % 5 random prompt ids (t = text_of_row[r], default r: rows with the same t
+    have the same text) and before 12 more. -> (inputs, video keys)"""
     cfg = policy.model.config
     ids = IDS_SMOKE if cfg.text_config.vocab_size == 512 else IDS_2B
-    g = torch.Generator().manual_seed(seed)
     vocab = min(cfg.text_config.vocab_size, 151000) - 20
     hw = side // 16
     per_patch = (hw // 2) ** 2
     rows, types = [], []
     for r, v in enumerate(video_of_row):
-        n = text_tokens + r % 5
+        t = r if text_of_row is None else text_of_row[r]
+        g = torch.Generator().manual_seed(seed * 100003 + t)
+        n = text_tokens + t % 5
         seq, ty = torch.randint(0, vocab, (n,), generator=g).tolist(), [0] * n
         for _ in range(frames[v] // 2):
             seq += torch.randint(0, vocab, (6,), generator=g).tolist() + [ids["vision_start"]] + \
@@ -143,7 +148,7 @@ def use_path(policy, path: str) -> None:
 def run_row(policy, args, scenario: str, path: str, inputs: dict, keys: list[str]) -> dict:
     """One (scenario, path) row: the prefill alone, then the whole turn, each from an empty vision cache."""
     from videosearch_r1.agent.decode import prefill
-    from videosearch_r1.agent.prefill import bucketed_prefill
+    from videosearch_r1.agent.prefill import PrefillPlan, bucketed_prefill, video_features
 
     use_path(policy, path)
     b, length = inputs["input_ids"].shape
@@ -164,11 +169,14 @@ def run_row(policy, args, scenario: str, path: str, inputs: dict, keys: list[str
         cold()
         return policy.generate_ids(inputs, args.new_tokens, ignore_eos=True, video_keys=keys)
 
+    # the vision tower's share of the prefill: old = all videos in one call, new = each distinct video once
+    vis_plan = policy._plan(keys) if path == "new" else PrefillPlan()
     big = b >= 8 and args.device.startswith("cuda")
     reps = 1 if big else args.reps
     with torch.no_grad():
         t_turn, res = timed(turn, args.device, reps, args.warmup)  # warm-up compiles the step at this batch
         t_pre, _ = timed(pre, args.device, reps, 0 if big else args.warmup)
+        t_vis, _ = timed(lambda: (cold(), video_features(policy.model, inputs, vis_plan)), args.device, reps, 0)
     stats = policy.vision_cache.stats() if policy.vision_cache is not None else {}
     steps = res.ids.shape[1]
     decode_ms = 1000 * max(t_turn - t_pre, 1e-9) / steps
@@ -177,25 +185,58 @@ def run_row(policy, args, scenario: str, path: str, inputs: dict, keys: list[str
     real = int(inputs["attention_mask"].sum())
     row = dict(scenario=scenario, path=path, batch=b, distinct_videos=len(set(keys)), columns=length,
                real_tokens=real, padding_share=1 - real / (b * length), new_tokens=steps, prefill_s=t_pre,
+               vision_s=t_vis,
                turn_s=t_turn, turns_per_s=b / t_turn, prefill_tflops=flops / t_pre / 1e12,
                prefill_mfu=flops / t_pre / args.peak, decode_ms_per_token=decode_ms, floor_ms=floor_ms,
                decode_vs_floor=decode_ms / floor_ms, vision_cache=stats, ids=res.ids[:, :8].tolist())
     print(f"{scenario:<6} {path:<4} b{b:3d} ({len(set(keys)):2d} videos, {real:7d} tok, pad {100 * row['padding_share']:4.1f}%)"
-          f": prefill {t_pre:7.3f} s (MFU {100 * row['prefill_mfu']:5.1f}%)  turn {t_turn:7.3f} s  "
+          f": prefill {t_pre:7.3f} s (vision {t_vis:6.3f}; MFU {100 * row['prefill_mfu']:5.1f}%)  turn {t_turn:7.3f} s  "
           f"{row['turns_per_s']:6.2f} turns/s  decode {decode_ms:6.2f} ms/tok ({row['decode_vs_floor']:4.2f}x floor)",
           flush=True)
     return row
 
 
-def scenarios(args) -> list[tuple[str, list[int], list[int]]]:
-    """(name, frames per video, video of each row) in the order they run."""
+def scenarios(args) -> list[tuple]:
+    """(name, frames per video, video of each row, text of each row or None) in the order they run."""
     f = args.frames
-    out = [("same", [f] * b, list(range(b))) for b in args.batches]
-    out.insert(min(3, len(out)), ("grpo", [f] * 4, [r // 8 for r in range(32)]) if not args.smoke
-               else ("grpo", [f] * 2, [0, 0, 1, 1]))
+    b, g = (4, 2) if args.smoke else (32, 8)
+    group = [r // g for r in range(b)]
     mix = [max(2, f // 4 * k) for k in (1, 2, 3, 4)]
-    mb = 4 if args.smoke else 32
-    out.insert(min(4, len(out)), ("mixed", [mix[r % 4] for r in range(mb)], list(range(mb))))
+    extra = [("grpo", [f] * (b // g), group, group),  # G identical prompts per query (a GRPO group's first turn)
+             ("mixed", [mix[r % 4] for r in range(b)], list(range(b)), None),  # unequal prompts, distinct videos
+             ("shared", [f] * (b // g), group, None)]  # distinct queries, the same top-1 video for g of them
+    same = [("same", [f] * n, list(range(n)), None) for n in args.batches]
+    small = [x for x in same if x[2] and len(x[2]) <= b]
+    return small + extra[:2] + [x for x in same if x not in small] + extra[2:]
+
+
+def profile_prefill(policy, args, top: int = 15) -> list[dict]:
+    """torch.profiler over one new-path prefill at batch 1: the ops with the most device self time (where the
+    prefill's time goes; the next step of issue 18 starts from this list)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from videosearch_r1.agent.prefill import bucketed_prefill
+
+    use_path(policy, "new")
+    inputs, keys = turn_inputs(policy, [args.frames], [0], args.side, args.text_tokens)
+    pos = policy.positions(inputs)
+    cuda = args.device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch.no_grad():
+        bucketed_prefill(policy.model, inputs, pos, None, policy._plan(keys))  # warm
+        policy.vision_cache.clear()
+        with profile(activities=acts) as prof:
+            bucketed_prefill(policy.model, inputs, pos, None, policy._plan(keys))
+            if cuda:
+                torch.cuda.synchronize()
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, attr, 0), reverse=True)
+    total = sum(getattr(e, attr, 0) for e in events) or 1
+    out = [dict(op=e.key, ms=getattr(e, attr, 0) / 1000, share=getattr(e, attr, 0) / total, calls=e.count)
+           for e in events[:top]]
+    print(f"\nprefill profile, batch 1, new path ({'device' if cuda else 'cpu'} self time, total {total / 1000:.1f} ms):")
+    for r in out:
+        print(f"  {r['ms']:8.2f} ms {100 * r['share']:5.1f}% x{r['calls']:<5d} {r['op'][:90]}")
     return out
 
 
@@ -214,13 +255,14 @@ def parse_args(argv):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--peak", type=float, default=989e12, help="dense bf16 FLOP/s roof (H100/H200 SXM: 989e12)")
     ap.add_argument("--hbm", type=float, default=4.8e12, help="memory bandwidth, bytes/s (H200: 4.8e12)")
-    ap.add_argument("--budget-s", type=float, default=300.0, help="no new scenario starts after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=240.0, help="no new scenario starts after this many seconds")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="decode step not compiled")
+    ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip the batch-1 prefill profile")
     args = ap.parse_args(argv)
     if args.smoke:
         args.device = "cpu" if not torch.cuda.is_available() else args.device
         args.frames, args.side, args.text_tokens, args.new_tokens = 4, 64, 24, 8
-        args.batches, args.reps, args.warmup = "1,2,4", 1, 1
+        args.batches, args.reps, args.warmup = "1,4", 1, 1
     args.batches = [int(x) for x in str(args.batches).split(",") if x]
     args.dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     return args
@@ -243,11 +285,11 @@ def main(argv=None) -> int:
     print(f"{name}, {args.dtype}, decode {policy.decode_options.name}; weights read per step "
           f"{weight_bytes(policy) / 1e9:.2f} GB -> floor {1000 * weight_bytes(policy) / args.hbm:.2f} ms/token", flush=True)
     rows, skipped = [], []
-    for scenario, frames, video_of_row in scenarios(args):
+    for scenario, frames, video_of_row, text_of_row in scenarios(args):
         if time.perf_counter() - t0 > args.budget_s:
             skipped.append(f"{scenario} b{len(video_of_row)}")
             continue
-        inputs, keys = turn_inputs(policy, frames, video_of_row, args.side, args.text_tokens)
+        inputs, keys = turn_inputs(policy, frames, video_of_row, args.side, args.text_tokens, text_of_row=text_of_row)
         for path in PATHS:
             try:
                 rows.append(run_row(policy, args, scenario, path, inputs, keys))
@@ -258,6 +300,12 @@ def main(argv=None) -> int:
                 rows.append(dict(scenario=scenario, path=path, batch=len(video_of_row), oom=True))
                 torch.cuda.empty_cache()
         del inputs
+    prof = []
+    if args.profile and time.perf_counter() - t0 < args.budget_s + 60:
+        try:
+            prof = profile_prefill(policy, args)
+        except Exception as e:  # noqa: BLE001  (the profile is a diagnostic: never lose the table for it)
+            print(f"profile failed: {type(e).__name__}: {str(e)[:200]}")
     ok = [r for r in rows if not r.get("oom")]
     print(f"\n{'scenario':<8}{'batch':>6}{'videos':>7}{'pad %':>7} | {'turns/s old':>11}{'new':>8}{'x':>6} | "
           f"{'MFU old':>8}{'new':>7} | {'ms/tok old':>10}{'new':>7}{'floor':>7}")
@@ -283,7 +331,7 @@ def main(argv=None) -> int:
                   transformers=transformers.__version__, smoke=args.smoke, dtype=str(args.dtype),
                   frames=args.frames, side=args.side, new_tokens=args.new_tokens, peak_flops=args.peak,
                   hbm_bytes_per_s=args.hbm, decode_path=policy.decode_options.name, rows=rows,
-                  best_batch=summary, skipped=skipped, wall_s=wall)
+                  best_batch=summary, skipped=skipped, prefill_profile=prof, wall_s=wall)
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"bench_verify_{'smoke' if args.smoke else name.split()[-1].lower()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

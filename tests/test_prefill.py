@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from videosearch_r1.agent.decode import prefill
-from videosearch_r1.agent.prefill import PrefillPlan, bucketed_prefill, buckets, video_rows
+from videosearch_r1.agent.prefill import PrefillPlan, bucketed_prefill, buckets, duplicate_rows, video_rows
 from videosearch_r1.agent.policy import Policy
 from videosearch_r1.agent.vision_cache import VisionCache, clip_keys
 from videosearch_r1.config import VideoConfig
@@ -39,17 +39,21 @@ def test_buckets_group_equal_lengths_under_a_token_budget():
     assert buckets([50], max_tokens=8) == [[0]]  # a longer row is its own bucket
 
 
-@pytest.mark.parametrize("max_tokens,slack", [(10 ** 6, 0.0), (1, 0.0), (10 ** 6, 0.5)])
-def test_bucketed_prefill_equals_hf_forward(policy, max_tokens, slack):
+@pytest.mark.parametrize("max_tokens,slack,dedup", [(10 ** 6, 0.0, True), (1, 0.0, True), (10 ** 6, 0.5, False)])
+def test_bucketed_prefill_equals_hf_forward(policy, max_tokens, slack, dedup):
     inputs = policy.build_inputs(BATCH_Q, BATCH_C)
     mask = inputs["attention_mask"]
     assert len(set(mask.sum(1).tolist())) >= 3 and not bool(mask.all())  # really unequal, padded
     assert video_rows(policy.model, inputs) == [0, 1, 2, 3, 4]
+    keys = clip_keys(BATCH_C, policy.processor)
+    last = [mask.shape[1] - 1] * len(BATCH_C)
+    assert duplicate_rows(inputs, [0, 1, 2, 3, 4], keys, last) == {4: 0}  # row 4 = row 0: prefilled once
+    assert duplicate_rows(inputs, [0, 1, 2, 3, 4], None, last) == {}  # videos not comparable without keys
     pos = policy.positions(inputs)
     length = mask.shape[1]
     gather = mask.sum(1) * 0 + length - 2  # a column that is not the last one
-    plan = PrefillPlan(max_tokens=max_tokens, pad_slack=slack, cache=VisionCache(1 << 30),
-                       video_keys=clip_keys(BATCH_C, policy.processor))
+    plan = PrefillPlan(max_tokens=max_tokens, pad_slack=slack, cache=VisionCache(1 << 30), video_keys=keys,
+                       dedup_rows=dedup)
     with torch.no_grad():
         ref = prefill(policy.model, inputs, pos, gather_at=gather, capacity=length + 8, want_pre=True)
         new = bucketed_prefill(policy.model, inputs, pos, length + 8, plan, gather_at=gather, want_pre=True)

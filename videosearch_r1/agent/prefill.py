@@ -10,6 +10,8 @@ HF path it replaces for the verification turn):
 2. rows are sorted by real length and cut into buckets of rows of EQUAL length (`pad_slack` > 0 lets a
    bucket take rows up to that fraction shorter than its longest) with at most `max_tokens` tokens
    (rows x bucket length; a longer row is its own bucket);
+   Identical rows (same token ids and video keys: a GRPO group's first turn) are prefilled once and
+   their hidden states and K/V copied (`dedup_rows`);
 3. each bucket is one HF text forward over only its own columns (the left padding common to the batch is
    cut off; no mask when its rows are equal, so SDPA runs its causal kernel), with the precomputed video
    features passed as `mm_encoder_outputs`, and the mRoPE positions of the whole batch sliced;
@@ -37,6 +39,7 @@ class PrefillPlan:
     pad_slack: float = 0.0  # a bucket may take rows up to this fraction shorter than its longest (then masked)
     cache: Any = None  # a VisionCache (None: the batch's videos encoded in one call, no reuse)
     video_keys: list | None = None  # one key per video of the batch (vision_cache.clip_keys); None: no caching
+    dedup_rows: bool = True  # identical rows (same ids, same video keys) prefilled once, their K/V copied
 
 
 def buckets(lengths: list[int], max_tokens: int, pad_slack: float = 0.0) -> list[list[int]]:
@@ -75,6 +78,26 @@ def video_rows(model, inputs: dict) -> list[int]:
     if v != len(per_video) or len(rows) != len(per_video) or need != 0:
         raise ValueError(f"video placeholders per row {per_row} do not match the grids' token counts {per_video}")
     return rows
+
+
+def duplicate_rows(inputs: dict, owner: list[int], keys: list | None, gather: list[int]) -> dict[int, int]:
+    """{row: earlier identical row}: same real token ids, same gather column and the same video keys (rows
+    with videos are only compared when keys are given). A GRPO group's first turn is G identical prompts."""
+    ids, mask = inputs["input_ids"].tolist(), inputs["attention_mask"].bool().tolist()
+    videos: dict[int, list] = {}
+    for v, r in enumerate(owner):
+        videos.setdefault(r, []).append(None if keys is None else keys[v])
+    seen, out = {}, {}
+    for r, (row, m) in enumerate(zip(ids, mask)):
+        vk = tuple(videos.get(r, ()))
+        if None in vk:
+            continue
+        sig = (tuple(t for t, keep in zip(row, m) if keep), vk, gather[r])
+        if sig in seen:
+            out[r] = seen[sig]
+        else:
+            seen[sig] = r
+    return out
 
 
 def video_features(model, inputs: dict, plan: PrefillPlan) -> list:
@@ -128,7 +151,10 @@ def bucketed_prefill(model, inputs: dict, positions: torch.Tensor, capacity: int
     h = lm.config.hidden_size
     post = torch.empty(b, h, dtype=lm.embed_tokens.weight.dtype, device=dev)
     pre = torch.empty_like(post) if want_pre else None
-    for rows in buckets(lengths, max(int(plan.max_tokens), 1), plan.pad_slack):
+    dups = duplicate_rows(inputs, owner, plan.video_keys, gather.tolist()) if plan.dedup_rows else {}
+    todo = [r for r in range(b) if r not in dups]
+    for part in buckets([lengths[r] for r in todo], max(int(plan.max_tokens), 1), plan.pad_slack):
+        rows = [todo[i] for i in part]
         width = max(lengths[r] for r in rows)
         lo = length - width
         idx = torch.tensor(rows, device=dev)
@@ -157,6 +183,11 @@ def bucketed_prefill(model, inputs: dict, positions: torch.Tensor, capacity: int
             for buf, src in ((cache.keys[i], k), (cache.values[i], v)):
                 buf[idx, :, lo:length] = src.masked_fill(pads, 0) if padded else src
         del out, hf_cache
+    if dups:  # identical rows: the computed row's hidden states and K/V, copied
+        dst = torch.tensor(list(dups), device=dev)
+        src = torch.tensor(list(dups.values()), device=dev)
+        for t in [post] + ([pre] if want_pre else []) + cache.keys + cache.values:
+            t.index_copy_(0, dst, t.index_select(0, src))
     cache.length = length
     cache.col.fill_(length)
     return Prefill(cache, post, pre)
