@@ -211,6 +211,7 @@ class AgentConfig:
     cuda_graph: bool = True  # capture the decode step as a CUDA graph (CUDA only)
     prefill_tokens: int = 65536  # verification prefill: rows of equal length bucketed, <= this many tokens per forward (0: one padded HF forward)
     vision_cache_mb: int = 2048  # visual-token cache (MiB on the policy's device): a video shown again is not re-encoded (0: off)
+    prefetch: bool = True  # `vsr1 infer`: decode the next batch's first-turn clips in background threads while this batch runs
     device: str = "auto"  # policy device ("auto": cuda if available)
     dtype: str = "auto"  # policy dtype ("auto": bf16 on GPU, fp32 on CPU)
     profile_depths: tuple[int, ...] = ()  # also log the GT rank after refinement from the first d latents

@@ -177,9 +177,12 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
         loop = make_loop(cfg, split, engine, policy)
         bar = progress(total=len(queries), desc=f"infer {cfg.agent.method}", unit="q")
         bar.update(len(queries) - sum(len(b) for b in todo_batches))
-        for bi, batch in enumerate(todo_batches):
-            if max_batches is not None and bi >= max_batches:
-                break
+        n_run = len(todo_batches) if max_batches is None else min(max_batches, len(todo_batches))
+        if cfg.agent.prefetch and n_run:
+            loop.prefetch_first(todo_batches[0])
+        for bi, batch in enumerate(todo_batches[:n_run]):
+            if cfg.agent.prefetch and bi + 1 < n_run:  # the next batch's first clips decode while this one runs
+                loop.prefetch_first(todo_batches[bi + 1])
             trajs = loop.run(batch)
             append_jsonl(pred_path, [t.to_row() for t in trajs])
             bar.update(len(batch))

@@ -45,6 +45,7 @@ from videosearch_r1.config import AgentConfig
 from videosearch_r1.eval.metrics import temporal_iou
 
 METHODS = ("sqr", "zeroshot", "hqr", "engine")
+PREFETCH_AHEAD = 2  # batches whose first-turn clips may be prefetched at once (this one + the next)
 
 
 def _cut_after_refine(text: str) -> str:
@@ -66,6 +67,9 @@ def check_agent_config(acfg: AgentConfig) -> None:
     if acfg.max_turns < 1 or acfg.n_latents < 1 or acfg.batch_size < 1:
         raise ValueError(f"agent.max_turns, n_latents and batch_size must be >= 1, got {acfg.max_turns}, "
                          f"{acfg.n_latents}, {acfg.batch_size}")
+    if acfg.prefill_tokens < 0 or acfg.vision_cache_mb < 0:
+        raise ValueError(f"agent.prefill_tokens and agent.vision_cache_mb must be >= 0, got {acfg.prefill_tokens}, "
+                         f"{acfg.vision_cache_mb}")
     bad = [d for d in acfg.profile_depths if not 1 <= d <= acfg.n_latents]
     if bad:
         raise ValueError(f"agent.profile_depths must lie in 1..n_latents={acfg.n_latents}, got {bad}")
@@ -104,6 +108,11 @@ class AgentLoop:
         self.ranked_k = ranked_k
         self.index_ids = set(engine.ids)
         self.pool = ThreadPoolExecutor(max_workers=max(1, clip_workers)) if clip_fn is not None else None
+        # the next batch's first-turn clips, decoding in the background while this batch runs (prefetch_first)
+        self.prefetch_pool = ThreadPoolExecutor(max_workers=2) if clip_fn is not None else None
+        self._prefetched: dict = {}  # video id -> Future[(clip, error)]
+        self._prefetch_order: list[list[str]] = []  # video ids per prefetched batch (at most PREFETCH_AHEAD kept)
+        self._first_qv: dict = {}  # texts -> [B, D] query vectors embedded by prefetch_first, reused by run
         self.timings: Counter = Counter()  # seconds per stage
         self.counts: Counter = Counter()  # generate calls, rollouts, video errors, ...
         # GRPO rollouts (train/grpo_rollout.py) run this same loop with three additions:
@@ -135,16 +144,47 @@ class AgentLoop:
         info = getattr(clip, "info", None)
         return float(info.duration) if info is not None else None
 
+    def _load_one(self, v: str) -> tuple[Any, Optional[str]]:
+        try:
+            return self.clip_fn(v), None
+        except Exception as e:  # noqa: BLE001 - any decode failure is this query's stop, not the run's
+            return None, f"{type(e).__name__}: {e}"
+
     def _load_clips(self, videos: list[str]) -> list[tuple[Any, Optional[str]]]:
-        """Decode the shown videos in parallel (threads; PyAV releases the GIL): (clip, error) each."""
-        def one(v):
-            try:
-                return self.clip_fn(v), None
-            except Exception as e:  # noqa: BLE001 - any decode failure is this query's stop, not the run's
-                return None, f"{type(e).__name__}: {e}"
+        """Decode the shown videos in parallel (threads; PyAV releases the GIL): (clip, error) each. Clips
+        prefetched for this batch (prefetch_first) are taken from their background loads."""
         uniq = list(dict.fromkeys(videos))
-        got = dict(zip(uniq, self.pool.map(one, uniq)))
+        futures = {}
+        for v in uniq:
+            fut = self._prefetched.pop(v, None)
+            if fut is not None:
+                self.counts["prefetched_clips"] += 1
+            futures[v] = fut if fut is not None else self.pool.submit(self._load_one, v)
+        got = {v: f.result() for v, f in futures.items()}
         return [got[v] for v in videos]
+
+    def prefetch_first(self, queries: list) -> list[str]:
+        """Start decoding, in background threads, the videos the first turn of `queries` will show (their
+        engine top-1: turn 1 excludes nothing), e.g. the next batch's while this one runs on the GPU. Only
+        CPU work runs in the background (clip_fn); the query embedding is done here and reused by `run`.
+        Prefetches of at most PREFETCH_AHEAD batches are held; older unused ones are dropped."""
+        if not queries or self.acfg.method == "engine" or self.prefetch_pool is None:
+            return []
+        texts = [getattr(q, self.query_field) for q in queries]
+        qv = self._timed("embed", self.engine.embed_queries, texts)
+        res = self._timed("search", self.engine.search, qv, k=1)
+        videos = list(dict.fromkeys(ids[0] for ids in res.ids if ids))
+        self._prefetch_order.append(videos)
+        while len(self._prefetch_order) > PREFETCH_AHEAD:
+            for v in self._prefetch_order.pop(0):
+                self._prefetched.pop(v, None)
+        while len(self._first_qv) >= PREFETCH_AHEAD:
+            self._first_qv.pop(next(iter(self._first_qv)))
+        self._first_qv[tuple(texts)] = qv
+        for v in videos:
+            if v not in self._prefetched:
+                self._prefetched[v] = self.prefetch_pool.submit(self._load_one, v)
+        return videos
 
     # ------------------------------------------------------------------ the loop
     def run(self, queries: list) -> list[Trajectory]:
@@ -152,7 +192,9 @@ class AgentLoop:
         if not queries:
             return []
         texts = [getattr(q, self.query_field) for q in queries]
-        qv = self._timed("embed", self.engine.embed_queries, texts)  # [B, D]
+        qv = self._first_qv.pop(tuple(texts), None)  # embedded by prefetch_first (same batch, same call)
+        if qv is None:
+            qv = self._timed("embed", self.engine.embed_queries, texts)  # [B, D]
         states = [_State(q, text, Trajectory(qid=q.qid, query=text, gt_video=q.video_id, gt_start=q.start,
                                              gt_end=q.annotated_end, duration=q.duration, method=self.acfg.method),
                          qvec=qv[i]) for i, (q, text) in enumerate(zip(queries, texts))]
