@@ -29,8 +29,8 @@ def test_plan_hands_each_stage_the_previous_checkpoint(tmp_path):
     sft = argv["SFT (token CE + InfoNCE)"]
     assert sft[sft.index("--checkpoint") + 1] == str(runs / "toy-base" / "policy")
     grpo = argv["GRPO from SFT"]
-    assert grpo[grpo.index("--checkpoint") + 1] == str(runs / "toy-sft" / "final")
-    assert "train.steps=7" in grpo and "train.warmup=2" in grpo and grpo[-1] == "run_name=toy-grpo"  # the toy's own names win
+    assert grpo[grpo.index("--checkpoint") + 1] == str(runs / "toy-sft-train" / "final")
+    assert "train.steps=7" in grpo and "train.warmup=2" in grpo and grpo[-1] == "run_name=toy-grpo-train"  # the toy's own names win
     evals = [a for _, _, a in steps if a[0] == "infer"]
     assert [a[-1] for a in evals] == [f"run_name={n}" for n, _, _ in toy.EVAL_RUNS]
     assert names.index("grpo") > max(i for i, s in enumerate(names) if s == "infer")  # GRPO after the others' evals
@@ -39,6 +39,20 @@ def test_plan_hands_each_stage_the_previous_checkpoint(tmp_path):
     report = argv["report"]
     assert [p for p in report if p.endswith("predictions.jsonl")] == [
         str(runs / n / "predictions.jsonl") for n, _, _ in toy.EVAL_RUNS]
+
+
+@pytest.mark.parametrize("real", [False, True])
+def test_no_training_run_shares_a_directory_with_an_evaluation(tmp_path, real):
+    """A trainer rewrites its run's config.yaml, so an evaluation in the same directory refused to resume on a
+    rerun ("holds predictions made with a different agent" at 'evaluate toy-sft')."""
+    runs = tmp_path / "runs"
+    steps = toy.dataset_plan("toy-x", runs, [], 1) if real else toy.plan(runs, [], 1)
+
+    def run_names(command: str) -> set[str]:
+        return {[x for x in a if x.startswith("run_name=")][-1] for _, _, a in steps if a[0] == command}
+
+    trained, evaluated = run_names("train"), run_names("infer")
+    assert len(trained) == 3 and len(evaluated) == 5 and not trained & evaluated
 
 
 def test_from_step_skips_earlier_steps_and_a_failure_names_the_step(tmp_path, monkeypatch):

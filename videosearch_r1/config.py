@@ -375,6 +375,9 @@ class ToyConfig:
 
     grpo_steps: int = 4  # optimizer steps of the toy's GRPO stage (passed as train.steps to that stage)
     grpo_warmup: int = 0  # warm-up steps of the toy's GRPO stage (train.warmup there; SFT keeps train.warmup)
+    videos_per_split: int = 10  # `vsr1 toy --dataset D`: videos per split of the real dataset (that exist and decode)
+    seed: int = 0  # `--dataset D`: the fixed order videos are tried in (data/toyset.py)
+    video: Optional[VideoConfig] = None  # `--dataset D`: frame sampling of the toy copy (None: the dataset's own)
 
 
 # --------------------------------------------------------------------------------------- root

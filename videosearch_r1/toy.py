@@ -4,6 +4,7 @@
     vsr1 toy --profile gpu                     # one GPU: larger world, `small` engine and policy (toy_gpu.yaml)
     vsr1 toy workspace=/tmp/toy train.steps=4  # any dotted override applies to every step
     vsr1 toy --from-step sft                   # redo from a step (earlier steps' outputs are kept)
+    vsr1 toy --dataset activitynet --video-source /data/anet/videos [--annotations /data/anet/fig]
 
 Steps (each one is a plain `vsr1` subcommand, printed before it runs; each resumes or skips finished work,
 so rerunning the command after a kill continues where it stopped):
@@ -19,8 +20,28 @@ so rerunning the command after a kill continues where it stopped):
    (the runs that do not need GRPO are evaluated first: a run stopped during GRPO still has them)
 10. report    vsr1 report RUN ... --out <workspace>/runs/toy-report   one table, result.json, plots
 
-Run names are fixed (`toy-*`), so the runs land in <workspace>/runs/toy-*/. The profiles are plain config
-files (videosearch_r1/configs/toy_{cpu,gpu}.yaml); `--config FILE` replaces the profile.
+Run names are fixed (`toy-*`), so the runs land in <workspace>/runs/toy-*/ (training runs toy-base,
+toy-sft-train, toy-grpo-train; evaluations EVAL_RUNS). The profiles are plain config files
+(videosearch_r1/configs/toy_{cpu,gpu}.yaml); `--config FILE` replaces the profile.
+
+A real dataset (`--dataset D`, D = activitynet | charades | didemo): the same process on toy.videos_per_split
+videos per split of it, as a dataset of its own named toy-<D> (runs toy-<D>-*, report runs/toy-<D>-report):
+1. data       data/toyset.py: the videos of each split tried in a fixed order until enough exist and decode
+              (missing / corrupt ones are counted skips, named), laid out in the raw layout under
+              <workspace>/data/toy-<D>/raw (symlinks + the chosen videos' FIG rows); the config of every
+              later step is <workspace>/data/toy-<D>/toy.yaml (the profile + the toy-<D> dataset entry)
+2. engine     vsr1 engine train                           the tiny engine trained on toy-<D>'s train split
+3. build      vsr1 build toy-<D>                          splits, frame store, index, hard negatives, SFT rows
+4. channel    vsr1 engine channel toy-<D>
+5. base       vsr1 train base base.eval_videos=0          as above (synthetic generic tasks, engine-initialised)
+6. sft, 7. infer, 8. grpo, 9. report                       as above, on toy-<D>'s train / test splits
+The engine: a synthetic-world engine has never seen real footage, so the honest small engine is one trained
+on the dataset's own train captions (engine/train.py trains on any FIG dataset's train split); with ~10 train
+videos it is a machinery check, not a search engine. It is retrained only when its training key changes.
+`engine.model=PATH_OR_ID` (e.g. Qwen/Qwen3-VL-Embedding-2B on a GPU) uses that engine as is instead. The
+base policy is the synthetic-world base pretraining started from that engine (its starting point is generic
+video tasks, as a real run starts from an instruction-tuned VLM). SFT traces are templates (sft.teacher=none)
+unless sft.teacher is set. Frames are sampled as toy.video (the cpu profile: small), else the dataset's own.
 """
 from __future__ import annotations
 
@@ -33,14 +54,16 @@ from videosearch_r1.utils import command_parser, config_from_args, parse_command
 
 PROFILES = ("cpu", "gpu")
 STEPS = ("world", "engine", "index", "channel", "base", "sft-data", "sft", "infer", "grpo", "report")
+REAL_STEPS = ("data", "engine", "build", "channel", "base", "sft", "infer", "grpo", "report")  # --dataset D
 # the inference runs compared in the report: (run name, policy run dir under runs/ or None, extra overrides)
 EVAL_RUNS = (
     ("toy-engine", None, ["agent.method=engine"]),
     ("toy-zs", "toy-base/policy", ["agent.method=sqr"]),
-    ("toy-sft-nosqr", "toy-sft/final", ["agent.method=zeroshot"]),
-    ("toy-sft", "toy-sft/final", ["agent.method=sqr"]),
-    ("toy-grpo", "toy-grpo/final", ["agent.method=sqr"]),
-)
+    ("toy-sft-nosqr", "toy-sft-train/final", ["agent.method=zeroshot"]),
+    ("toy-sft", "toy-sft-train/final", ["agent.method=sqr"]),
+    ("toy-grpo", "toy-grpo-train/final", ["agent.method=sqr"]),
+)  # training runs are named apart from these (a trainer rewrites its run's config.yaml, which an evaluation
+#    in the same directory would then refuse to resume under)
 
 
 def profile_config(profile: str) -> Path:
@@ -63,28 +86,147 @@ def plan(runs: Path, common: list[str], grpo_steps: int, grpo_warmup: int = 0) -
         ("base", "pretrain the base policy (ZS)", ["train", "base", *common, "run_name=toy-base"]),
         ("sft-data", "build the SFT rows", ["build", "sft", "synth", *common]),
         ("sft", "SFT (token CE + InfoNCE)", ["train", "sft", "synth", "--checkpoint",
-                                             str(runs / "toy-base" / "policy"), *common, "run_name=toy-sft"]),
+                                             str(runs / "toy-base" / "policy"), *common, "run_name=toy-sft-train"]),
     ]
-    grpo = ("grpo", "GRPO from SFT", ["train", "grpo", "synth", "--checkpoint", str(runs / "toy-sft" / "final"),
-                                      *common, f"train.steps={grpo_steps}", f"train.warmup={grpo_warmup}",
-                                      "run_name=toy-grpo"])
+    return steps + tail("synth", "toy", runs, common, grpo_steps, grpo_warmup)
+
+
+def tail(dataset: str, prefix: str, runs: Path, common: list[str], grpo_steps: int,
+         grpo_warmup: int) -> list[tuple[str, str, list[str]]]:
+    """The end both plans share: the evaluations that need no GRPO, GRPO from SFT, its evaluation, the report;
+    run names EVAL_RUNS' with "toy" replaced by `prefix` (toy-activitynet-sft)."""
+    def run(name: str) -> str:
+        return prefix + name[len("toy"):]
+
+    grpo = ("grpo", "GRPO from SFT", ["train", "grpo", dataset, "--checkpoint",
+                                      str(runs / run("toy-sft-train") / "final"), *common, f"train.steps={grpo_steps}",
+                                      f"train.warmup={grpo_warmup}", f"run_name={run('toy-grpo-train')}"])
+    steps = []
     for name, policy, extra in EVAL_RUNS:
         if name == "toy-grpo":
             steps.append(grpo)
-        ckpt = ["--checkpoint", str(runs / policy)] if policy else []
-        steps.append(("grpo" if name == "toy-grpo" else "infer", f"evaluate {name}",
-                      ["infer", "synth", "--split", "test", *ckpt, *common, *extra, f"run_name={name}"]))
-    preds = [str(runs / name / "predictions.jsonl") for name, _, _ in EVAL_RUNS]
-    steps.append(("report", "report", ["report", *preds, "--out", str(runs / "toy-report"), *common]))
+        ckpt = ["--checkpoint", str(runs / run(policy))] if policy else []
+        steps.append(("grpo" if name == "toy-grpo" else "infer", f"evaluate {run(name)}",
+                      ["infer", dataset, "--split", "test", *ckpt, *common, *extra, f"run_name={run(name)}"]))
+    preds = [str(runs / run(name) / "predictions.jsonl") for name, _, _ in EVAL_RUNS]
+    steps.append(("report", "report", ["report", *preds, "--out", str(runs / run("toy-report")), *common]))
     return steps
+
+
+def dataset_plan(name: str, runs: Path, common: list[str], grpo_steps: int, grpo_warmup: int = 0,
+                 train_engine: bool = True) -> list[tuple[str, str, list[str]]]:
+    """The real-dataset toy's `vsr1` steps after its data step, on the toy copy `name` (toy-<D>): REAL_STEPS
+    order, run names <name>-*; the engine step only when `train_engine`."""
+    steps = [("engine", f"train the search engine on {name}'s train split", ["engine", "train", *common])]
+    steps = steps if train_engine else []
+    steps += [
+        ("build", f"build {name}: splits, frame store, index, hard negatives, SFT rows", ["build", name, *common]),
+        ("channel", "soft-token ceiling of the engine", ["engine", "channel", name, *common,
+                                                          f"run_name={name}-channel"]),
+        ("base", "pretrain the base policy (ZS) on the synthetic world's generic tasks",
+         ["train", "base", *common, "base.eval_videos=0", f"run_name={name}-base"]),
+        ("sft", "SFT (token CE + InfoNCE)", ["train", "sft", name, "--checkpoint", str(runs / f"{name}-base" / "policy"),
+                                             *common, f"run_name={name}-sft-train"]),
+    ]
+    return steps + tail(name, name, runs, common, grpo_steps, grpo_warmup)
+
+
+def dataset_config(args, dataset: str):
+    """Write <workspace>/data/toy-<D>/toy.yaml: the profile (or --config file) plus the toy copy's `datasets`
+    entry and dataset=toy-<D>, and, where the file leaves them empty, engine.model = <workspace>/models/
+    toy-<D>-engine and sft.teacher=none (template traces). Returns (its path, the config it gives)."""
+    import yaml
+
+    from videosearch_r1.config import to_dict
+    from videosearch_r1.data.toyset import toy_entry, toy_name
+    from videosearch_r1.utils import atomic_write_text
+
+    base = config_from_args(args)
+    name = toy_name(dataset)
+    ws = Path(base.workspace).expanduser()
+    data = yaml.safe_load(Path(args.config).read_text()) or {}
+    data["dataset"] = name
+    data["datasets"] = {**(data.get("datasets") or {}), name: to_dict(toy_entry(base, dataset))}
+    for section, key, value in (("engine", "model", str(ws / "models" / f"{name}-engine")), ("sft", "teacher", "none")):
+        data[section] = data.get(section) or {}
+        data[section][key] = data[section].get(key) or value
+    out = ws / "data" / name / "toy.yaml"
+    atomic_write_text(out, "# written by `vsr1 toy --dataset " + dataset + "` (videosearch_r1/toy.py)\n"
+                      + yaml.safe_dump(data, sort_keys=False))
+    args.config = str(out)
+    return out, config_from_args(args)
+
+
+def _engine_decision(cfg, name: str, forced: bool) -> tuple[bool, str]:
+    """(train?, why): the toy's own engine is trained when missing or trained from other settings; an
+    engine.model given by the user is used as is."""
+    from videosearch_r1.quickstart import engine_needs_training
+
+    own = Path(cfg.workspace).expanduser() / "models" / f"{name}-engine"
+    if Path(cfg.engine_model()).expanduser() != own:
+        return False, f"engine.model={cfg.engine.model} given: used as is (not trained)"
+    return (True, "forced by --from-step engine") if forced else engine_needs_training(cfg)
+
+
+def run_dataset(args, profile: str) -> int:
+    """`vsr1 toy --dataset D`: the data step (data/toyset.py), then dataset_plan's steps."""
+    from videosearch_r1.config import ConfigError
+    from videosearch_r1.data.records import FIGFormatError
+    from videosearch_r1.data.toyset import SELECTION, ToySetError, prepare, toy_name
+
+    name = toy_name(args.dataset)
+    first = REAL_STEPS.index(args.from_step or REAL_STEPS[0])
+    t0, times, chosen = time.time(), {}, None
+    try:
+        config, cfg = dataset_config(args, args.dataset)
+        if first == 0:
+            print(f"\n==> choose {cfg.toy.videos_per_split} videos per split of {args.dataset}: {name} in "
+                  f"{cfg.dataset_root(name)}", flush=True)
+            chosen = prepare(cfg, args.dataset, args.video_source, args.annotations)
+            print(chosen.format(), flush=True)
+            times["choose the videos"] = time.time() - t0
+        elif not (cfg.dataset_root(name) / SELECTION).is_file():
+            raise ToySetError(f"--from-step {args.from_step}: {name} has no videos chosen yet "
+                              f"({cfg.dataset_root(name) / SELECTION}); run without --from-step first")
+    except (ToySetError, ConfigError, FIGFormatError) as e:
+        print(f"vsr1 toy: {e}", file=sys.stderr)
+        return 2
+    train_engine, why = _engine_decision(cfg, name, args.from_step == "engine")
+    if first <= REAL_STEPS.index("engine"):
+        print(f"\nengine: {why}", flush=True)
+    common = ["--config", str(config), *args.overrides]
+    todo = dataset_plan(name, cfg.runs_dir(), common, cfg.toy.grpo_steps, cfg.toy.grpo_warmup, train_engine)
+    for step, title, step_argv in todo:
+        if REAL_STEPS.index(step) >= first:
+            times[title] = cli.run_step(title, step_argv, "toy")
+    print(f"\nvsr1 toy --dataset {args.dataset} ({profile}) done in {time.time() - t0:.0f} s: workspace "
+          f"{cfg.workspace}, report {cfg.runs_dir() / f'{name}-report'}", flush=True)
+    if chosen is not None:
+        per = ", ".join(f"{s} {len(c.chosen)}" for s, c in chosen.splits.items())
+        print(f"  videos: {per}; skipped {chosen.skipped['missing']} missing, {chosen.skipped['corrupt']} corrupt",
+              flush=True)
+    for title, dt in times.items():
+        print(f"  {dt:7.1f} s  {title}", flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("vsr1 toy", __doc__)
     parser.add_argument("--profile", default="auto", choices=("auto",) + PROFILES,
                         help="size profile (auto: gpu when CUDA is available)")
-    parser.add_argument("--from-step", default=STEPS[0], choices=STEPS, help="skip the steps before this one")
+    parser.add_argument("--from-step", default=None, choices=tuple(dict.fromkeys(STEPS + REAL_STEPS)),
+                        help="skip the steps before this one")
+    parser.add_argument("--dataset", default=None, help="a real dataset (activitynet, charades, didemo): "
+                        "toy.videos_per_split videos per split of it instead of the synthetic world")
+    parser.add_argument("--video-source", default=None, help="--dataset: folder of its raw videos <id>.mp4")
+    parser.add_argument("--annotations", default=None, help="--dataset: folder of its FIG files")
     args = parse_command(parser, argv)
+    steps = REAL_STEPS if args.dataset else STEPS
+    if args.from_step and args.from_step not in steps:
+        parser.error(f"--from-step {args.from_step}: the {'real-dataset' if args.dataset else 'synthetic'} toy's "
+                     f"steps are {', '.join(steps)}")
+    if not args.dataset and (args.video_source or args.annotations):
+        parser.error("--video-source / --annotations need --dataset")
     profile = args.profile
     if profile == "auto":
         import torch
@@ -92,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         profile = "gpu" if torch.cuda.is_available() else "cpu"
     config = args.config or str(profile_config(profile))
     args.config = config
+    if args.dataset:
+        return run_dataset(args, profile)
     cfg = config_from_args(args, ["dataset=synth"])
     common = ["--config", config, *args.overrides]
     runs = cfg.runs_dir()
     todo = plan(runs, common, cfg.toy.grpo_steps, cfg.toy.grpo_warmup)
-    first = STEPS.index(args.from_step)
+    first = STEPS.index(args.from_step or STEPS[0])
     t0, times = time.time(), {}
     for step, title, step_argv in todo:
         if STEPS.index(step) < first:
