@@ -53,6 +53,10 @@ ENV_CASES = [  # scripts that also pin the visible GPUs
                                                    "RUN_FROM_STEP": "sft"}, "3",
      ["toy", "--dataset", "activitynet", "--video-source", "/anet", "--from-step", "sft"]),
     ("toy/toy_activitynet_full_process.bash", [], {}, "0", ["toy"]),
+    ("toy/toy_activitynet_full_process.bash", ["toy.videos_per_split=4"],
+     {"TOY_ACTIVITYNET_VIDEO_SOURCE": "/a v", "ANNO_ROOT": "/f g"}, "0",
+     ["toy", "--dataset", "activitynet", "--video-source", "/a v", "--annotations", "/f g", "toy.videos_per_split=4"]),
+    ("toy/toy_activitynet_full_process.bash", [], {"ANNO_ROOT": "/f"}, "0", ["toy"]),  # synthetic: no FIG files
 ]
 
 

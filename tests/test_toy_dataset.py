@@ -91,9 +91,9 @@ def test_activitynet_toy_runs_to_the_report(tmp_path, capsys):
 
     # a rerun reuses the choice (nothing decoded) and the trained engine; the wrapper script runs the same toy
     env = {**os.environ, "VSR1": str(Path(sys.executable).with_name("vsr1")),
-           "TOY_ACTIVITYNET_VIDEO_SOURCE": str(videos), "RUN_FROM_STEP": "data"}
+           "TOY_ACTIVITYNET_VIDEO_SOURCE": str(videos), "ANNO_ROOT": str(fig), "RUN_FROM_STEP": "data"}
     r = subprocess.run(["bash", str(REPO / "scripts" / "toy" / "toy_activitynet_full_process.bash"),
-                        "--profile", "cpu", "--annotations", str(fig), f"workspace={ws}", *TINY],
+                        "--profile", "cpu", f"workspace={ws}", *TINY],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(reused;" in r.stdout and "was trained with this configuration" in r.stdout
