@@ -1,6 +1,7 @@
 """Bench: verification-turn throughput (issue 18), today's path and the new one side by side in one run.
 
-    python bench/bench_verify.py --device cuda --out bench/results/bench_verify_h200_$(date +%F).json   # H200, < 6 min
+    bash bench/device_setup.sh && python bench/bench_verify.py --device cuda --out bench/results/bench_verify_h200_2026-12-01.json
+        # one H200, carry [".wheels"] (transformers 5.24: the new prefill passes mm_encoder_outputs); < 6 min
     python bench/bench_verify.py --smoke                                  # tiny shapes on CPU, < 60 s
 
 A turn = prefill (vision tower + prompt) + 128 greedy tokens (ignore_eos), at Qwen3-VL-2B shapes with random
@@ -18,7 +19,9 @@ Scenarios (in this order; `--budget-s` stops starting new ones, so a short devic
 - mixed: batch 32 of unequal prompts, videos of 16/32/48/64 frames, distinct;
 - shared: batch 32 = 32 distinct queries, 4 videos each the top-1 of 8 of them (the loop's shared top-1).
 Order: same b <= 32, grpo, mixed, same b > 32, shared.
-Per row: turns/s, prefill s, prefill MFU (useful FLOPs: real tokens only, each distinct video once, over
+After the batch-1 rows: building a turn's inputs for --input-batch 4 decoded clips (uint8 frames), the CPU
+processor + copy to the GPU vs `qwen3vl.fast_video_inputs` (pixels made on the GPU; Policy.build_inputs), and
+whether they are equal. Per row: turns/s, prefill s (and the vision tower's share), prefill MFU (useful FLOPs: real tokens only, each distinct video once, over
 --peak 989 TFLOP/s, the H200's dense bf16 roof), decode ms/token = (turn - prefill) / tokens, and its ratio
 to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s). Prints a table, writes JSON.
 Needs torch + transformers and this package on the path (no PyAV/faiss): inputs are random ids and pixels
@@ -210,6 +213,41 @@ def scenarios(args) -> list[tuple]:
     return small + extra[:2] + [x for x in same if x not in small] + extra[2:]
 
 
+def bench_inputs(policy, args, batch: int) -> dict:
+    """Building a turn's inputs from decoded clips (uint8 frames): the CPU processor (then a copy to the device)
+    vs `qwen3vl.fast_video_inputs` (pixels made on the device; what Policy.build_inputs now runs); equal?"""
+    import numpy as np
+
+    from videosearch_r1.agent.prompts import build_messages
+    from videosearch_r1.config import VideoConfig
+    from videosearch_r1.models.qwen3vl import build_processor, fast_video_inputs, render_chat, video_kwargs
+    from videosearch_r1.models.tiny import build_tokenizer
+    from videosearch_r1.video.decode import Clip, VideoInfo
+
+    side, t = args.side, args.frames
+    processor = build_processor(build_tokenizer(), VideoConfig(max_frames=t, min_pixels=32 * 32,
+                                                               max_pixels=max(side * side, 32 * 32)))
+    processor.tokenizer.padding_side = "left"
+    rng = np.random.default_rng(0)
+    clips = [Clip(frames=rng.integers(0, 256, (t, side, side, 3), dtype=np.uint8), timestamps=np.arange(t) + 0.5,
+                  indices=np.arange(t), info=VideoInfo("bench", float(t), 1.0, t, side, side)) for _ in range(batch)]
+    texts = [render_chat(processor, build_messages(f"query {i} about a red circle", c)) for i, c in enumerate(clips)]
+    dev = policy.device
+
+    def cpu():
+        out = processor(text=texts, **video_kwargs(clips), padding=True, return_tensors="pt")
+        return {k: v.to(dev) for k, v in out.items()}
+
+    t_cpu, ref = timed(cpu, args.device, 1, 1)
+    t_fast, new = timed(lambda: fast_video_inputs(processor, texts, clips, dev), args.device, 2, 1)
+    equal = new is not None and set(new) == set(ref) and all(torch.equal(new[k], ref[k]) for k in ref)
+    row = dict(batch=batch, frames=t, side=side, processor_s=t_cpu, fast_s=t_fast, speedup=t_cpu / t_fast,
+               equal=equal)
+    print(f"inputs b{batch} ({t} frames {side}x{side}): CPU processor {t_cpu:.3f} s, fast on {dev} {t_fast:.3f} s "
+          f"({t_cpu / t_fast:.1f}x), outputs equal: {equal}", flush=True)
+    return row
+
+
 def profile_prefill(policy, args, top: int = 15) -> list[dict]:
     """torch.profiler over one new-path prefill at batch 1: the ops with the most device self time (where the
     prefill's time goes; the next step of issue 18 starts from this list)."""
@@ -253,6 +291,7 @@ def parse_args(argv):
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--reps", type=int, default=2, help="timed runs of small batches (batch >= 8 on CUDA: 1)")
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--input-batch", type=int, default=4, help="clips in the input-building comparison")
     ap.add_argument("--peak", type=float, default=989e12, help="dense bf16 FLOP/s roof (H100/H200 SXM: 989e12)")
     ap.add_argument("--hbm", type=float, default=4.8e12, help="memory bandwidth, bytes/s (H200: 4.8e12)")
     ap.add_argument("--budget-s", type=float, default=240.0, help="no new scenario starts after this many seconds")
@@ -262,7 +301,7 @@ def parse_args(argv):
     if args.smoke:
         args.device = "cpu" if not torch.cuda.is_available() else args.device
         args.frames, args.side, args.text_tokens, args.new_tokens = 4, 64, 24, 8
-        args.batches, args.reps, args.warmup = "1,4", 1, 1
+        args.batches, args.reps, args.warmup, args.input_batch = "1,4", 1, 1, 2
     args.batches = [int(x) for x in str(args.batches).split(",") if x]
     args.dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     return args
@@ -284,7 +323,7 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"{name}, {args.dtype}, decode {policy.decode_options.name}; weights read per step "
           f"{weight_bytes(policy) / 1e9:.2f} GB -> floor {1000 * weight_bytes(policy) / args.hbm:.2f} ms/token", flush=True)
-    rows, skipped = [], []
+    rows, skipped, inputs_row = [], [], []
     for scenario, frames, video_of_row, text_of_row in scenarios(args):
         if time.perf_counter() - t0 > args.budget_s:
             skipped.append(f"{scenario} b{len(video_of_row)}")
@@ -293,20 +332,27 @@ def main(argv=None) -> int:
         for path in PATHS:
             try:
                 rows.append(run_row(policy, args, scenario, path, inputs, keys))
-            except RuntimeError as e:
-                if not is_oom(e):
-                    raise
-                print(f"{scenario} {path} b{len(video_of_row)}: out of memory")
-                rows.append(dict(scenario=scenario, path=path, batch=len(video_of_row), oom=True))
-                torch.cuda.empty_cache()
+            except Exception as e:  # noqa: BLE001  (one failed row never costs the run its table)
+                what = "out of memory" if is_oom(e) else f"{type(e).__name__}: {str(e)[:300]}"
+                print(f"{scenario} {path} b{len(video_of_row)}: FAILED {what}", flush=True)
+                rows.append(dict(scenario=scenario, path=path, batch=len(video_of_row), failed=what,
+                                 oom=is_oom(e)))
+                if args.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
         del inputs
+        if scenario == "same" and len(video_of_row) == 1 and not inputs_row:
+            try:
+                inputs_row.append(bench_inputs(policy, args, args.input_batch))
+            except Exception as e:  # noqa: BLE001  (e.g. no torchvision for the CPU processor)
+                print(f"inputs: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+                inputs_row.append(dict(failed=f"{type(e).__name__}: {str(e)[:300]}"))
     prof = []
     if args.profile and time.perf_counter() - t0 < args.budget_s + 60:
         try:
             prof = profile_prefill(policy, args)
         except Exception as e:  # noqa: BLE001  (the profile is a diagnostic: never lose the table for it)
             print(f"profile failed: {type(e).__name__}: {str(e)[:200]}")
-    ok = [r for r in rows if not r.get("oom")]
+    ok = [r for r in rows if not r.get("failed")]
     print(f"\n{'scenario':<8}{'batch':>6}{'videos':>7}{'pad %':>7} | {'turns/s old':>11}{'new':>8}{'x':>6} | "
           f"{'MFU old':>8}{'new':>7} | {'ms/tok old':>10}{'new':>7}{'floor':>7}")
     for r in ok:
@@ -331,7 +377,8 @@ def main(argv=None) -> int:
                   transformers=transformers.__version__, smoke=args.smoke, dtype=str(args.dtype),
                   frames=args.frames, side=args.side, new_tokens=args.new_tokens, peak_flops=args.peak,
                   hbm_bytes_per_s=args.hbm, decode_path=policy.decode_options.name, rows=rows,
-                  best_batch=summary, skipped=skipped, prefill_profile=prof, wall_s=wall)
+                  best_batch=summary, skipped=skipped, inputs=inputs_row[0] if inputs_row else None,
+                  prefill_profile=prof, wall_s=wall)
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"bench_verify_{'smoke' if args.smoke else name.split()[-1].lower()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")

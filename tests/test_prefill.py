@@ -13,7 +13,7 @@ from videosearch_r1.agent.prefill import PrefillPlan, bucketed_prefill, buckets,
 from videosearch_r1.agent.policy import Policy
 from videosearch_r1.agent.vision_cache import VisionCache, clip_keys
 from videosearch_r1.config import VideoConfig
-from videosearch_r1.models.qwen3vl import configure_processor, encode_videos
+from videosearch_r1.models.qwen3vl import configure_processor, encode_videos, fast_video_inputs, video_kwargs
 from videosearch_r1.models.tiny import make_tiny_checkpoint
 
 from _policy_inputs import CLIPS, QUERIES, liven, make_clip  # noqa: E402
@@ -131,3 +131,20 @@ def test_cache_is_bounded_by_bytes(policy):
     assert s["bytes"] <= one and s["misses"] == 3 and s["evictions"] >= 1 and s["entries"] < 3
     with pytest.raises(ValueError, match="3 videos"):
         cache.features(policy.model, inputs["pixel_values_videos"], inputs["video_grid_thw"], keys[:2])
+
+
+def test_fast_video_inputs_equal_the_processor(policy):
+    """build_inputs makes the video pixels itself (on the policy's device, no CPU processor): same batch,
+    also for odd frame counts and other aspect ratios; a clip the processor would resize takes its path."""
+    clips = BATCH_C + [make_clip(3, 64, 32, 5)]
+    texts = policy.prompt_texts(BATCH_Q + ["grey"], clips)
+    policy.processor.tokenizer.padding_side = "left"
+    ref = policy.processor(text=texts, **video_kwargs(clips), padding=True, return_tensors="pt")
+    new = fast_video_inputs(policy.processor, texts, clips, "cpu")
+    assert set(new) == set(ref)
+    for k in ref:
+        assert torch.equal(new[k], ref[k]), k
+    big = make_clip(2, 128, 128, 6)  # above max_pixels: the processor would shrink it
+    assert fast_video_inputs(policy.processor, policy.prompt_texts(["x"], [big]), [big], "cpu") is None
+    with pytest.raises(ValueError, match="placeholders"):
+        fast_video_inputs(policy.processor, texts[:2], clips[:3], "cpu")

@@ -157,6 +157,7 @@ class Policy:
         if sqr_config.hidden_size != text_hidden:
             raise PolicyLoadError(f"SQR hidden_size {sqr_config.hidden_size} != policy hidden {text_hidden}")
         prepare_model(model)  # the one fast step: batched vision attention + linear patch embed
+        self.fast_video = True  # build_inputs: video pixels on the policy's device (False: the CPU processor)
         self.set_decode()
         self.set_prefill()
 
@@ -287,8 +288,10 @@ class Policy:
 
     def build_inputs(self, queries: list[str], clips: list[Any], method: str = "sqr",
                      responses: list[str] | None = None) -> dict:
-        """Left-padded processor batch on the policy's device: prompts (+ `responses` appended verbatim)."""
-        from videosearch_r1.models.qwen3vl import video_kwargs
+        """Left-padded processor batch on the policy's device: prompts (+ `responses` appended verbatim).
+        Video pixels are made on the policy's device from the uint8 frames (qwen3vl.fast_video_inputs: the
+        processor's own arithmetic, equal outputs) unless a clip would be resized; then the processor runs."""
+        from videosearch_r1.models.qwen3vl import fast_video_inputs, video_kwargs
 
         if len(queries) != len(clips) or (responses is not None and len(responses) != len(queries)):
             raise ValueError(f"batch mismatch: {len(queries)} queries, {len(clips)} clips, "
@@ -297,6 +300,9 @@ class Policy:
         if responses is not None:
             texts = [t + r for t, r in zip(texts, responses)]
         self.processor.tokenizer.padding_side = "left"
+        fast = fast_video_inputs(self.processor, texts, clips, self.device) if self.fast_video and clips else None
+        if fast is not None:
+            return fast
         batch = self.processor(text=texts, **video_kwargs(clips), padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -368,7 +374,7 @@ class Policy:
         """This call's PrefillPlan (the policy's template + its cache and the batch's video keys), or None."""
         from dataclasses import replace
 
-        if self.prefill_plan is None:
+        if self.prefill_plan is None or self.model.training:  # training mode: the plain HF forward
             return None
         cache = self.vision_cache if video_keys is not None else None
         return replace(self.prefill_plan, cache=cache, video_keys=video_keys)

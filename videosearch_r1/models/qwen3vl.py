@@ -353,3 +353,78 @@ def video_token_counts(model, video_grid_thw) -> list[int]:
     """Placeholder tokens per video (t * h * w / merge^2)."""
     merge = model.config.vision_config.spatial_merge_size
     return [n // merge ** 2 for n in video_patch_rows(model, video_grid_thw)]
+
+
+# ---------------------------------------------------------------------------------- fast video inputs
+def resize_target(video_processor, t: int, h: int, w: int) -> tuple[int, int]:
+    """(height, width) the video processor resizes a T x h x w clip to: the arithmetic of
+    Qwen3VLVideoProcessor.resize in 5.24 (per-frame cap from max_video_tokens, then smart_resize)."""
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import smart_resize
+
+    vp = video_processor
+    size = vp.size if isinstance(vp.size, dict) else vp.size.__dict__
+    lo, hi = int(size["shortest_edge"]), int(size["longest_edge"])
+    factor = vp.patch_size * vp.merge_size
+    max_pixels = hi
+    if getattr(vp, "cap_pixels_per_frame", False):
+        per_frame = max(min(vp.max_video_tokens * factor * factor, hi // t), int(lo * 1.05))
+        max_pixels = per_frame * t
+    return tuple(smart_resize(height=h, width=w, num_frames=t, factor=factor, temporal_factor=vp.temporal_patch_size,
+                              min_pixels=lo, max_pixels=max_pixels))
+
+
+def video_pixels(video_processor, frames, device):
+    """One clip's `pixel_values_videos` rows, computed on `device` by the processor's own rescale/normalise
+    and patchify (the resize is skipped: callers check resize_target is the clip's own size)."""
+    import torch
+
+    vp = video_processor
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).contiguous()[None]  # [1, T, 3, H, W] uint8
+    x = vp.rescale_and_normalize(x, vp.do_rescale, vp.rescale_factor, vp.do_normalize, vp.image_mean, vp.image_std)
+    patches = vp.patchify(x, patch_size=vp.patch_size, merge_size=vp.merge_size,
+                          temporal_patch_size=vp.temporal_patch_size)[0]
+    return patches[0]
+
+
+def fast_video_inputs(processor, texts: list[str], clips, device) -> dict | None:
+    """The processor's batch for `texts` (each with one bare <|video_pad|> per clip, in order) and pre-sized
+    clips, with the video pixels made on `device` from the uint8 frames (the CPU processor spends ~1 s per
+    64-frame 448x448 clip). Same ids, mask, token types, grids and pixel values as `processor(...)`
+    (tests/test_prefill.py). None when a clip would be resized (the caller then runs the processor)."""
+    import torch
+
+    vp = processor.video_processor
+    kw = video_kwargs(clips)
+    grids = []
+    for frames in kw["videos"]:
+        t, h, w = frames.shape[:3]
+        if resize_target(vp, t, h, w) != (h, w):
+            return None
+        tps = vp.temporal_patch_size
+        grids.append([-(-t // tps), h // vp.patch_size, w // vp.patch_size])
+    grid = torch.tensor(grids, dtype=torch.long)
+    videos = {"video_grid_thw": grid, "video_metadata": kw["video_metadata"]}
+    expanded, v = [], 0
+    for text in texts:
+        parts = text.split(processor.video_token)
+        out = parts[0]
+        for part in parts[1:]:
+            if v >= len(clips):
+                raise ValueError(f"{v + 1} or more video placeholders in the texts for {len(clips)} clips")
+            out += processor.replace_video_token(videos, v) + part
+            v += 1
+        expanded.append(out)
+    if v != len(clips):
+        raise ValueError(f"{v} video placeholders in the texts for {len(clips)} clips")
+    tok = processor.tokenizer(expanded, padding=True, return_tensors="pt")
+    ids = tok["input_ids"]
+    types = torch.zeros_like(ids)
+    types[ids == processor.image_token_id] = 1
+    types[ids == processor.video_token_id] = 2
+    pixels = torch.cat([video_pixels(vp, f, device) for f in kw["videos"]]) if clips else None
+    out = {"input_ids": ids.to(device), "attention_mask": tok["attention_mask"].to(device),
+           "mm_token_type_ids": types.to(device), "video_grid_thw": grid.to(device)}
+    if pixels is not None:
+        out["pixel_values_videos"] = pixels
+    return out
