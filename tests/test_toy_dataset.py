@@ -126,10 +126,17 @@ def test_choice_is_deterministic_and_names_its_skips(tmp_path):
         toyset.prepare(cfg, "activitynet", videos, fig)
 
 
-def test_flags_are_checked(capsys):
-    with pytest.raises(SystemExit):
-        toy.main(["--video-source", "/v"])
-    assert "need --dataset" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        toy.main(["--dataset", "activitynet", "--from-step", "world"])
-    assert "real-dataset toy's steps are data" in capsys.readouterr().err
+def test_flags_are_checked(tmp_path, capsys):
+    for argv, msg in ((["--video-source", "/v"], "need --dataset"),
+                      (["--dataset", "activitynet", "--from-step", "world"], "real-dataset toy's steps are data"),
+                      (["--dataset", "synth"], "a real dataset is expected")):
+        with pytest.raises(SystemExit):
+            toy.main(argv)
+        assert msg in capsys.readouterr().err
+    ws = f"workspace={tmp_path}"
+    assert toy.main(["--profile", "cpu", "--dataset", "kinetics", ws]) == 2
+    assert "unknown dataset 'kinetics'" in capsys.readouterr().err
+    assert toy.main(["--profile", "cpu", "--dataset", "charades", "--video-source", str(tmp_path), ws]) == 2
+    assert "charades_fig_train.jsonl" in capsys.readouterr().err  # no FIG files there: named, with the fetch command
+    assert toy.main(["--profile", "cpu", "--dataset", "didemo", "--from-step", "sft", ws]) == 2
+    assert "run without --from-step first" in capsys.readouterr().err

@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"steps are {', '.join(steps)}")
     if not args.dataset and (args.video_source or args.annotations):
         parser.error("--video-source / --annotations need --dataset")
+    if args.dataset and (args.dataset == "synth" or args.dataset.startswith("toy-")):
+        parser.error(f"--dataset {args.dataset}: a real dataset is expected (the synthetic toy is `vsr1 toy`)")
     profile = args.profile
     if profile == "auto":
         import torch
