@@ -209,6 +209,7 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
         "metrics": result,
         "timings_s": {k: round(v, 4) for k, v in sorted(loop.timings.items())} if loop else {},
         "counts": dict(sorted(loop.counts.items())) if loop else {},
+        "vision_cache": policy.vision_cache.stats() if getattr(policy, "vision_cache", None) is not None else None,
         "wall_s": round(time.time() - t0, 3),
     }
     atomic_write_json(run_dir / "summary.json", summary)

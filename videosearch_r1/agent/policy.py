@@ -12,6 +12,9 @@ SQR modules (reference.md §1; H policy hidden, D latent dim, He embedder hidden
 They are saved BESIDE the HF checkpoint as `sqr.safetensors` + `sqr_config.json`, so loading needs no
 flags. `reference_layout=True` loads the authors' checkpoints instead (modules inside the model state
 dict; see reference_ckpt.py), including their pre-norm seed hidden state. Ours: post-norm everywhere.
+A verification turn (generate): build_inputs makes the video pixels on the policy's device
+(qwen3vl.fast_video_inputs, equal to the processor's), the prefill is bucketed by prompt length with a
+visual-token cache (agent/prefill.py, agent/vision_cache.py; set_prefill), then decode.py's decode loop.
 """
 from __future__ import annotations
 

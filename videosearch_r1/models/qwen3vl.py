@@ -24,6 +24,10 @@ Quirks handled here (see environment.md §2, §8):
 - `get_rope_index` loops over the batch in Python; `rope_positions` computes the same ids vectorised.
 - The sdpa/eager vision attention runs one call per 2-frame chunk; `enable_fast_vision_attention`
   batches equal-length chunks into one SDPA call (identical outputs).
+- `mm_encoder_outputs` (5.24) lets the forward take precomputed video features: `encode_videos` /
+  `video_encoder_outputs` split and rebuild them per video (the visual-token cache, agent/vision_cache.py).
+- `fast_video_inputs`: the processor's batch with the pixels made on the GPU from uint8 frames (its own
+  rescale/normalise/patchify + `replace_video_token`), when `resize_target` says no resize happens.
 - The fast step, one call for every use: `prepare_model(model)` (batched vision attention + the patch
   embedding as a matmul) and `model_inputs(model, batch)` (forward kwargs with rope_positions).
 """
