@@ -73,12 +73,20 @@ def clip_keys(clips: list, processor=None) -> list[str]:
     return [f"{digests[id(c)]}:{settings}" for c in clips]
 
 
+def _ptr(p) -> int:
+    try:
+        return p.data_ptr()
+    except (RuntimeError, NotImplementedError):  # a sharded / wrapped parameter: versions still count
+        return 0
+
+
 def weights_token(model) -> tuple:
-    """Identity of the vision weights: changes whenever any vision parameter is modified in place."""
+    """Identity of the vision weights: changes whenever any vision parameter is modified in place (version
+    counters) or replaced (storage pointers)."""
     visual = model.model.visual
     params = list(visual.parameters())
     return (id(visual), params[0].dtype, params[0].device, sum(p._version for p in params),
-            tuple(p.data_ptr() for p in params[:4]))
+            tuple(_ptr(p) for p in params))
 
 
 def _nbytes(feat) -> int:
