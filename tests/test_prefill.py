@@ -116,6 +116,10 @@ def test_cached_tokens_equal_fresh_encoding_and_other_settings_miss(policy):
         p.add_(0.0)
         cache.features(model, alone["pixel_values_videos"], alone["video_grid_thw"], keys[:1])
     assert cache.stats()["misses"] == 5 and cache.stats()["resets"] == 1
+    p.data = p.data.clone()  # replaced storage (a move / load with assign), same values: still a miss
+    with torch.no_grad():
+        cache.features(model, alone["pixel_values_videos"], alone["video_grid_thw"], keys[:1])
+    assert cache.stats()["misses"] == 6 and cache.stats()["resets"] == 2
 
 
 def test_cache_is_bounded_by_bytes(policy):
