@@ -202,7 +202,7 @@ def run_row(policy, args, scenario: str, path: str, inputs: dict, keys: list[str
 def scenarios(args) -> list[tuple]:
     """(name, frames per video, video of each row, text of each row or None) in the order they run."""
     f = args.frames
-    b, g = (4, 2) if args.smoke else (32, 8)
+    b, g = args.scenario_batch, args.group
     group = [r // g for r in range(b)]
     mix = [max(2, f // 4 * k) for k in (1, 2, 3, 4)]
     extra = [("grpo", [f] * (b // g), group, group),  # G identical prompts per query (a GRPO group's first turn)
@@ -292,6 +292,8 @@ def parse_args(argv):
     ap.add_argument("--reps", type=int, default=2, help="timed runs of small batches (batch >= 8 on CUDA: 1)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--input-batch", type=int, default=4, help="clips in the input-building comparison")
+    ap.add_argument("--scenario-batch", type=int, default=32, help="batch of the grpo / mixed / shared scenarios")
+    ap.add_argument("--group", type=int, default=8, help="rows per query (grpo) / per video (shared)")
     ap.add_argument("--peak", type=float, default=989e12, help="dense bf16 FLOP/s roof (H100/H200 SXM: 989e12)")
     ap.add_argument("--hbm", type=float, default=4.8e12, help="memory bandwidth, bytes/s (H200: 4.8e12)")
     ap.add_argument("--budget-s", type=float, default=240.0, help="no new scenario starts after this many seconds")
@@ -302,7 +304,10 @@ def parse_args(argv):
         args.device = "cpu" if not torch.cuda.is_available() else args.device
         args.frames, args.side, args.text_tokens, args.new_tokens = 4, 64, 24, 8
         args.batches, args.reps, args.warmup, args.input_batch = "1,4", 1, 1, 2
+        args.scenario_batch, args.group = 4, 2
     args.batches = [int(x) for x in str(args.batches).split(",") if x]
+    if args.group < 1 or args.scenario_batch % args.group:
+        ap.error(f"--scenario-batch {args.scenario_batch} must be a multiple of --group {args.group}")
     args.dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     return args
 
