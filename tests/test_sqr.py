@@ -52,6 +52,40 @@ def test_cached_equals_uncached_equals_from_generation(setup):
             assert rel(rollout_latents(policy, full, r, k, cached=True), zu[:, :k]) < 1e-3
 
 
+def test_grad_rollout_growing_cache_equals_uncached_values_and_gradients(setup):
+    """Under grad the cached rollout keeps the prefill's K/V and a per-layer tail of the latent steps (one
+    softmax over both): latents and the gradient reaching the policy equal the authors' full forwards, and
+    no layer's prefix is copied per step."""
+    from videosearch_r1.agent import decode
+
+    policy, _, full, r = setup
+    w = policy.model.model.language_model.layers[0].mlp.up_proj.weight
+    grads, zs = [], []
+    for cached in (True, False):
+        w.grad = None
+        z = rollout_latents(policy, full, r, 5, cached=cached)
+        z.square().sum().backward()
+        grads.append(w.grad.clone())
+        zs.append(z.detach())
+    w.grad = None
+    assert rel(zs[0], zs[1]) < 1e-3 and rel(grads[0], grads[1]) < 1e-3 and grads[0].abs().sum() > 0
+    seen = []
+    real = decode.DecodeCache.attend
+
+    def spy(self, layer, q, k, v, scale, how):
+        out = real(self, layer, q, k, v, scale, how)
+        seen.append((self.static, self.keys[layer].shape[2], self.tail_keys[layer].shape[2]))
+        return out
+    decode.DecodeCache.attend = spy
+    try:
+        rollout_latents(policy, full, r, 3, cached=True)
+    finally:
+        decode.DecodeCache.attend = real
+    assert seen and not any(st for st, _, _ in seen)
+    assert len({lp for _, lp, _ in seen}) == 1  # the prefix is never grown (no per-step copy)
+    assert sorted({t for _, _, t in seen}) == [1, 2]  # the tail holds the latent steps
+
+
 def test_rollout_depends_on_the_video(setup):
     policy, inputs, full, r = setup
     with torch.no_grad():
