@@ -4,6 +4,8 @@
 # (bench/device_toy.sh) while the 2B-shape benches run one after another in the foreground of the calls.
 # The benches therefore share the GPU with a small training job (12.8 M parameters, mostly CPU-bound):
 # docs/benchmarks.md says so beside each figure. Every call ends by copying what exists to $OUT.
+# Each bench runs capped at BENCH_MEM (share of the GPU's memory, default 0.6): on 2026-12-01 the GRPO
+# bench took 128 GB and the toy's engine training beside it died of CUDA OOM (a lost third of the lease).
 #
 #   device run (carry [".wheels"]):        bash bench/device_session.sh 1   # setup, toy start, bench_sft
 #   device run (carry [".wheels_faiss"]):  bash bench/device_session.sh 2   # faiss, bench_grpo, bench_library
@@ -21,7 +23,10 @@ if [[ -n ${SMOKE:-} ]]; then DEV=cpu; SM=--smoke; TAG=smoke; TOYARGS=(--profile 
 bench() {  # bench NAME SECONDS ARGS...: run one bench under a time limit, keep its log and JSON
   local name=$1 limit=$2; shift 2
   echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)"
-  timeout "$limit" python "bench/$name.py" "$@" > "bench/results/${name}_$TAG.log" 2>&1
+  timeout "$limit" python -c 'import runpy, sys, torch
+if torch.cuda.is_available(): torch.cuda.set_per_process_memory_fraction(float(sys.argv[1]))
+sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name="__main__")' "${BENCH_MEM:-0.6}" "bench/$name.py" "$@" \
+    > "bench/results/${name}_$TAG.log" 2>&1
   echo "rc $? after $(( $(date +%s) - T0 )) s"
   grep -v -E "it/s\]|s/it\]" "bench/results/${name}_$TAG.log" | tail -25
 }
@@ -34,17 +39,20 @@ bring_back() {  # everything small goes back as one archive + the toy's text sum
 case $STAGE in
   1)
     SKIP_SMOKE=1 bash bench/device_toy.sh start 5 "${TOYARGS[@]}" || exit 1   # setup + background toy
-    bench bench_sft 330 --device "$DEV" $SM --sqr --out bench/results/bench_sft_$TAG.json
+    bench bench_sft 200 --device "$DEV" $SM --ckpt 0 --out bench/results/bench_sft_$TAG.json   # our step vs HF's
+    cp "bench/results/bench_sft_$TAG.log" "bench/results/bench_sft_plain_$TAG.log"
+    bench bench_sft 200 --device "$DEV" $SM --sqr --variants ours --ckpt 0 --out bench/results/bench_sft_sqr_$TAG.json
     ;;
   2)
     if [[ -d .wheels_faiss ]]; then python -m pip install -q --no-deps --no-index .wheels_faiss/*.whl 2>&1 | tail -1; fi
-    bench bench_grpo 300 --device "$DEV" $SM --steps 2 --out bench/results/bench_grpo_$TAG.json
+    bench bench_grpo 300 --device "$DEV" $SM --steps 2 --micro-batch 1 --out bench/results/bench_grpo_$TAG.json
     if [[ -n ${SMOKE:-} ]]; then bench bench_library 200 --smoke --tag smoke
     else bench bench_library 240 --engine 2b --device cuda --preset default --videos 24 --search-dim 2048 --tag h200
     fi
     ;;
   3)
-    if [[ -f bench/bench_verify.py ]]; then bench bench_verify 480 --device "$DEV" $SM --out bench/results/bench_verify_$TAG.json
+    if [[ -f bench/bench_verify.py ]]; then bench bench_verify 420 --device "$DEV" $SM --budget-s 200 --batches 1,8,32 \
+        --out bench/results/bench_verify_$TAG.json
     else echo "bench/bench_verify.py not in this tree"; fi
     ;;
   wait) ;;
