@@ -195,3 +195,23 @@ def test_reference_writer_matches_the_authors_layout(policy, tmp_path):
     again = Policy.from_pretrained(tmp_path / "back", reference_layout=True)
     for k, v in p.sqr.state_dict().items():
         assert torch.equal(again.sqr.state_dict()[k], v), k
+
+
+def test_vision_placeholders_are_never_generated(ckpt):
+    """A policy whose head prefers <|video_pad|> (and the other placeholders) above every text id still
+    generates none of them, greedy or sampled: such a token cannot be fed back as text (the forward
+    would expect video features there)."""
+    pol = Policy.from_pretrained(ckpt)  # its own copy: the head is changed below
+    bad = sorted(pol.placeholder_ids)
+    assert pol.model.config.video_token_id in bad and len(bad) >= 3
+    head, boost = pol.model.lm_head, torch.zeros(pol.model.lm_head.out_features)
+    boost[bad] = 1e4  # a head whose placeholder logits dominate every text id
+    real = head.forward
+    head.forward = lambda h: real(h) + boost.to(h.dtype)
+    with torch.no_grad():
+        inputs = pol.build_inputs(QUERIES, CLIPS)
+        logits = pol.model(**inputs).logits[:, -1]
+    assert set(logits.argmax(-1).tolist()) <= set(bad)  # unbanned, greedy would pick a placeholder
+    for temperature in (0.0, 1.0):
+        res = pol.generate_ids(inputs, max_new_tokens=6, temperature=temperature, seed=0, ignore_eos=True)
+        assert not set(res.ids.flatten().tolist()) & set(bad), temperature

@@ -446,10 +446,14 @@ class DecodeResult(NamedTuple):
     state: DecodeState | None
 
 
-def _pick(logits: torch.Tensor, temperature: float, generator, top_p: float = 1.0) -> torch.Tensor:
+def _pick(logits: torch.Tensor, temperature: float, generator, top_p: float = 1.0,
+          banned: torch.Tensor | None = None) -> torch.Tensor:
     """Next ids [B]: argmax (temperature <= 0), else a draw from softmax(logits / temperature) cut to
     its top-p nucleus (the smallest set of most likely ids whose mass reaches top_p; the top id always
-    stays). Draws come from `generator` only, so a seeded generator repeats a run exactly."""
+    stays). Draws come from `generator` only, so a seeded generator repeats a run exactly. `banned` ids
+    (the vision placeholders: text can never hold them) are never picked."""
+    if banned is not None and banned.numel():
+        logits = logits.index_fill(-1, banned, float("-inf"))
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -465,7 +469,7 @@ def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens
                     pad_id: int, temperature: float = 0.0, generator: torch.Generator | None = None,
                     options: DecodeOptions = DecodeOptions(), keep_state: bool = False, reserve: int = 0,
                     ignore_eos: bool = False, check_every: int = 8, top_p: float = 1.0,
-                    plan=None) -> DecodeResult:
+                    plan=None, banned_ids: list[int] | None = None) -> DecodeResult:
     """Greedy (temperature 0) or sampled decoding of a left-padded batch (temperature / top_p, drawn
     from `generator`: seeded, a run repeats exactly; greedy ignores both).
 
@@ -473,7 +477,8 @@ def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens
     (the SQR seed at a generated <REFINE> comes for free). `reserve` extra cache columns are kept
     for a latent rollout continuing from the returned state (keep_state=True). `plan` (a
     prefill.PrefillPlan): the bucketed prefill (no compute on padding, cached video features) instead
-    of the one HF forward; the decode loop after it is the same.
+    of the one HF forward; the decode loop after it is the same. `banned_ids` are never generated (the
+    policy bans its vision placeholders: a sampled <|video_pad|> cannot be fed back as text).
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -502,7 +507,8 @@ def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens
     pos = first_pos.clone()
     done = torch.zeros(b, dtype=torch.bool, device=dev)
     stop_at = torch.full((b,), max_new_tokens, dtype=torch.long, device=dev)
-    tok = _pick(model.lm_head(pre_fill.post), temperature, generator, top_p)
+    banned = torch.tensor(sorted(set(banned_ids or ())), dtype=torch.long, device=dev)
+    tok = _pick(model.lm_head(pre_fill.post), temperature, generator, top_p, banned)
     steps = 0
     for i in range(max_new_tokens):
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
@@ -519,7 +525,7 @@ def generate_tokens(model, inputs: dict, positions: torch.Tensor, max_new_tokens
         pos = pos + 1
         if not ignore_eos and (i + 1) % check_every == 0 and bool(done.all()):
             break
-        tok = _pick(logits, temperature, generator, top_p)
+        tok = _pick(logits, temperature, generator, top_p, banned)
     ids = ids[:, :steps]
     lengths = torch.clamp(stop_at + 1, max=steps)
     n_text = torch.clamp(stop_at, max=steps)

@@ -371,7 +371,15 @@ class Policy:
         return generate_tokens(self.model, inputs, self.positions(inputs), max_new_tokens, self.eos_token_ids,
                                self.pad_token_id, temperature=temperature, generator=gen, options=self.decode_options,
                                keep_state=keep_state, reserve=reserve, ignore_eos=ignore_eos, top_p=top_p,
-                               plan=self._plan(video_keys))
+                               plan=self._plan(video_keys), banned_ids=sorted(self.placeholder_ids))
+
+    @property
+    def placeholder_ids(self) -> set[int]:
+        """Ids the forward treats as vision placeholders (video / image pads, vision start / end): never
+        generated (a completion holding one cannot be re-run as text: the model would expect features)."""
+        c = self.model.config
+        return {int(x) for x in (c.video_token_id, c.image_token_id, getattr(c, "vision_start_token_id", None),
+                                 getattr(c, "vision_end_token_id", None)) if x is not None}
 
     def _plan(self, video_keys: list[str] | None):
         """This call's PrefillPlan (the policy's template + its cache and the batch's video keys), or None."""

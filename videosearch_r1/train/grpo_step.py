@@ -84,11 +84,9 @@ def collate_turns(policy, turns: list[TurnSample], clips: dict) -> TurnBatch:
 
 
 def placeholder_ids(policy) -> set[int]:
-    """Ids the forward treats as vision placeholders: a completion that sampled one cannot be re-run as
-    text (the model would expect video features there), so such a turn is left out of the loss (counted)."""
-    c = policy.model.config
-    return {int(x) for x in (c.video_token_id, c.image_token_id, getattr(c, "vision_start_token_id", None),
-                             getattr(c, "vision_end_token_id", None)) if x is not None}
+    """The policy's vision placeholder ids (Policy.placeholder_ids). Its generation never picks them; a
+    turn that holds one anyway (a trajectory made elsewhere) is left out of the loss (counted)."""
+    return policy.placeholder_ids
 
 
 def decode_row(policy, batch: TurnBatch, i: int) -> str:
