@@ -36,7 +36,8 @@ embed, search, generate = verification turns, rollout = SQR latents, rank = GT-r
 tokens generated, the stop reasons, the vision-cache stats, and the GPU-busy fraction: `nvidia-smi
 --query-gpu=utilization.gpu --loop-ms=100` sampled in a background thread during the timed run (the share of
 each ~100 ms window in which a kernel ran; coarse: a window with one kernel counts as busy), mean over
-the samples; "n/a" without nvidia-smi. Prints a table; writes bench/results/bench_infer_<tag>.json.
+the samples ("n/a" without nvidia-smi); beside it the share of the wall spent in the loop's GPU stages
+(embed, search, generate, rollout, rank: host-timed, so it includes their CPU work). Prints a table; writes bench/results/bench_infer_<tag>.json.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ import torch  # noqa: E402
 import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
 
 STAGES = ("clips", "embed", "search", "generate", "rollout", "rank")
+GPU_STAGES = ("embed", "search", "generate", "rollout", "rank")  # the loop's stages that run on the GPU (engine + policy)
 REFERENCE_BUDGET = "{fps: 2.0, max_frames: 64, min_frames: 2, min_pixels: 100352, max_pixels: 200704}"
 SCRIPT_TAIL = "</think> <answer>not_matched</answer> "  # then <REFINE>, then <|im_end|>
 
@@ -310,6 +312,8 @@ def report(res: dict) -> None:
           f"{r['rollouts']:>9}{res['timed_wall_s']:>8.1f}{busy:>10}")
     print("wall split: " + "  ".join(f"{k} {v:.2f} s ({100 * v / res['timed_wall_s']:.0f}%)"
                                      for k, v in res["split_s"].items()))
+    print(f"GPU stages (embed, search, generate, rollout, rank) take {100 * gpu['gpu_stage_share']:.1f}% of the "
+          f"wall; nvidia-smi busy {busy} over {gpu['samples']} samples")
     print(f"stop reasons {r['stop_reasons']}; vision cache {res['vision_cache']}")
     print(f"setup: synth {res['setup_s']['synth_s']:.1f} s, index {res['setup_s']['index_s']:.1f} s, policy "
           f"checkpoint {res['setup_s']['checkpoint_s']:.1f} s, load {res['setup_s']['load_s']:.1f} s, warm-up "
@@ -347,6 +351,7 @@ def main(argv=None) -> int:
         timings = summary["timings_s"]
         split = {k: timings.get(k, 0.0) for k in STAGES}
         split["other"] = max(0.0, wall - sum(split.values()))
+        gpu["gpu_stage_share"] = sum(split[k] for k in GPU_STAGES) / wall  # wall time of the GPU stages / wall
         name = torch.cuda.get_device_name() if cuda else "cpu"
         res = dict(bench="bench_infer", date=time.strftime("%Y-%m-%d %H:%M"), device=name, torch=torch.__version__,
                    transformers=transformers.__version__, smoke=args.smoke, policy_shapes=args.policy,
