@@ -9,7 +9,9 @@ What runs (in a temporary workspace, deleted at the end unless --keep):
    mp4s at 2 fps, 32-34 s long, so that the synth dataset's video budget (overridden here to fps 2,
    max_frames 64, pixels 128..256 x 28^2, i.e. the reference's 64 frames at <= 448^2) samples every clip
    fully: each verification prompt carries 64 frames = 32 temporal patches x 196 merged tokens = 6,272
-   visual tokens + ~330 text tokens (~6.6k per prompt, the reference's budget). The test split holds
+   visual tokens (the reference's budget) + the text in the tiny BPE tokenizer (system prompt, query, a
+   timestamp per patch: several hundred tokens, more than Qwen's tokenizer would give; printed as
+   "prompt:" and saved as `prompt` in the JSON). The test split holds
    --families families x 4 variants x 2 queries (train/val get 1 family each: not used).
 2. a RANDOM small same-architecture engine (models/tiny.py, size "small"; retrieval quality is not the
    point, so the engine is not trained) and `vsr1 index synth --split test` with it.
@@ -37,7 +39,8 @@ tokens generated, the stop reasons, the vision-cache stats, and the GPU-busy fra
 --query-gpu=utilization.gpu --loop-ms=100` sampled in a background thread during the timed run (the share of
 each ~100 ms window in which a kernel ran; coarse: a window with one kernel counts as busy), mean over
 the samples ("n/a" without nvidia-smi); beside it the share of the wall spent in the loop's GPU stages
-(embed, search, generate, rollout, rank: host-timed, so it includes their CPU work). Prints a table; writes bench/results/bench_infer_<tag>.json.
+(embed, search, generate, rollout, rank: host-timed, so it includes their CPU work). Prints a table;
+writes bench/results/bench_infer_<tag>.json.
 """
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ import torch  # noqa: E402
 import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
 
 STAGES = ("clips", "embed", "search", "generate", "rollout", "rank")
-GPU_STAGES = ("embed", "search", "generate", "rollout", "rank")  # the loop's stages that run on the GPU (engine + policy)
+GPU_STAGES = ("embed", "search", "generate", "rollout", "rank")  # the loop's stages on the GPU (engine, policy)
 REFERENCE_BUDGET = "{fps: 2.0, max_frames: 64, min_frames: 2, min_pixels: 100352, max_pixels: 200704}"
 SCRIPT_TAIL = "</think> <answer>not_matched</answer> "  # then <REFINE>, then <|im_end|>
 
@@ -357,7 +360,8 @@ def main(argv=None) -> int:
                    transformers=transformers.__version__, smoke=args.smoke, policy_shapes=args.policy,
                    batch_size=args.batch_size,
                    max_turns=args.max_turns, max_new_tokens=args.max_new_tokens, script=args.script,
-                   policy=facts, prompt=prompt, decode_path=summary.get("decode"), video_budget=str(cfg.video_cfg("synth")),
+                   policy=facts, prompt=prompt, decode_path=summary.get("decode"),
+                   video_budget=str(cfg.video_cfg("synth")),
                    timed=run_stats(summary, wall), timed_wall_s=wall, run_infer_wall_s=summary["wall_s"],
                    split_s=split, timings_s=timings, counts=summary["counts"], gpu=gpu,
                    vision_cache=summary["vision_cache"], warmup_stop_reasons=warm["stop_reasons"],
