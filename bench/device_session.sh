@@ -7,10 +7,11 @@
 # Each bench runs capped at BENCH_MEM (share of the GPU's memory, default 0.6): on 2026-12-01 the GRPO
 # bench took 128 GB and the toy's engine training beside it died of CUDA OOM (a lost third of the lease).
 #
-#   device run (carry [".wheels"]):        bash bench/device_session.sh 1   # setup, toy start, bench_sft
-#   device run (carry [".wheels_faiss"]):  bash bench/device_session.sh 2   # faiss, bench_grpo, bench_library
-#   device run:                            bash bench/device_session.sh 3   # bench_verify (issue 18)
+#   device run (carry [".wheels"]):        bash bench/device_session.sh 1   # setup, toy start, bench_sft x2
+#   device run:                            bash bench/device_session.sh 2   # bench_grpo, bench_infer (issue 18)
+#   device run (carry [".wheels_faiss"]):  bash bench/device_session.sh 3   # faiss, bench_library, bench_verify
 #   device run:                            bash bench/device_session.sh wait [SECONDS]   # the toy to its end
+# (2026-12-01 measured stage 3's benches already: the next lease needs 1, 2 and wait.)
 # SMOKE=1 runs every stage at CPU smoke sizes (the check before spending device time).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -44,16 +45,15 @@ case $STAGE in
     bench bench_sft 200 --device "$DEV" $SM --sqr --variants ours --ckpt 0 --out bench/results/bench_sft_sqr_$TAG.json
     ;;
   2)
-    if [[ -d .wheels_faiss ]]; then python -m pip install -q --no-deps --no-index .wheels_faiss/*.whl 2>&1 | tail -1; fi
     bench bench_grpo 300 --device "$DEV" $SM --steps 2 --micro-batch 1 --out bench/results/bench_grpo_$TAG.json
+    bench bench_infer 420 --device "$DEV" $SM --tag "$TAG"
+    ;;
+  3)
+    if [[ -d .wheels_faiss ]]; then python -m pip install -q --no-deps --no-index .wheels_faiss/*.whl 2>&1 | tail -1; fi
     if [[ -n ${SMOKE:-} ]]; then bench bench_library 200 --smoke --tag smoke
     else bench bench_library 240 --engine 2b --device cuda --preset default --videos 24 --search-dim 2048 --tag h200
     fi
-    ;;
-  3)
-    if [[ -f bench/bench_verify.py ]]; then bench bench_verify 420 --device "$DEV" $SM --budget-s 200 --batches 1,8,32 \
-        --out bench/results/bench_verify_$TAG.json
-    else echo "bench/bench_verify.py not in this tree"; fi
+    bench bench_verify 420 --device "$DEV" $SM --budget-s 200 --batches 1,8,32 --out bench/results/bench_verify_$TAG.json
     ;;
   wait) ;;
   *) echo "unknown stage $STAGE"; exit 2 ;;
