@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -40,6 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 
 import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
 from videosearch_r1.config import AgentConfig  # noqa: E402
@@ -422,9 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
+        atomic_write_json(out, result)
         print(f"wrote {out}")
     return 0
 

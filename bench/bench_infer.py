@@ -61,6 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
+
 import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
 
 STAGES = ("clips", "embed", "search", "generate", "rollout", "rank")
@@ -373,9 +375,7 @@ def main(argv=None) -> int:
     tag = args.tag or ("smoke" if args.smoke else name.split()[-1].lower())
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"bench_infer_{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_json(out, res)
     print(f"wrote {out}")
     return 0
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -41,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 
 import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
 from bench_agent import IDS_2B, IDS_SMOKE, build_policy, is_oom  # noqa: E402
@@ -386,9 +387,7 @@ def main(argv=None) -> int:
                   prefill_profile=prof, wall_s=wall)
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"bench_verify_{'smoke' if args.smoke else name.split()[-1].lower()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    atomic_write_json(out, result)
     print(f"wrote {out}")
     return 0
 
