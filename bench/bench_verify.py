@@ -23,7 +23,9 @@ After the batch-1 rows: building a turn's inputs for --input-batch 4 decoded cli
 processor + copy to the GPU vs `qwen3vl.fast_video_inputs` (pixels made on the GPU; Policy.build_inputs), and
 whether they are equal. Per row: turns/s, prefill s (and the vision tower's share), prefill MFU (useful FLOPs: real tokens only, each distinct video once, over
 --peak 989 TFLOP/s, the H200's dense bf16 roof), decode ms/token = (turn - prefill) / tokens, and its ratio
-to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s). Prints a table, writes JSON.
+to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s) and to the full floor (weights + the
+K/V every row's step must read: at batch 32 x 6.9k tokens that is 25 GB a step, 7x the weights). Prints a
+table, writes JSON.
 Needs torch + transformers and this package on the path (no PyAV/faiss): inputs are random ids and pixels
 in the processor's canonical layout (`<t s><|vision_start|>pads<|vision_end|>` per 2-frame patch).
 """
@@ -122,6 +124,12 @@ def weight_bytes(policy) -> int:
             + policy.model.lm_head.weight.numel()) * elem
 
 
+def kv_bytes_per_token(policy) -> int:
+    """K/V bytes one cached position holds over all text layers (what a decode step reads per column)."""
+    c = policy.model.model.language_model.config
+    return c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * policy.model.lm_head.weight.element_size()
+
+
 # ------------------------------------------------------------------------------------ timing
 def timed(fn, device: str, reps: int, warmup: int):
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -187,15 +195,19 @@ def run_row(policy, args, scenario: str, path: str, inputs: dict, keys: list[str
     floor_ms = 1000 * weight_bytes(policy) / args.hbm
     flops = prefill_flops(policy, inputs, keys)
     real = int(inputs["attention_mask"].sum())
+    # the full floor: weights + every row's cached K/V (real prompt tokens + half the generated ones on average)
+    kv_floor_ms = 1000 * (weight_bytes(policy) + (real + b * steps / 2) * kv_bytes_per_token(policy)) / args.hbm
     row = dict(scenario=scenario, path=path, batch=b, distinct_videos=len(set(keys)), columns=length,
                real_tokens=real, padding_share=1 - real / (b * length), new_tokens=steps, prefill_s=t_pre,
                vision_s=t_vis,
                turn_s=t_turn, turns_per_s=b / t_turn, prefill_tflops=flops / t_pre / 1e12,
                prefill_mfu=flops / t_pre / args.peak, decode_ms_per_token=decode_ms, floor_ms=floor_ms,
-               decode_vs_floor=decode_ms / floor_ms, vision_cache=stats, ids=res.ids[:, :8].tolist())
+               decode_vs_floor=decode_ms / floor_ms, kv_floor_ms=kv_floor_ms, decode_vs_kv_floor=decode_ms / kv_floor_ms,
+               vision_cache=stats, ids=res.ids[:, :8].tolist())
     print(f"{scenario:<6} {path:<4} b{b:3d} ({len(set(keys)):2d} videos, {real:7d} tok, pad {100 * row['padding_share']:4.1f}%)"
           f": prefill {t_pre:7.3f} s (vision {t_vis:6.3f}; MFU {100 * row['prefill_mfu']:5.1f}%)  turn {t_turn:7.3f} s  "
-          f"{row['turns_per_s']:6.2f} turns/s  decode {decode_ms:6.2f} ms/tok ({row['decode_vs_floor']:4.2f}x floor)",
+          f"{row['turns_per_s']:6.2f} turns/s  decode {decode_ms:6.2f} ms/tok ({row['decode_vs_floor']:4.2f}x weight floor, "
+          f"{row['decode_vs_kv_floor']:4.2f}x weights+KV floor)",
           flush=True)
     return row
 
@@ -360,7 +372,7 @@ def main(argv=None) -> int:
             print(f"profile failed: {type(e).__name__}: {str(e)[:200]}")
     ok = [r for r in rows if not r.get("failed")]
     print(f"\n{'scenario':<8}{'batch':>6}{'videos':>7}{'pad %':>7} | {'turns/s old':>11}{'new':>8}{'x':>6} | "
-          f"{'MFU old':>8}{'new':>7} | {'ms/tok old':>10}{'new':>7}{'floor':>7}")
+          f"{'MFU old':>8}{'new':>7} | {'ms/tok old':>10}{'new':>7}{'floor':>7}{'+KV':>7}")
     for r in ok:
         if r["path"] != "old":
             continue
@@ -370,7 +382,8 @@ def main(argv=None) -> int:
         print(f"{r['scenario']:<8}{r['batch']:>6}{r['distinct_videos']:>7}{100 * r['padding_share']:>7.1f} | "
               f"{r['turns_per_s']:>11.2f}{n['turns_per_s']:>8.2f}{n['turns_per_s'] / r['turns_per_s']:>6.2f} | "
               f"{100 * r['prefill_mfu']:>7.1f}%{100 * n['prefill_mfu']:>6.1f}% | "
-              f"{r['decode_ms_per_token']:>10.2f}{n['decode_ms_per_token']:>7.2f}{r['floor_ms']:>7.2f}")
+              f"{r['decode_ms_per_token']:>10.2f}{n['decode_ms_per_token']:>7.2f}{r['floor_ms']:>7.2f}"
+              f"{n['kv_floor_ms']:>7.2f}")
     summary = {p: best(ok, p) for p in PATHS}
     for p, r in summary.items():
         if r:
