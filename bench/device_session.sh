@@ -13,6 +13,12 @@
 #   device run:                            bash bench/device_session.sh wait [SECONDS]   # the toy to its end
 # (2026-12-01 measured stage 3's benches already: the next lease needs 1, 2 and wait.)
 # SMOKE=1 runs every stage at CPU smoke sizes (the check before spending device time).
+# Run it from a snapshot of HEAD: the working tree travels as it is, helpers' half-done edits included.
+#   here:   git archive --format=tar.gz -o .snap/head.tar.gz HEAD
+#   device run (carry [".wheels", ".snap"]): rm -rf /tmp/w && mkdir -p /tmp/w && tar xzf .snap/head.tar.gz \
+#           -C /tmp/w && cp -r .wheels /tmp/w/ && cd /tmp/w && bash bench/device_session.sh 1
+#   later calls: cd /tmp/w && bash bench/device_session.sh 2   (the machine keeps /tmp/w while warm: call
+#   again within ~30 s of the previous call's end)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGE=${1:?usage: device_session.sh 1|2|3|wait [SECONDS]}

@@ -22,7 +22,7 @@ collect() {
   mkdir -p "$out"
   grep -v -E "it/s\]|s/it\]|video/s\]|step/s\]|\|[^|]*\| *[0-9]+/[0-9]+ \[" "$LOG" > "$out/toy_log.txt" 2>/dev/null
   cp "$WS/runs/toy-report/result.json" "$out/" 2>/dev/null
-  (cd "$WS/runs" && tar czf "$out/toy_plots.tar.gz" toy-report/*.png toy-report/*.md toy-*/grpo_curves.png \
+  [[ -d $WS/runs ]] && (cd "$WS/runs" && tar czf "$out/toy_plots.tar.gz" toy-report/*.png toy-report/*.md toy-*/grpo_curves.png \
      toy-*/summary.json toy-*/config.yaml 2>/dev/null)
   python - "$WS" "$out" <<'PY' 2>/dev/null
 import json, sys, pathlib
