@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,7 @@ import torch  # noqa: E402
 from videosearch_r1.utils import atomic_write_json  # noqa: E402
 
 import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
-from bench_agent import IDS_2B, IDS_SMOKE, build_policy, is_oom  # noqa: E402
+from bench_agent import IDS_2B, IDS_SMOKE, build_policy, is_oom, timed  # noqa: E402
 from videosearch_r1.config import AgentConfig  # noqa: E402
 
 
@@ -130,22 +129,7 @@ def kv_bytes_per_token(policy) -> int:
     return c.num_hidden_layers * 2 * c.num_key_value_heads * c.head_dim * policy.model.lm_head.weight.element_size()
 
 
-# ------------------------------------------------------------------------------------ timing
-def timed(fn, device: str, reps: int, warmup: int):
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    out = None
-    for _ in range(warmup):
-        out = fn()
-    times = []
-    for _ in range(reps):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
+# ------------------------------------------------------------------------------------ paths
 PATHS = ("old", "new")
 
 
