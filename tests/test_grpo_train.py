@@ -74,6 +74,9 @@ def test_grpo_steps_log_rewards_and_move_parameters(tmp_path):
     assert run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=_policy(scripted=True))["steps"] == 2
     with pytest.raises(ValueError, match="init_weights"):
         run_grpo(_cfg(tmp_path), "synth", engine=W.engine(), policy=pol)  # the trained policy = another start
+    with pytest.raises(ValueError, match="grpo"):  # another reward weight: refused, not continued
+        run_grpo(_cfg(tmp_path, "grpo.reward_weights.turn_cost=0.5"), "synth", engine=W.engine(),
+                 policy=_policy(scripted=True))
     with pytest.raises(ValueError, match="queries_per_step"):
         run_grpo(_cfg(tmp_path, "grpo.queries_per_step=2"), "synth", engine=W.engine(), policy=_policy(scripted=True))
     assert grpo_report.main([str(tmp_path / "metrics.jsonl")]) == 0
@@ -129,6 +132,9 @@ def test_bf16_rollout_copy_is_its_own_model_and_follows_the_weights():
     qs = W.split().queries[:1]
     clip = W.clip_fn()(qs[0].video_id)
     assert len(roll.generate([qs[0].text], [clip], max_new_tokens=3).ids[0]) > 0
+    assert roll.vision_cache.stats()["entries"] > 0
+    sync_rollout_weights(roll, pol)  # the next step's rollouts encode with the new weights, never old features
+    assert roll.vision_cache.stats()["entries"] == 0
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ and renamed into place, so a kill never leaves a half checkpoint under the final
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -315,13 +316,31 @@ def weights_key(policy) -> str:
 
 def check_run_key(ckpt: Path, key: dict) -> None:
     """Refuse to resume (or reuse) a checkpoint written with other rows / data order / schedule."""
+    from videosearch_r1.fingerprint import changed
+
     blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-    old = blob.get("run_key") or {}
-    diff = sorted(k for k in key if k in old and old[k] != key[k])
+    old = blob.get("run_key")
+    if not old:
+        raise ValueError(f"{ckpt} holds no run key (written by an older version): its settings cannot be "
+                         "checked; use another train.output / run_name, or delete that run to retrain")
+    diff = changed(old, key)  # a key only one side has counts too
     if diff:
-        raise ValueError(f"{ckpt} was written by a run with another {', '.join(diff)} "
-                         f"({', '.join(f'{k}: {old[k]} -> {key[k]}' for k in diff if k != 'rows_sha1')}); "
+        shown = ", ".join(f"{k}: {old.get(k)} -> {key.get(k)}" for k in diff if k != "rows_sha1")
+        raise ValueError(f"{ckpt} was written by a run with another {', '.join(diff)} ({shown}); "
                          "resume with the same rows and train settings, or use another train.output / run_name")
+
+
+# train fields that change neither the data order nor the arithmetic (logging, bookkeeping, equal code paths)
+NOT_IN_KEY = ("init_checkpoint", "output", "log_every", "checkpoint_every", "keep_checkpoints", "on_oom",
+              "max_nonfinite_steps", "fast_step", "clip_cache", "grad_checkpointing")
+
+
+def settings_key(tc) -> str:
+    """A digest of the `train` settings a resumed run must share (schedule, parts trained, lrs, clipping,
+    precision, ...), so a rerun with another warm-up or lr is refused instead of continued."""
+    from videosearch_r1.fingerprint import digest
+
+    return digest({k: v for k, v in dataclasses.asdict(tc).items() if k not in NOT_IN_KEY})
 
 
 def load_trainer_state(acc, optimizer, ckpt: Path) -> TrainState:

@@ -28,11 +28,13 @@ shared with SFT; train/trainer.py the policy preparation):
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
 import functools
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -44,8 +46,9 @@ from videosearch_r1.train import common
 from videosearch_r1.train.grpo_loss import ADV_SCALES, AGGREGATIONS, group_advantages
 from videosearch_r1.train.grpo_rollout import RetrievalScorer, reward_columns, rollout
 from videosearch_r1.train.grpo_step import (LATENT_OBJECTIVES, GRPOModule, Knobs, batch_logprobs, collate_turns,
-                                            micro_loss, placeholder_ids)
+                                            micro_loss)
 from videosearch_r1.train.rewards import RETRIEVAL_MODES, check_weights, score
+from videosearch_r1.train.trainer import _nonfinite_step
 
 
 def check_grpo_config(g) -> None:
@@ -185,9 +188,14 @@ def run_key(cfg, queries: list, processes: int, total: int, init_weights: str) -
 
     g = cfg.grpo
     h = hashlib.sha1("\n".join(str(q.qid) for q in queries).encode())
+    from videosearch_r1.fingerprint import digest, section
+
     return {"queries_sha1": h.hexdigest(), "queries": len(queries), "queries_per_step": g.queries_per_step,
             "group_size": g.group_size, "seed": g.seed, "train_seed": cfg.train.seed, "processes": processes,
-            "total_steps": total, "init_weights": init_weights, "lr": g.lr, "lr_sqr": g.lr_sqr}
+            "total_steps": total, "init_weights": init_weights, "lr": g.lr, "lr_sqr": g.lr_sqr,
+            "grpo": digest(section(cfg, "grpo", drop=("engine_url",))),  # rewards, sampling, KL, objective
+            "agent": digest(section(cfg, "agent", drop=("device", "profile_depths"))),
+            "train": common.settings_key(cfg.train)}
 
 
 def check_distributed(acc, g) -> None:
@@ -233,7 +241,12 @@ def bf16_copy(policy):
 
 @torch.no_grad()
 def sync_rollout_weights(roller, policy) -> None:
-    """Copy the trained weights into the rollout copy (a no-op when the rollouts use the trained policy)."""
+    """Copy the trained weights into the rollout copy (a no-op when the rollouts use the trained policy), and
+    empty the roller's visual-token cache: its weights key cannot see every in-place update (a fused AdamW
+    step bumps no version counter), and the merger trains, so features of the last step's weights are stale."""
+    cache = getattr(roller, "vision_cache", None)
+    if cache is not None:
+        cache.clear()
     if roller is policy or roller.model is policy.model:
         return
     for d, s in zip(roller.model.parameters(), policy.model.parameters()):
@@ -291,7 +304,8 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
     """Reference (and old) log-probs, then grpo.iterations optimizer updates over micro-batches."""
     g, acc, policy = run.cfg.grpo, run.acc, run.policy
     kn = knobs(g)
-    bad = placeholder_ids(policy)
+    bad = policy.placeholder_ids  # never generated; a turn made elsewhere holding one is dropped (counted)
+    nonfinite = 0
     turns = [ts for t in trajs for ts in t.turns if not bad.intersection(ts.completion_ids)]
     dropped = sum(len(t.turns) for t in trajs) - len(turns)
     latent_on = kn.latent_objective != "none" and kn.latent_weight > 0
@@ -331,10 +345,12 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
             for k, v in st.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-        grad_norm = None
-        if run.cfg.train.clip_grad > 0:
-            grad_norm = float(acc.clip_grad_norm_(run.module.parameters(), run.cfg.train.clip_grad))
-        run.opt.step()
+        clip = run.cfg.train.clip_grad  # the total norm always (inf max_norm = measure only): NaN/inf is caught
+        grad_norm = float(acc.clip_grad_norm_(run.module.parameters(), clip if clip > 0 else math.inf))
+        if math.isfinite(grad_norm):
+            run.opt.step()
+        else:  # not applied: one such update would poison every weight (counted by train_step)
+            nonfinite += 1
         run.opt.zero_grad(set_to_none=True)
     t2 = time.perf_counter()
     latent_keys = ("latent_infonce", "latent_gaussian")
@@ -348,7 +364,7 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
            "clip_frac": sums.get("clip_frac", 0.0) / n_tok, "grad_norm": grad_norm, "turns": int(den["turns"]),
            "completion_tokens": int(den["tokens"]), "forward_tokens": int(counts["forward_tokens"]),
            "refined_turns": int(den["refined"]), "logprob_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4),
-           "dropped_placeholder_turns": int(counts["dropped"])}
+           "dropped_placeholder_turns": int(counts["dropped"]), "nonfinite_updates": nonfinite}
     for k in latent_keys:
         if present[k]:
             out[k] = sums[k] / it / max(1, den["refined"])
@@ -370,13 +386,16 @@ def train_step(run: Run, state) -> dict | None:
     if upd["turns"] == 0:  # every turn sampled a vision placeholder id (counted, no update)
         state.skipped["no_trainable_turns"] = state.skipped.get("no_trainable_turns", 0) + 1
         return None
-    stats.update(upd)
     recs = [t.record for t in trajs]
+    if upd["nonfinite_updates"]:  # counted; train.max_nonfinite_steps steps in a row is an error
+        _nonfinite_step(state, [str(r.qid) for r in recs], upd["grad_norm"], run.cfg.train)
+    else:
+        state.nonfinite_run = 0
+    stats.update(upd)
     stats.update({"lr": run.cfg.grpo.lr * factor, "rollout_s": round(t1 - t0, 4),
                   "turns_per_trajectory": float(np.mean([len(r.turns) for r in recs])),
                   "found": float(np.mean([r.stop_reason == "matched" and r.turns[-1].gt_shown for r in recs])),
-                  "stop_reasons": dict(sorted({r.stop_reason: sum(x.stop_reason == r.stop_reason for x in recs)
-                                               for r in recs}.items()))})
+                  "stop_reasons": dict(sorted(collections.Counter(r.stop_reason for r in recs).items()))})
     state.rows_seen += len(trajs) * run.acc.num_processes
     state.tokens_seen += stats["forward_tokens"]
     return stats

@@ -83,12 +83,6 @@ def collate_turns(policy, turns: list[TurnSample], clips: dict) -> TurnBatch:
     return TurnBatch(inputs, lm, rpos, list(turns), int(att.sum()))
 
 
-def placeholder_ids(policy) -> set[int]:
-    """The policy's vision placeholder ids (Policy.placeholder_ids). Its generation never picks them; a
-    turn that holds one anyway (a trajectory made elsewhere) is left out of the loss (counted)."""
-    return policy.placeholder_ids
-
-
 def decode_row(policy, batch: TurnBatch, i: int) -> str:
     """Row i as text (special tokens kept, padding dropped): the exact conversation of that turn."""
     ids = batch.inputs["input_ids"][i][batch.inputs["attention_mask"][i].bool()]

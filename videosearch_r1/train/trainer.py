@@ -254,7 +254,8 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
     order = common.DataOrder(len(rows), tc.batch_size, tc.seed, acc.num_processes, acc.process_index)
     total = common.total_steps(tc, order)
     key = {**common.run_key(rows, tc, acc.num_processes, total), "init_weights": common.weights_key(policy),
-           "lr": tc.lr, "lr_sqr": tc.lr_sqr, "infonce_weight": lam, "temperature": tau}
+           "lr": tc.lr, "lr_sqr": tc.lr_sqr, "infonce_weight": lam, "temperature": tau,
+           "train": common.settings_key(tc), "n_latents": cfg.agent.n_latents}
     ckpt = common.latest_checkpoint(out_dir)
     if ckpt is not None:
         common.check_run_key(ckpt, key)
