@@ -148,6 +148,9 @@ def test_vectors_of_another_engine_are_refused(lib, capsys, tmp_path):
     assert cli.main(["library", "add", str(folder), *argv, f"engine.model={other}"]) == 2
     err = capsys.readouterr().err
     assert "other settings (engine" in err and str(store_dir) in err, err
+    assert cli.main(["search", "a square", *argv, f"engine.model={other}"]) == 2  # queries too: never
+    err = capsys.readouterr().err                                                 # another engine's space
+    assert "other settings (engine" in err, err
 
 
 def test_agent_over_the_library(lib):

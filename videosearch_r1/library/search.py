@@ -90,6 +90,16 @@ def agent_search(cfg, store: LibraryStore, embedder, text: str, policy=None) -> 
 
 
 # ----------------------------------------------------------------------------- CLI
+def query_embedder(cfg, store: LibraryStore):
+    """The engine for queries, checked against the one that embedded the library (a changed engine.model,
+    instruction or video budget is a StoreError naming the setting, never a search over another space)."""
+    from videosearch_r1.library.build import settings
+
+    embedder = load_embedder(cfg)
+    store.check_settings(settings(cfg, embedder))
+    return embedder
+
+
 def open_library(cfg) -> LibraryStore:
     store = open_store(cfg)
     if store.meta("settings") is None:
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"search: {e}", file=sys.stderr)
         return 2
     try:
-        embedder = load_embedder(cfg)
+        embedder = query_embedder(cfg, store)
         rows = search(store, embedder, args.text, args.k or cfg.library.top_k)
         out: dict = {"results": rows}
         if args.agent:

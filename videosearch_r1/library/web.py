@@ -24,11 +24,11 @@ def create_app(cfg, store=None, embedder=None):
     from fastapi import FastAPI, HTTPException, Query
     from fastapi.responses import FileResponse, JSONResponse, Response
 
-    from videosearch_r1.library.build import LibraryError, load_embedder
-    from videosearch_r1.library.search import open_library, search
+    from videosearch_r1.library.build import LibraryError
+    from videosearch_r1.library.search import open_library, query_embedder, search
 
     store = store or open_library(cfg)
-    embedder = embedder or load_embedder(cfg)
+    embedder = embedder or query_embedder(cfg, store)
     lock = threading.Lock()  # one query at a time through the engine
     app = FastAPI(title="videosearch-r1 library", docs_url=None, redoc_url=None)
 
