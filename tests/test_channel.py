@@ -56,3 +56,14 @@ def test_cli_prints_the_table_and_writes_json(capsys):
     res = json.loads((w.cfg().runs_dir() / "channel-cli" / "channel.json").read_text())
     assert res["queries"] == 4 and res["latent_scale"] == 1.0 and len(res["curve"]) == 3
     assert cli.main(["engine", "channel", "synth", f"workspace={w.workspace}", "channel.init=ones"]) == 2
+
+
+def test_an_index_without_the_queries_videos_is_a_clear_error():
+    import pytest
+
+    from videosearch_r1.engine.search import SearchEngine
+
+    eng = _world.engine()
+    stranger = SearchEngine(eng.vectors[:2], ["not-a-test-video-0", "not-a-test-video-1"], embedder=eng.embedder)
+    with pytest.raises(ValueError, match="none of the .* queries' videos is in the index"):
+        run_channel(_world.world().cfg("channel.steps=2"), "synth", "test", embedder=eng.embedder, engine=stranger)

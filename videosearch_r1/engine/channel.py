@@ -166,6 +166,9 @@ def run_channel(cfg, dataset: str, split: str, embedder=None, engine=None) -> di
         pick = np.random.default_rng(cc.seed).choice(len(queries), size=cc.queries, replace=False)
         queries = [queries[i] for i in sorted(pick.tolist())]
     known = [q for q in queries if q.video_id in engine.row]
+    if not known:
+        raise ValueError(f"channel {dataset}/{split}: none of the {len(queries)} queries' videos is in the index "
+                         f"{cfg.index_dir(dataset) / split} (rebuild it with `vsr1 index {dataset} --split {split}`)")
     corpus = torch.from_numpy(np.ascontiguousarray(engine.vectors, dtype=np.float32)).to(embedder.device)
     scale = token_rms(embedder) if cc.scale == "embed" else 1.0
     gen = torch.Generator().manual_seed(cc.seed)
