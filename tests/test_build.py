@@ -149,3 +149,34 @@ def test_pluggable_step_commands_route_to_their_module(capsys):
     with pytest.raises(SystemExit) as e:  # `vsr1 build sft` is the SFT-data module's own command
         cli.main(["build", "sft", "--help"])
     assert e.value.code == 0 and "vsr1 build sft" in capsys.readouterr().out
+
+
+def test_a_replaced_raw_video_is_decoded_again(tmp_path, capsys):
+    """The frame store records the raw video each clip came from: a video replaced in the raw tree (same id,
+    other content) is decoded again on the next build, not kept from the old file."""
+    from videosearch_r1.config import load_config
+    from videosearch_r1.video.decode import decode
+    from videosearch_r1.video.framestore import FrameStore
+
+    raw = tmp_path / "raw"
+    shutil.copytree(_world.world().workspace / "data" / "synth" / "raw", raw)
+    ws = tmp_path / "ws"
+    args = [*_args(ws, "build.splits=[test]"), f"datasets.synth.root={raw}"]
+    assert cli.main(["build", "synth", *args]) == 0
+    cfg = load_config(None, args)
+    vids = sorted((raw / "videos").glob("*.mp4"))
+    store_dir = ws / "data" / "synth" / "prepared" / "frames"
+    stored = {p.name.split(".")[0] for p in store_dir.glob("*.npz")}
+    a, b = [v for v in vids if v.stem in stored][:2]
+    before = FrameStore(store_dir, video_cfg=cfg.video_cfg("synth")).get(a.stem).frames
+    shutil.copyfile(b, a)  # video a now holds b's content
+    os.utime(a, ns=(time.time_ns(), time.time_ns() + 10**9))
+    _statuses(capsys)
+    assert cli.main(["build", "synth", *args]) == 0
+    assert "1 whose raw video changed" in _statuses(capsys)
+    store = FrameStore(store_dir, video_cfg=cfg.video_cfg("synth"))
+    want = decode(a, cfg.video_cfg("synth")).frames
+    got = store.get(a.stem).frames
+    assert got.shape == want.shape and abs(got.astype(int) - want.astype(int)).mean() < 3  # jpeg rounding
+    n = min(len(before), len(want))
+    assert before.shape[1:] != want.shape[1:] or abs(before[:n].astype(int) - want[:n].astype(int)).mean() > 3

@@ -142,53 +142,83 @@ def _init_worker(cfg: Config, dataset: str) -> None:
                    store=FrameStore(cfg.prepared_dir(dataset) / "frames", video_cfg=cfg.video_cfg(dataset)))
 
 
-def _store_one(vid: str) -> tuple[str, str | None]:
-    """Decode one raw video into the store (a worker process); (id, reason it was skipped or None)."""
+def _raw_path(cfg: Config, dataset: str, vid: str) -> Path:
+    dcfg = cfg.dataset_cfg(dataset)
+    return cfg.dataset_root(dataset) / dcfg.video_dir / f"{vid}{dcfg.video_ext}"
+
+
+def _source_stat(path: Path) -> list[int] | None:
+    """(size, mtime_ns) of a raw video, None when it is missing: what a stored clip was decoded from."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _store_one(item: tuple[str, bool]) -> tuple[str, str | None]:
+    """Decode one raw video into the store (a worker process); (id, reason it was skipped or None).
+    item = (id, redo): redo replaces a stored clip whose raw video changed since it was decoded."""
     from videosearch_r1.video.decode import VideoError, decode
 
+    vid, redo = item
     cfg, dataset, store = _WORKER["cfg"], _WORKER["dataset"], _WORKER["store"]
-    dcfg = cfg.dataset_cfg(dataset)
-    path = cfg.dataset_root(dataset) / dcfg.video_dir / f"{vid}{dcfg.video_ext}"
-    if vid in store:
+    path = _raw_path(cfg, dataset, vid)
+    if vid in store and not redo:
         return vid, None
     try:
-        store.put(vid, decode(path, cfg.video_cfg(dataset)))
+        store.put(vid, decode(path, cfg.video_cfg(dataset)), overwrite=redo)
     except (VideoError, OSError, ValueError) as e:
         return vid, f"{type(e).__name__}: {e}"
     return vid, None
 
 
+SOURCES = "sources.json"  # in the frame store: the raw video each clip was decoded from (size, mtime_ns)
+
+
 def _step_frames(ctx: Ctx) -> dict:
     import multiprocessing as mp
 
-    from videosearch_r1.utils import progress
+    from videosearch_r1.utils import atomic_write_json, progress
     from videosearch_r1.video.framestore import SUFFIX, FrameStore
 
     root = ctx.prepared / "frames"
     _sweep_tmp(root)
     store = FrameStore(root, video_cfg=ctx.cfg.video_cfg(ctx.dataset))
     ids = corpus(ctx)
-    todo = [v for v in ids if v not in store]
+    # each stored clip's raw video (size, mtime): a raw video replaced since is decoded again, not kept
+    sources_path = root / SOURCES
+    sources = json.loads(sources_path.read_text()) if sources_path.is_file() else {}
+    now = {v: _source_stat(_raw_path(ctx.cfg, ctx.dataset, v)) for v in ids}
+    changed = {v for v in ids if v in store and v in sources and sources[v] != now[v] and now[v] is not None}
+    for v in ids:  # clips stored before this record existed: adopt the raw video as it is now
+        if v in store and v not in sources:
+            sources[v] = now[v]
+    todo = [v for v in ids if v not in store or v in changed]
     skipped: dict[str, str] = {}
     workers = ctx.cfg.build.workers or os.cpu_count() or 1
     print(f"  frame store {root}: {len(ids) - len(todo)} of {len(ids)} videos already stored, {len(todo)} to "
-          f"decode on {workers} processes", flush=True)
+          f"decode on {workers} processes" + (f" ({len(changed)} whose raw video changed)" if changed else ""),
+          flush=True)
     bar = progress(total=len(ids), desc=f"frames {ctx.dataset}", unit="video")
     bar.update(len(ids) - len(todo))
     if todo and workers == 1:  # in this process
         _init_worker(ctx.cfg, ctx.dataset)
-        results = map(_store_one, todo)
+        results = map(_store_one, [(v, v in changed) for v in todo])
     elif todo:
         pool = mp.get_context("spawn").Pool(min(workers, len(todo)), _init_worker, (ctx.cfg, ctx.dataset))
-        results = pool.imap(_store_one, todo)
+        results = pool.imap(_store_one, [(v, v in changed) for v in todo])
     for vid, why in results if todo else ():
         if why:
             skipped[vid] = why
+        else:
+            sources[vid] = now[vid]
         bar.update(1)
     if todo and workers > 1:
         pool.close()
         pool.join()
     bar.close()
+    atomic_write_json(sources_path, dict(sorted(sources.items())))
     for vid, why in sorted(skipped.items()):
         print(f"  skipped {vid}: {why}", flush=True)
     outputs = [root / "store.json"] + [root / f"{v}{SUFFIX}" for v in ids if v not in skipped]
