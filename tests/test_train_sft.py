@@ -184,12 +184,14 @@ def test_resume_after_kill_gives_the_same_losses_and_pinned_losses(tmp_path, sft
     assert resumed["complete"] and resumed["steps"] == 4
     assert resumed["losses"] == pytest.approx(full["losses"], rel=1e-6)
     assert _train(tmp_path / "part", rows[:6], *args)["losses"] == resumed["losses"]  # finished: nothing redone
+    saved = (tmp_path / "part" / "config.yaml").read_text()
     with pytest.raises(ValueError, match="rows_sha1"):  # other rows in the same run dir: refused, not mixed
         _train(tmp_path / "part", rows[1:7], *args)
     with pytest.raises(ValueError, match="train"):  # another schedule (warm-up) in the same run dir: refused
         _train(tmp_path / "part", rows[:6], *args, "train.warmup=1")
     with pytest.raises(ValueError, match="n_latents"):
         _train(tmp_path / "part", rows[:6], "train.steps=4", "agent.n_latents=3", "train.checkpoint_every=2")
+    assert (tmp_path / "part" / "config.yaml").read_text() == saved  # a refused rerun leaves the run's config
 
 
 # ----------------------------------------------------------------------------- vsr1 build sft

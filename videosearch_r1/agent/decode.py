@@ -453,7 +453,7 @@ def _pick(logits: torch.Tensor, temperature: float, generator, top_p: float = 1.
     stays). Draws come from `generator` only, so a seeded generator repeats a run exactly. `banned` ids
     (the vision placeholders: text can never hold them) are never picked."""
     if banned is not None and banned.numel():
-        logits = logits.index_fill(-1, banned, float("-inf"))
+        logits = logits.index_fill_(-1, banned, float("-inf"))  # in place: the step's own output buffer
     if temperature <= 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)

@@ -29,6 +29,7 @@ from torch import nn
 import videosearch_r1  # noqa: F401  (torchvision shim before transformers)
 from videosearch_r1.agent.decode import DecodeOptions, decode_options_for
 from videosearch_r1.agent.prompts import REFINE_TOKEN, build_messages
+from videosearch_r1.config import AgentConfig
 
 if TYPE_CHECKING:
     from videosearch_r1.agent.decode import DecodeState
@@ -171,7 +172,8 @@ class Policy:
         self.decode_options = decode_options_for(self.device, attention, compile, cuda_graph)
         return self.decode_options
 
-    def set_prefill(self, tokens: int = 65536, vision_cache_mb: int = 2048, pad_slack: float = 0.0):
+    def set_prefill(self, tokens: int = AgentConfig.prefill_tokens, vision_cache_mb: int = AgentConfig.vision_cache_mb,
+                    pad_slack: float = 0.0):
         """How a verification turn is prefilled (agent.prefill_tokens / agent.vision_cache_mb): tokens > 0:
         the bucketed prefill (agent/prefill.py; rows of equal length together, at most `tokens` per forward,
         no compute on padding) with a visual-token cache of `vision_cache_mb` MiB (0: none, each distinct

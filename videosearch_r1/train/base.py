@@ -171,7 +171,6 @@ def eval_rows(cfg) -> list:
 def run_base(cfg, stop_after: int | None = None) -> dict:
     """Steps 1-5 of the module docstring; returns the summary (also out_dir/summary.json)."""
     from videosearch_r1.agent.policy import Policy
-    from videosearch_r1.config import save_config
     from videosearch_r1.models.qwen3vl import configure_processor
     from videosearch_r1.train.base_data import base_world, task_rows
     from videosearch_r1.train.rows import write_rows
@@ -188,7 +187,6 @@ def run_base(cfg, stop_after: int | None = None) -> dict:
           + (f"; unavailable {counts['unavailable']}" if counts["unavailable"] else ""), flush=True)
     out_dir = Path(cfg.train.output) if cfg.train.output else cfg.runs_dir() / (cfg.run_name or "base-synth")
     scfg = stage_config(cfg)
-    save_config(scfg, out_dir)
     work = out_dir / ".init"
     shutil.rmtree(work, ignore_errors=True)
     try:

@@ -28,7 +28,7 @@ def run_sft(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = No
     """Steps 1-4 of the module docstring; returns train_policy's summary."""
     from videosearch_r1.agent.infer import load_engine
     from videosearch_r1.agent.policy import Policy
-    from videosearch_r1.config import ConfigError, save_config
+    from videosearch_r1.config import ConfigError
     from videosearch_r1.models.qwen3vl import configure_processor
     from videosearch_r1.train.rows import read_rows
     from videosearch_r1.train.trainer import train_policy
@@ -49,7 +49,6 @@ def run_sft(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = No
                           f"the engine {cfg.engine.soft_insert!r}")
     configure_processor(policy.processor, cfg.video_cfg(dataset))
     out_dir = Path(cfg.train.output) if cfg.train.output else cfg.runs_dir() / (cfg.run_name or f"sft-{dataset}")
-    save_config(cfg, out_dir)
     return train_policy(cfg, policy, rows, out_dir, lambda v: load_clip(cfg, dataset, v), embedder=engine.embedder,
                         video_vectors=engine, section=cfg.sft, stop_after=stop_after)
 

@@ -40,6 +40,7 @@ authors' full forwards, through the wrapped modules). DDP / ZeRO-1/2 run the cac
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -261,6 +262,10 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
         common.check_run_key(ckpt, key)
     if ckpt is not None and ckpt.name == common.FINAL and (out_dir / "summary.json").is_file():
         return json.loads((out_dir / "summary.json").read_text())
+    if acc.is_main_process:  # after the key check: a refused rerun leaves the run's config.yaml alone
+        from videosearch_r1.config import save_config
+
+        save_config(cfg, out_dir)
     common.seed_everything(tc.seed)
     _prepare_policy(policy, tc, acc)
     if ckpt is not None:
@@ -281,7 +286,7 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
     bar = progress(total=total, desc="train", unit="step") if acc.is_main_process else None
     if bar is not None:
         bar.update(state.step)
-    done_here, t_last = 0, time.time()
+    done_here, t_last, tokens_since = 0, time.time(), 0
     prefetch = _Prefetcher(rows, order, cached_clip, max(1, tc.grad_accum))
     while state.step < total and (stop_after is None or done_here < stop_after):
         prefetch.after(state)  # decode the NEXT step's clips in a thread while this step computes
@@ -289,11 +294,12 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
                                 state, total)
         state.step += 1
         done_here += 1
+        tokens_since += stats["tokens"] if stats is not None else 0
         if acc.is_main_process and stats is not None and state.step % max(1, tc.log_every) == 0:
-            now = time.time()
+            now = time.time()  # seconds and tokens/s over the steps since the previous line
             stats.update(step=state.step, seconds=round(now - t_last, 4),
-                         tokens_per_s=round(stats["tokens"] / max(now - t_last, 1e-9), 1))
-            t_last = now
+                         tokens_per_s=round(tokens_since / max(now - t_last, 1e-9), 1))
+            t_last, tokens_since = now, 0
             append_jsonl(metrics, [stats])
         if bar is not None:
             bar.update(1)
@@ -327,7 +333,7 @@ def _optimizer_step(acc, module, policy, opt, rows, order, clip_fn, tc, lam, tau
             ids += [r.id for r in batch_rows]
             kept, clips = _load_batch(batch_rows, clip_fn, state)
             sync = m == max(1, tc.grad_accum) - 1
-            ctx = acc.no_sync(module) if not sync and acc.num_processes > 1 else _nullcontext()
+            ctx = acc.no_sync(module) if not sync and acc.num_processes > 1 else contextlib.nullcontext()
             with ctx:
                 s = _micro_step(acc, module, policy, kept, clips, tc, lam, tau, embedder, vv, state) if kept else None
             if s is None and acc.num_processes > 1:  # the other ranks would wait for this one's gradients
@@ -412,14 +418,6 @@ class _Prefetcher:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _summary(out_dir: Path, state, total: int, finished: bool, final, acc, groups) -> dict:
