@@ -97,6 +97,12 @@ def test_download_checkpoint_and_prepared_data_then_infer(mirror, tmp_path, caps
     assert cli.main(["download", "data", "synth", "--mirror", str(mirror), *_ws_args(ws)]) == 0
     out = capsys.readouterr().out
     assert "frames {'stored': 6, 'kept': 0}" in out and "indexes {'test': 6}" in out
+    assert cli.main(["download", "data", "synth", "--mirror", str(mirror), *_ws_args(ws)]) == 0
+    assert "indexes {'test': 'kept'}" in capsys.readouterr().out  # same vectors, rows and factory: kept
+    assert cli.main(["download", "data", "synth", "--mirror", str(mirror), *_ws_args(ws), "index.factory=HNSW32"]) == 0
+    assert "indexes {'test': 6}" in capsys.readouterr().out  # another index factory: rebuilt, not reused
+    assert cli.main(["download", "data", "synth", "--mirror", str(mirror), *_ws_args(ws)]) == 0
+    capsys.readouterr()
     # no raw videos here: inference runs on the converted frame store and index
     assert not (ws / "data" / "synth" / "raw" / "videos").exists()
     engine_model = f"engine.model={w.workspace / 'models' / 'synth-engine'}"

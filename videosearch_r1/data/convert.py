@@ -212,7 +212,8 @@ def _embeddings(cfg: Config, name: str, staging: Path, notes: list[str]) -> dict
             notes.append(f"embeddings: {vdir.relative_to(staging)} lacks segment_embeds.npy or docid2row.json")
             continue
         dest = ecfg.index_dir(name) / split
-        digest = sha256_file(npy)
+        # the index is a function of the vectors, their row order and the index factory: all three in its key
+        digest = sha256_file(npy) + ":" + sha256_file(rows_path)[:16] + ":" + cfg.index.factory
         if (dest / "meta.json").is_file() and json.loads((dest / "meta.json").read_text()).get("source_sha256") == digest:
             out[split] = "kept"
             continue
