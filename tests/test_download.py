@@ -7,6 +7,7 @@ as tar shards listed by a manifest (one shard split into two parts).
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -211,3 +212,22 @@ def test_hub_source_reads_huggingface_hub_listings(tmp_path):
     dest = tmp_path / "manifest.json"
     src.fetch("bucket", "VideoSearchR1/data", files[0], dest)
     assert dest.read_bytes() == b"abc" and not (tmp_path / "manifest.json.part").exists()
+
+
+def test_bad_prepared_data_is_a_clear_error(mirror, tmp_path, capsys):
+    """The authors' files are checked on arrival: a row map pointing past the embeddings is an error naming
+    the file (exit 2), not a traceback."""
+    bad = tmp_path / "mirror"
+    shutil.copytree(mirror, bad)
+    ds = bad.joinpath(*BUCKET)
+    _, emb = _authors_synth_test(_world.world())
+    emb["test/video_embedding_1fps/docid2row.json"] = json.dumps({"v-missing": 10_000}).encode()
+    b = _tar(emb)
+    (ds / "shards" / "emb.tar").write_bytes(b)
+    manifest = json.loads((ds / "manifest.json").read_text())
+    manifest["shards"][1]["sha256"] = hashlib.sha256(b).hexdigest()
+    (ds / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert cli.main(["download", "data", "synth", "--mirror", str(bad), *_ws_args(tmp_path / "ws")]) == 2
+    err = capsys.readouterr().err
+    assert "vsr1 download:" in err and "docid2row.json" in err, err

@@ -353,7 +353,9 @@ def download_dataset(cfg: Config, name: str, source=None) -> dict:
 # ----------------------------------------------------------------------------- the command
 def main(argv: list[str] | None = None) -> int:
     from videosearch_r1.config import ConfigError
+    from videosearch_r1.data.convert import ConvertError
     from videosearch_r1.utils import command_parser, config_from_args, parse_command
+    from videosearch_r1.video.decode import VideoError
 
     parser = command_parser("vsr1 download", __doc__)
     parser.add_argument("what", choices=("checkpoint", "data"), help="a checkpoint alias or a prepared dataset")
@@ -372,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = download_dataset(cfg, n)
             print(summary["text"], flush=True)
         return 0
-    except (DownloadError, ConfigError, OSError) as e:
-        print(f"vsr1 download: {e}", file=sys.stderr)
+    except (DownloadError, ConvertError, VideoError, ConfigError, OSError, ValueError) as e:  # ValueError:
+        print(f"vsr1 download: {e}", file=sys.stderr)  # FIG rows, JSON of the authors' files
         return 2
 
 
