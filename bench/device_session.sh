@@ -51,8 +51,8 @@ case $STAGE in
     bench bench_sft 200 --device "$DEV" $SM --sqr --variants ours --ckpt 0 --out bench/results/bench_sft_sqr_$TAG.json
     ;;
   2)
-    bench bench_grpo 300 --device "$DEV" $SM --steps 2 --micro-batch 1 --out bench/results/bench_grpo_$TAG.json
-    bench bench_infer 420 --device "$DEV" $SM --tag "$TAG"
+    bench bench_grpo 280 --device "$DEV" $SM --steps 2 --micro-batch 1 --out bench/results/bench_grpo_$TAG.json
+    bench bench_infer 290 --device "$DEV" $SM --tag "$TAG"
     ;;
   3)
     if [[ -d .wheels_faiss ]]; then python -m pip install -q --no-deps --no-index .wheels_faiss/*.whl 2>&1 | tail -1; fi
