@@ -152,3 +152,68 @@ def test_fast_video_inputs_equal_the_processor(policy):
     assert fast_video_inputs(policy.processor, policy.prompt_texts(["x"], [big]), [big], "cpu") is None
     with pytest.raises(ValueError, match="placeholders"):
         fast_video_inputs(policy.processor, texts[:2], clips[:3], "cpu")
+
+
+def _duplicate_rows_loop(inputs, owner, keys, gather):
+    """The per-token Python loop duplicate_rows replaced (the reference its vectorised form must equal)."""
+    ids, mask = inputs["input_ids"].tolist(), inputs["attention_mask"].bool().tolist()
+    videos: dict = {}
+    for v, r in enumerate(owner):
+        videos.setdefault(r, []).append(None if keys is None else keys[v])
+    seen, out = {}, {}
+    for r, (row, m) in enumerate(zip(ids, mask)):
+        vk = tuple(videos.get(r, ()))
+        if None in vk:
+            continue
+        sig = (tuple(t for t, keep in zip(row, m) if keep), vk, gather[r])
+        if sig in seen:
+            out[r] = seen[sig]
+        else:
+            seen[sig] = r
+    return out
+
+
+def test_duplicate_rows_equal_the_python_loop():
+    """Random left-padded batches with repeated rows, rows of 0-2 videos, shared / missing keys and gather
+    columns: the vectorised duplicate_rows gives the loop's dict (same pairs, same order)."""
+    g = torch.Generator().manual_seed(0)
+    found = 0
+    for trial in range(60):
+        b, width = 1 + trial % 9, 6
+        base = torch.randint(0, 4, (3, width), generator=g)
+        lens = torch.randint(1, width + 1, (3,), generator=g)
+        pick = torch.randint(0, 3, (b,), generator=g).tolist()  # rows drawn from 3 prompts: many repeats
+        ids = torch.stack([base[p] for p in pick])
+        mask = torch.stack([(torch.arange(width) >= width - lens[p]).long() for p in pick])
+        ids = ids.masked_fill(~mask.bool(), int(torch.randint(0, 4, (1,), generator=g)))  # pad id may equal a real id
+        owner = [r for r in range(b) for _ in range([0, 1, 2][pick[r]] if trial % 2 else pick[r] % 2)]
+        keys = [f"k{(o + trial) % 2}" for o in owner]
+        if trial % 5 == 0 and keys:
+            keys[0] = None  # a video without a key: its row is never matched
+        gather = [width - 1 - (r % 2 if trial % 3 == 0 else 0) for r in range(b)]
+        inputs = {"input_ids": ids, "attention_mask": mask}
+        for k in (keys, None):
+            want = _duplicate_rows_loop(inputs, owner, k, gather)
+            got = duplicate_rows(inputs, owner, k, torch.tensor(gather))
+            assert list(got.items()) == list(want.items()), (trial, k)
+            found += len(want)
+    assert found > 50  # the cases really had duplicates
+
+
+def test_prefill_into_a_used_cache_equals_a_fresh_one(policy):
+    """decode.prefill(into=) (pooled_prefill's path, now through decode.static_cache) rewrites a cache a longer
+    batch used before: the same key mask, K/V and zeros beyond the prompt as a new cache."""
+    from videosearch_r1.agent.decode import DecodeCache
+
+    long_in = policy.build_inputs(BATCH_Q[:3], CLIPS)
+    short_in = policy.build_inputs(QUERIES[2:] * 3, [CLIPS[2], CLIPS[2], CLIPS[1]])
+    assert long_in["input_ids"].shape[1] > short_in["input_ids"].shape[1]
+    with torch.no_grad():
+        used = prefill(policy.model, long_in, policy.positions(long_in), capacity=1024).cache
+        again = prefill(policy.model, short_in, policy.positions(short_in), capacity=1024, into=used).cache
+        fresh = prefill(policy.model, short_in, policy.positions(short_in), capacity=1024).cache
+    assert again is used and again.length == fresh.length and torch.equal(again.valid, fresh.valid)
+    for a, b in zip(again.keys + again.values, fresh.keys + fresh.values):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="needs 3 x"), torch.no_grad():
+        prefill(policy.model, short_in, policy.positions(short_in), into=DecodeCache.empty(policy.model, 3, 4))

@@ -146,6 +146,59 @@ class Prefill(NamedTuple):
     pre: torch.Tensor | None  # [B, H] last decoder layer output before the final norm (if asked)
 
 
+def text_forward(model, want_pre: bool, **kwargs):
+    """model.model(**kwargs, use_cache=True) -> (output, its HF cache, the final norm's input or None).
+    The pre-norm hidden states are caught by a hook on the final norm (only when asked)."""
+    lm = model.model.language_model
+    captured = {}
+    hook = lm.norm.register_forward_hook(lambda mod, args, out: captured.__setitem__("pre", args[0])) \
+        if want_pre else None
+    try:
+        out = model.model(**kwargs, use_cache=True)
+    finally:
+        if hook is not None:
+            hook.remove()
+    hf_cache = next(out[k] for k in ("cache", "past_key_values") if k in out.keys())  # 5.24 / 5.17 name
+    return out, hf_cache, captured.get("pre")
+
+
+def static_cache(model, mask: torch.Tensor, capacity: int | None = None, into: DecodeCache | None = None) -> DecodeCache:
+    """The static cache a prefill of `mask` [B, L] fills: a new one of >= `capacity` columns (rounded up),
+    or `into` (same batch, >= L columns; its tensors keep their addresses, so a CUDA graph captured on it
+    stays valid) cleared of an earlier use. Its key mask is `mask` and its length L."""
+    b, length = mask.shape
+    if into is None:
+        into = DecodeCache.empty(model, b, round_capacity(max(int(capacity or length), length)))
+    else:
+        if not into.static or into.valid.shape[0] != b or into.capacity < length:
+            raise ValueError(f"prefill into a cache of {into.valid.shape[0]} rows x {into.capacity} columns "
+                             f"(static={into.static}): the batch needs {b} x {length}")
+        for t in into.keys + into.values:
+            t.zero_()  # stale columns of an earlier use
+        into.valid.zero_()
+    into.valid[:, :length] = mask.bool()
+    into.length = length
+    into.col.fill_(length)
+    return into
+
+
+def copy_prompt_kv(cache: DecodeCache, hf_cache, mask: torch.Tensor, rows: torch.Tensor | None = None,
+                   lo: int = 0) -> None:
+    """Layer by layer, an HF forward's K/V [R, KVH, W, d] into a static cache's rows `rows` (None: all) at
+    columns lo .. lo + W, padding (mask [R, W] false) zeroed. Each HF layer is freed once copied."""
+    pads = ~mask.bool()[:, None, :, None]
+    padded = bool(pads.any())
+    hi = lo + mask.shape[1]
+    for i in range(len(cache.keys)):
+        k, v = _take_layer_kv(hf_cache, i)
+        for buf, src in ((cache.keys[i], k), (cache.values[i], v)):
+            src = src.masked_fill(pads, 0) if padded else src
+            if rows is None:
+                buf[:, :, lo:hi] = src
+            else:
+                buf[rows, :, lo:hi] = src
+
+
 def prefill(model, inputs: dict, positions: torch.Tensor, gather_at: torch.Tensor | None = None,
             capacity: int | None = None, want_pre: bool = False, into: DecodeCache | None = None) -> Prefill:
     """One full VLM forward (vision tower + text) with HF, its KV copied into a DecodeCache.
@@ -154,49 +207,22 @@ def prefill(model, inputs: dict, positions: torch.Tensor, gather_at: torch.Tenso
     mRoPE ids [3, B, L]; gather_at: [B] column whose hidden state to return (default: the last).
     capacity: total cache columns (>= L) for a static cache; ignored when grad is enabled.
     into: an existing static cache (same batch, >= L columns) rewritten in place instead of a new one
-    (its tensors keep their addresses, so a CUDA graph captured on it stays valid).
+    (pooled_prefill: its tensors keep their addresses, so a CUDA graph captured on it stays valid).
     """
-    lm = model.model.language_model
     mask = inputs["attention_mask"].bool()
     b, length = mask.shape
-    captured = {}
-    hook = None
-    if want_pre:
-        hook = lm.norm.register_forward_hook(lambda mod, args, out: captured.__setitem__("pre", args[0]))
-    try:
-        out = model.model(**_forward_kwargs(model, inputs), position_ids=positions, use_cache=True)
-    finally:
-        if hook is not None:
-            hook.remove()
-    hf_cache = next(out[k] for k in ("cache", "past_key_values") if k in out.keys())  # 5.24 / 5.17 name
+    out, hf_cache, pre = text_forward(model, want_pre, **_forward_kwargs(model, inputs), position_ids=positions)
     rows = torch.arange(b, device=mask.device)
     idx = torch.full((b,), length - 1, device=mask.device) if gather_at is None else gather_at.to(mask.device)
     post = out.last_hidden_state[rows, idx]
-    pre = captured["pre"][rows, idx] if want_pre else None
-
-    n_layers = len(lm.layers)
+    pre = pre[rows, idx] if want_pre else None
     if not torch.is_grad_enabled():  # static cache: fixed buffers written in place
-        fresh = into is None
-        if fresh:
-            into = DecodeCache.empty(model, b, round_capacity(max(int(capacity or length), length)))
-        elif not into.static or into.valid.shape[0] != b or into.capacity < length:
-            raise ValueError(f"prefill into a cache of {into.valid.shape[0]} rows x {into.capacity} columns "
-                             f"(static={into.static}): the batch needs {b} x {length}")
-        into.valid.zero_()
-        into.valid[:, :length] = mask
-        padded = not bool(mask.all())
-        for i in range(n_layers):
-            k, v = _take_layer_kv(hf_cache, i)
-            for buf, src in ((into.keys[i], k), (into.values[i], v)):
-                buf[:, :, :length] = src.masked_fill(~mask[:, None, :, None], 0) if padded else src  # pads: junk
-                if not fresh:
-                    buf[:, :, length:].zero_()  # stale columns of an earlier use
-        into.length = length
-        into.col.fill_(length)
+        cache = static_cache(model, mask, capacity, into)
+        copy_prompt_kv(cache, hf_cache, mask)
         del hf_cache, out
-        return Prefill(into, post, pre)
+        return Prefill(cache, post, pre)
     keys, values = [], []  # grad: a growing cache (autograd-safe)
-    for i in range(n_layers):
+    for i in range(len(model.model.language_model.layers)):
         k, v = _take_layer_kv(hf_cache, i)
         keys.append(k.masked_fill(~mask[:, None, :, None], 0))
         values.append(v.masked_fill(~mask[:, None, :, None], 0))
