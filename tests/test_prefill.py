@@ -93,9 +93,12 @@ def test_cached_tokens_equal_fresh_encoding_and_other_settings_miss(policy):
         alone = policy.build_inputs(QUERIES[:1], CLIPS[:1])
         fresh = encode_videos(model, alone["pixel_values_videos"], alone["video_grid_thw"])[0]
     assert cache.stats()["misses"] == 3 and cache.stats()["hits"] == 7
-    for feat in (first[0], first[3], first[4], second[0]):  # a hit is bit-for-bit a fresh encoding
-        assert torch.equal(feat[0], fresh[0]) and len(feat[1]) == len(fresh[1]) >= 1
-        assert all(torch.equal(a, b) for a, b in zip(feat[1], fresh[1]))
+    for feat in (first[3], first[4], second[0]):  # a hit is bit-for-bit what the miss stored
+        assert torch.equal(feat[0], first[0][0]) and len(feat[1]) == len(first[0][1]) >= 1
+        assert all(torch.equal(a, b) for a, b in zip(feat[1], first[0][1]))
+    # the miss (encoded with the batch's other misses in one call) equals a fresh encoding of the video alone
+    assert _close(first[0][0], fresh[0]) and len(first[0][1]) == len(fresh[1])
+    assert all(_close(a, b) for a, b in zip(first[0][1], fresh[1]))
     # another video budget: other frames (another key) and other processor settings are misses
     small = make_clip(4, 32, 32, 0)
     assert clip_keys([small])[0] != clip_keys(CLIPS[:1])[0]
@@ -217,3 +220,30 @@ def test_prefill_into_a_used_cache_equals_a_fresh_one(policy):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="needs 3 x"), torch.no_grad():
         prefill(policy.model, short_in, policy.positions(short_in), into=DecodeCache.empty(policy.model, 3, 4))
+
+
+def test_cache_misses_are_encoded_in_one_vision_call(policy, monkeypatch):
+    """The distinct missing videos of a batch go through the vision tower together (one get_video_features
+    call, not one per video); each video's tokens equal its encoding alone within float tolerance."""
+    model = policy.model
+    inputs = policy.build_inputs(BATCH_Q, BATCH_C)  # 5 videos, 3 distinct
+    keys = clip_keys(BATCH_C, policy.processor)
+    with torch.no_grad():
+        alone = [encode_videos(model, **{k: v for k, v in policy.build_inputs(QUERIES[:1], [c]).items()
+                                         if k in ("pixel_values_videos", "video_grid_thw")})[0] for c in BATCH_C]
+    real = model.model.get_video_features
+    calls = []
+    monkeypatch.setattr(model.model, "get_video_features",
+                        lambda pix, grid, **kw: calls.append(len(grid)) or real(pix, grid, **kw))
+    cache = VisionCache(1 << 30)
+    with torch.no_grad():
+        feats = cache.features(model, inputs["pixel_values_videos"], inputs["video_grid_thw"], keys)
+        assert calls == [3] and cache.stats()["misses"] == 3 and cache.stats()["hits"] == 2
+        again = cache.features(model, inputs["pixel_values_videos"], inputs["video_grid_thw"], keys)
+        assert calls == [3]  # all hits: no vision call
+        part = cache.features(model, inputs["pixel_values_videos"][:0], inputs["video_grid_thw"][:0], [])
+    assert part == []
+    for feat, ref, hit in zip(feats, alone, again):
+        assert _close(feat[0], ref[0]) and len(feat[1]) == len(ref[1]) >= 1
+        assert all(_close(a, b) for a, b in zip(feat[1], ref[1]))
+        assert hit is feat or torch.equal(hit[0], feat[0])

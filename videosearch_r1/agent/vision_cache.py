@@ -13,9 +13,11 @@ the tower object, its dtype/device and the sum of its parameters' in-place versi
 step or a load_state_dict bumps them), so features of older weights are never returned: a change of
 weights empties the cache. A different frame budget or pixel budget is a different key (a miss).
 
-Exactness. Each missing video is encoded ALONE (one get_video_features call per video), so a video's tokens
-never depend on its batch-mates: a hit returns bit-for-bit what a fresh encoding of that video gives
-(tests/test_prefill.py). Not used with grad enabled or a model in training mode (features are detached).
+Exactness. The missing videos of a batch (each distinct key once) go through the vision tower in ONE
+get_video_features call, as HF's forward encodes a batch; its attention is per video (cu_seqlens), so a
+video's tokens equal its encoding alone within float tolerance (the GEMMs see more rows and may round
+differently), and a hit returns bit-for-bit what was stored (tests/test_prefill.py). Not used with grad
+enabled or a model in training mode (features are detached).
 Bounded by bytes (LRU); `max_bytes=0` keeps nothing but still encodes each distinct video of a batch once.
 """
 from __future__ import annotations
@@ -128,8 +130,8 @@ class VisionCache:
     @torch.no_grad()
     def features(self, model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor,
                  keys: list[str]) -> list:
-        """Per-video (embeds, deepstack) of a processor batch's videos, in order; each distinct key encoded
-        once (alone), cached ones taken from the cache."""
+        """Per-video (embeds, deepstack) of a processor batch's videos, in order: cached ones taken from the
+        cache, the distinct missing keys encoded together in one vision-tower call."""
         from videosearch_r1.models.qwen3vl import encode_videos, video_patch_rows
 
         if torch.is_grad_enabled() or model.training:
@@ -144,19 +146,25 @@ class VisionCache:
             self.clear()
             self.token = token
         starts = np.concatenate([[0], np.cumsum(rows)]).tolist()
-        out, batch_local = [], {}
+        out: list = [None] * len(keys)
+        first_miss: dict[str, int] = {}  # key -> the first video of the batch with it, for the misses
         for i, key in enumerate(keys):
-            feat = batch_local.get(key)
-            if feat is None and key in self.entries:
-                feat = self.entries[key]
+            if key in first_miss:
+                self.hits += 1  # a repeat of a miss of this batch: encoded once
+            elif key in self.entries:
+                out[i] = self.entries[key]
                 self.entries.move_to_end(key)
-            if feat is not None:
                 self.hits += 1
             else:
+                first_miss[key] = i
                 self.misses += 1
-                pix = pixel_values_videos[starts[i]:starts[i + 1]]
-                feat = encode_videos(model, pix, video_grid_thw[i:i + 1])[0]
+        if first_miss:  # every miss of the batch in one vision-tower call
+            todo = list(first_miss.values())
+            pix = torch.cat([pixel_values_videos[starts[i]:starts[i + 1]] for i in todo]) \
+                if len(todo) < len(keys) else pixel_values_videos
+            grid = video_grid_thw[todo] if len(todo) < len(keys) else video_grid_thw
+            fresh = dict(zip(first_miss, encode_videos(model, pix, grid)))
+            for key, feat in fresh.items():
                 self._put(key, feat)
-            batch_local[key] = feat
-            out.append(feat)
+            out = [fresh[k] if f is None else f for k, f in zip(keys, out)]
         return out
