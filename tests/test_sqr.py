@@ -214,3 +214,55 @@ def test_pooled_cache_is_reused_without_stale_state(setup):
     assert rel(z_full, uncached[0]) < 1e-3 and rel(z_short, uncached[1]) < 1e-3
     release_pool(policy.model)
     assert policy.model._vsr1_step_pool.runner is None
+
+
+def test_grpo_module_rollout_from_its_forward_equals_the_separate_rollout(setup):
+    """GRPOModule continues the rollout from its log-prob forward's own KV cache (one prefill): the soft
+    tokens, their gradients on the policy and all SQR projectors, and the log-probs equal the separate path
+    (sampled_logprobs + sqr.rollout_latents on the latent rows), on left-padded rows with videos where one
+    row is not a latent row. The shared forward is the one that ran (a spy counts the prefills)."""
+    from videosearch_r1.agent import sqr as sqr_mod
+    from videosearch_r1.train.grpo_step import GRPOModule, sampled_logprobs
+    from videosearch_r1.train.trainer import _select_videos
+
+    policy, inputs, full, r = setup
+    plen = inputs["input_ids"].shape[1]
+    loss_mask = full["attention_mask"].clone()
+    loss_mask[:, :plen] = 0
+    latent_rows = torch.tensor([True, False, True])
+    lm = policy.model.model.language_model
+    first = lambda mod: next(mod.parameters())  # noqa: E731
+    params = {"readout": first(policy.sqr.readout), "to_policy": first(policy.sqr.to_policy),
+              "to_embedder": first(policy.sqr.to_embedder), "q_proj0": lm.layers[0].self_attn.q_proj.weight,
+              "v_proj_last": lm.layers[-1].self_attn.v_proj.weight, "embed": lm.embed_tokens.weight,
+              "merger": policy.model.model.visual.merger.linear_fc2.weight}
+    w = torch.randn(2, 4, policy.embedder_hidden, generator=torch.Generator().manual_seed(0))
+
+    def run(shared: bool):
+        calls = []
+        real = sqr_mod.rollout_from_forward
+        sqr_mod.rollout_from_forward = lambda *a, **k: calls.append(1) or real(*a, **k)
+        try:
+            if shared:
+                logp, _, soft = GRPOModule(policy, n_latents=4)(full, loss_mask, r, latent_rows)
+            else:  # the previous path: log-prob forward, then a second prefill for the latent rows
+                logp, _ = sampled_logprobs(policy.model, full, loss_mask)
+                rows = latent_rows.nonzero()[:, 0]
+                sub = _select_videos({k: full[k][rows] for k in ("input_ids", "attention_mask", "mm_token_type_ids")},
+                                     full, rows)
+                soft = policy.soft_tokens(sqr_mod.rollout_latents(policy, sub, r[rows], 4, cached=True))
+        finally:
+            sqr_mod.rollout_from_forward = real
+        assert len(calls) == int(shared)
+        loss = (soft * w).sum() + logp.sum() * 1e-2
+        grads = torch.autograd.grad(loss, list(params.values()))
+        return logp.detach(), soft.detach(), dict(zip(params, grads))
+
+    logp_a, soft_a, g_a = run(True)
+    logp_b, soft_b, g_b = run(False)
+    assert soft_a.shape == (2, 4, policy.embedder_hidden)
+    torch.testing.assert_close(logp_a, logp_b, rtol=1e-5, atol=1e-5)
+    assert rel(soft_a, soft_b) < 1e-4 and (soft_a[:, 1:] - soft_a[:, :-1]).norm(dim=-1).min() > 1e-3
+    for name in params:
+        assert g_b[name].abs().sum() > 0, name
+        assert rel(g_a[name], g_b[name]) < 1e-3, name

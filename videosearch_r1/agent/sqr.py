@@ -4,7 +4,9 @@
     sq = refine_from_generation(policy, gen, n_latents=8)           # no second prefill
     qvec = engine.embed_refined(queries, sq.soft)                    # soft tokens [B, N, He]
 
-    Z = rollout_latents(policy, inputs, refine_positions, n_latents=8, cached=True)   # any sequences (SFT)
+    Z = rollout_latents(policy, inputs, refine_positions, n_latents=8, cached=True)   # any sequences
+    out = model.model(**kw, use_cache=True)                          # a training forward (SFT, GRPO) ...
+    Z = rollout_from_forward(policy, out, out.last_hidden_state, pos, mask, refine_pos, rows, 8)  # ... its own cache
 
 Definition (reference.md §2.1): z1 = readout(h at the last <REFINE>); for k = 1..N-1 the policy reads
 to_policy(z_k) as its next input embedding at position pos(<REFINE>) + k (all three mRoPE axes),
@@ -16,6 +18,8 @@ attention, the read is at the newest latent), so:
   (DecodeOptions.reuse; decode.release_pool frees them). With grad the cache grows by concatenation.
 - uncached (the authors' design): for each k a full VLM forward (vision tower included) over
   [prompt ; z_1..z_k] with explicit position ids: 1 + (N-1) full passes.
+- from a training forward (the trainers, under grad): the forward's own KV cache and hidden states seed
+  the rollout; only the N-1 latent steps run (one set of prompt activations, not two).
 - from a generation: the verification turn's cache already holds <REFINE> and its hidden state, so
   only the N-1 latent steps run (columns after <REFINE> are masked out; positions are explicit).
 The seed reads the post-norm hidden state (ours), or the pre-norm one for the authors' checkpoints
@@ -123,17 +127,69 @@ def rollout_latents(policy: "Policy", inputs: dict, refine_positions: torch.Tens
                    pos_r, n_latents)
     elif cached:  # grad: a growing cache, eager steps
         pf = prefill(policy.model, cut, positions, gather_at=r_eff, want_pre=want_pre)
-        cache = pf.cache
-
-        def step(x, pos):
-            post = decode_step(policy.model, cache, x, pos)[1]
-            cache.advance()
-            return post
-
-        z = _steps(policy, step, policy.sqr(_seed_hidden(policy, pf.post, pf.pre)), pos_r, n_latents)
+        z = _steps(policy, _growing_step(policy, pf.cache), policy.sqr(_seed_hidden(policy, pf.post, pf.pre)),
+                   pos_r, n_latents)
     else:
         z = _uncached(policy, cut, positions, r_eff, pos_r, n_latents, want_pre)
     return z * has[:, None, None].to(z.dtype)
+
+
+def shares_forward_cache(policy, cached: bool = True) -> bool:
+    """Whether a training forward can hand its own KV cache to the rollout (`rollout_from_forward`): the
+    cached rollout, no gradient checkpointing (then HF's forward returns no cache), a post-norm seed (the
+    forward exposes only the post-norm hidden states)."""
+    ckpt = bool(getattr(policy.model.model.language_model, "gradient_checkpointing", False))
+    return bool(cached) and not ckpt and policy.sqr_config.seed_hidden == "post_norm"
+
+
+def rollout_from_forward(policy: "Policy", out, hidden: torch.Tensor, positions: torch.Tensor,
+                         attention_mask: torch.Tensor, refine_pos: torch.Tensor, rows: torch.Tensor,
+                         n_latents: int = 8) -> torch.Tensor:
+    """Latents [R, N, D] of batch `rows` [R] continued from a training forward's own KV cache: no second prefill.
+
+    out: `model.model(..., use_cache=True)` of the whole batch (its HF cache is consumed); hidden: its
+    post-norm last_hidden_state [B, L, H]; positions: the forward's mRoPE ids [3, B, L]; refine_pos [B]:
+    each row's <REFINE> column (rows in `rows` must have one). Keys after a row's <REFINE> (and padding)
+    are masked out and latent k sits at pos(<REFINE>) + k, so this equals `rollout_latents(..., cached=True)`
+    on those rows (tests/test_train_sft.py, tests/test_grpo_rollout.py). Differentiable. The forward's K/V are
+    used as they are (no per-layer copy: the rollout runs over the whole batch and keeps `rows`); only
+    values at padding are zeroed, where the batch has padding.
+    """
+    from videosearch_r1.agent.decode import DecodeCache, _take_layer_kv
+
+    if n_latents < 1:
+        raise ValueError("n_latents must be >= 1")
+    hf = next(out[k] for k in ("cache", "past_key_values") if k in out.keys())
+    if hf is None:
+        raise ValueError("rollout_from_forward needs the forward run with use_cache=True (and no gradient checkpointing)")
+    b, length = attention_mask.shape
+    dev = attention_mask.device
+    mask = attention_mask.bool()
+    rows = torch.as_tensor(rows, device=dev).long().reshape(-1)
+    r = torch.full((b,), length - 1, dtype=torch.long, device=dev)  # rows not asked for: any valid column
+    r[rows] = torch.as_tensor(refine_pos, device=dev).long().reshape(-1)[rows]
+    if bool(((r < 0) | (r >= length)).any()):
+        raise ValueError(f"rows {rows.tolist()} need a <REFINE> column in [0, {length}), got {r[rows].tolist()}")
+    valid = mask & (torch.arange(length, device=dev)[None, :] <= r[:, None])
+    padded = not bool(mask.all())
+    keys, values = [], []
+    for i in range(len(policy.model.model.language_model.layers)):
+        k, v = _take_layer_kv(hf, i)
+        keys.append(k)  # masked in the scores (masked_fill after the product), so junk keys are harmless
+        values.append(v.masked_fill(~mask[:, None, :, None], 0) if padded else v)  # 0 * non-finite pad is NaN
+    cache = DecodeCache(keys, values, valid, length, static=False)
+    z = _steps(policy, _growing_step(policy, cache), policy.sqr(hidden[torch.arange(b, device=dev), r]),
+               positions[0, torch.arange(b, device=dev), r], n_latents)
+    return z[rows]
+
+
+def _growing_step(policy: "Policy", cache):
+    """A decode step on a growing (grad) cache: (x [B, 1, H], pos [B]) -> post-norm hidden [B, H]."""
+    def step(x, pos):
+        post = decode_step(policy.model, cache, x, pos)[1]
+        cache.advance()
+        return post
+    return step
 
 
 def _uncached(policy, cut, positions, r_eff, pos_r, n_latents, want_pre) -> torch.Tensor:

@@ -12,7 +12,8 @@ included): the system prompt, the user message and the video (the environment) c
 
 Log-probs are computed from one forward of the whole row (video included) and the lm_head applied only
 at the positions that predict a sampled id (no [S, L, V] logits). The latent objective re-runs the SQR
-rollout with gradient from the turn's last generated <REFINE> (sqr.rollout_latents, KV-cached) and
+rollout with gradient from the turn's last generated <REFINE>, continued from that same forward's KV cache
+(sqr.rollout_from_forward; a separate sqr.rollout_latents under gradient checkpointing) and
 - "infonce": embeds [query ; soft tokens] through the frozen embedder with gradient and takes the
   InfoNCE against the GT and the query's negatives (gradient to latents, readout, both projectors and
   the policy's hidden states);
@@ -102,6 +103,10 @@ def sampled_logprobs(model, inputs: dict, loss_mask: torch.Tensor, fast: bool = 
     from videosearch_r1.models.qwen3vl import model_inputs
 
     hidden = model.model(**model_inputs(model, inputs, fast=fast)).last_hidden_state  # [S, L, H]
+    return _logprobs_at(model, hidden, inputs, loss_mask)
+
+
+def _logprobs_at(model, hidden: torch.Tensor, inputs: dict, loss_mask: torch.Tensor):
     sel = loss_mask[:, 1:].bool()  # column j's id is predicted at column j - 1
     logits = model.lm_head(hidden[:, :-1][sel])
     return token_logprobs(logits, inputs["input_ids"][:, 1:][sel])
@@ -109,35 +114,49 @@ def sampled_logprobs(model, inputs: dict, loss_mask: torch.Tensor, fast: bool = 
 
 class GRPOModule(nn.Module):
     """policy.model + policy.sqr as one module (what accelerate wraps): log-probs of the sampled ids
-    and, for the latent rows, the soft tokens of a differentiable SQR rollout."""
+    and, for the latent rows, the soft tokens of a differentiable SQR rollout.
 
-    def __init__(self, policy, n_latents: int, fast: bool = True):
+    When latent rows exist and the cache can be shared (sqr.shares_forward_cache: cached rollout, no
+    gradient checkpointing, post-norm seed) the log-prob forward runs with use_cache=True and the rollout
+    continues from its own KV cache (sqr.rollout_from_forward, as the SFT trainer): one prefill per row,
+    not two sets of activations. Otherwise a separate rollout (sqr.rollout_latents) on the latent rows.
+    rollout_cached=False: the authors' uncached full forwards (parameter-sharding wrappers: FSDP, ZeRO-3)."""
+
+    def __init__(self, policy, n_latents: int, fast: bool = True, rollout_cached: bool = True):
         super().__init__()
         self.model, self.sqr = policy.model, policy.sqr
         object.__setattr__(self, "policy", policy)
-        self.n_latents, self.fast = n_latents, fast
+        self.n_latents, self.fast, self.rollout_cached = n_latents, fast, rollout_cached
 
     def forward(self, inputs: dict, loss_mask: torch.Tensor, refine_pos: torch.Tensor, latent_rows: torch.Tensor):
         """-> (logp [T], entropy [T], soft tokens [R, N, He] of `latent_rows` (None if none))."""
-        from videosearch_r1.agent.sqr import rollout_latents
+        from videosearch_r1.agent.sqr import rollout_from_forward, rollout_latents, shares_forward_cache
+        from videosearch_r1.models.qwen3vl import model_inputs, vision_keepalive
         from videosearch_r1.train.trainer import _select_videos
 
-        from videosearch_r1.models.qwen3vl import vision_keepalive
-
-        logp, ent = sampled_logprobs(self.model, inputs, loss_mask, self.fast)
+        want = bool(latent_rows.any())
+        share = want and shares_forward_cache(self.policy, self.rollout_cached)
+        kw = model_inputs(self.model, inputs, fast=self.fast)
+        out = self.model.model(**kw, use_cache=share)
+        logp, ent = _logprobs_at(self.model, out.last_hidden_state, inputs, loss_mask)
         keep = vision_keepalive(self.model, inputs)  # a batch without video still runs the vision tower
         if keep is not None:
             logp = logp + keep
-        soft = None
-        if bool(latent_rows.any()):
-            rows = latent_rows.nonzero()[:, 0]
+        if not want:
+            return logp, ent, None
+        rows = latent_rows.nonzero()[:, 0]
+        if share:  # continue from this forward's KV cache: no second prefill with grad
+            pos = kw.get("position_ids")
+            pos = pos if pos is not None else self.policy.positions(inputs)
+            z = rollout_from_forward(self.policy, out, out.last_hidden_state, pos, inputs["attention_mask"],
+                                     refine_pos, rows, self.n_latents)
+        else:
             sub = {k: (v[rows] if k not in ("pixel_values_videos", "video_grid_thw", "position_ids") else v)
                    for k, v in inputs.items()}
             ckpt = getattr(self.model.model.language_model, "gradient_checkpointing", False)  # as SFT: then uncached
             z = rollout_latents(self.policy, _select_videos(sub, inputs, rows), refine_pos[rows], self.n_latents,
-                                cached=not ckpt)
-            soft = self.policy.soft_tokens(z)
-        return logp, ent, soft
+                                cached=self.rollout_cached and not ckpt)
+        return logp, ent, self.policy.soft_tokens(z)
 
 
 # ------------------------------------------------------------------------------------ the loss

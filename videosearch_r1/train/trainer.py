@@ -70,13 +70,12 @@ class PolicyModule(nn.Module):
     def forward(self, inputs: dict, labels: torch.Tensor, refine_pos: torch.Tensor, contrastive: torch.Tensor):
         """-> (CE summed over assistant tokens, number of those tokens, soft tokens [B', N, He] of the
         `contrastive` rows (None if there are none))."""
-        from videosearch_r1.agent.sqr import rollout_latents
+        from videosearch_r1.agent.sqr import rollout_from_forward, rollout_latents, shares_forward_cache
         from videosearch_r1.models.qwen3vl import model_inputs, vision_keepalive
 
         kw = model_inputs(self.model, inputs, fast=self.fast)
         want = bool(contrastive.any())
-        gc = bool(getattr(self.model.model.language_model, "gradient_checkpointing", False))
-        share = want and self.rollout_cached and not gc and self.policy.sqr_config.seed_hidden == "post_norm"
+        share = want and shares_forward_cache(self.policy, self.rollout_cached)
         out = self.model.model(**kw, use_cache=share)
         hidden = out.last_hidden_state  # [B, L, H] post-norm
         target = labels[:, 1:]
@@ -92,40 +91,15 @@ class PolicyModule(nn.Module):
             if share:  # continue from this forward's KV cache: no second prefill
                 pos = kw.get("position_ids")
                 pos = pos if pos is not None else self.policy.positions(inputs)
-                z = self._rollout_from_forward(out, hidden, pos, inputs["attention_mask"], refine_pos, rows)
+                z = rollout_from_forward(self.policy, out, hidden, pos, inputs["attention_mask"], refine_pos, rows,
+                                         self.n_latents)
             else:  # a separate rollout (uncached full forwards under grad checkpointing, as the authors)
+                gc = bool(getattr(self.model.model.language_model, "gradient_checkpointing", False))
                 sub = _select_videos({k: v[rows] for k, v in inputs.items() if k in ("input_ids", "attention_mask",
                                                                                    "mm_token_type_ids")}, inputs, rows)
                 z = rollout_latents(self.policy, sub, refine_pos[rows], self.n_latents, cached=self.rollout_cached and not gc)
             soft = self.policy.soft_tokens(z)
         return ce, sel.sum(), soft
-
-    def _rollout_from_forward(self, out, hidden, positions, attention_mask, refine_pos, rows) -> torch.Tensor:
-        """Latents [B', N, D] of `rows` from the training forward's own cache and hidden states: keys after
-        each row's <REFINE> are masked out, latent k sits at position pos(<REFINE>) + k (sqr.py's definition;
-        equal to rollout_latents, checked in tests/test_train_sft.py)."""
-        from videosearch_r1.agent.decode import DecodeCache, decode_step
-        from videosearch_r1.agent.sqr import _steps
-
-        hf = next(out[k] for k in ("cache", "past_key_values") if k in out.keys())
-        r = refine_pos[rows]
-        length = attention_mask.shape[1]
-        valid = attention_mask[rows].bool() & (torch.arange(length, device=r.device)[None, :] <= r[:, None])
-        keep = ~valid[:, None, :, None]
-        layers = hf.layers if hasattr(hf, "layers") else None
-        n = len(self.model.model.language_model.layers)
-        kv = [(layers[i].keys, layers[i].values) if layers is not None else (hf.key_cache[i], hf.value_cache[i])
-              for i in range(n)]
-        cache = DecodeCache([k[rows].masked_fill(keep, 0) for k, _ in kv], [v[rows].masked_fill(keep, 0) for _, v in kv],
-                            valid, length, static=False)
-
-        def step(x, pos):
-            post = decode_step(self.model, cache, x, pos)[1]
-            cache.advance()
-            return post
-
-        seed = self.policy.sqr(hidden[rows, r])
-        return _steps(self.policy, step, seed, positions[0, rows, r], self.n_latents)
 
 
 def _select_videos(sub: dict, inputs: dict, rows: torch.Tensor) -> dict:
