@@ -20,8 +20,11 @@ budget (64 frames at 448 x 448: 32 temporal patches x 196 merged tokens, ~6.7k p
   backward and a fused AdamW step on the LLM + merger + SQR (ViT frozen), in micro-batches of
   --micro-batch rows under bf16 autocast (fp32 master weights: what `vsr1 train grpo` runs).
 tokens/s/GPU counts every token the step processes once (prompt + sampled, per row) over the whole step
-time: the EasyR1-style throughput (peer: ~1,800 tokens/s/GPU for a 3B VLM on an H100). Prints a table;
---out writes JSON.
+time: the EasyR1-style throughput (peer: ~1,800 tokens/s/GPU for a 3B VLM on an H100). Memory (CUDA):
+the peak allocated in each phase (the counter reset at the phase's start; `<phase>_peak_gib`, the largest
+over the timed steps), what is resident before the step (`resident_gib`: weights, optimizer state, the
+rollout copy) and the run's peak (`peak_gib`). A CUDA OOM is reported with the phase it happened in
+(`error`, `oom_phase`) and the run goes on with the next variant. Prints a table; --out writes JSON.
 """
 from __future__ import annotations
 
@@ -98,22 +101,45 @@ def rollout_hf(policy, prompt, args):
     return out[:, prompt["input_ids"].shape[1]:]
 
 
-def one_step(policy, roll, ref, module, opt, prompt, args, kind: str, gen) -> dict:
-    """One GRPO step; seconds per phase."""
+class Phases:
+    """Per-phase peak CUDA memory: `start(name)` resets the peak counter, `stop()` records the peak in GiB
+    (None off CUDA); `current` names the running phase (reported when it runs out of memory)."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+        self.current, self.peaks = None, {}
+
+    def start(self, name: str) -> None:
+        self.current = name
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def stop(self) -> None:
+        self.peaks[f"{self.current}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if self.cuda else None
+        self.current = None
+
+
+def one_step(policy, roll, ref, module, opt, prompt, args, kind: str, gen, phases: Phases | None = None) -> dict:
+    """One GRPO step; seconds and peak memory per phase."""
     from videosearch_r1.train.grpo_loss import gaussian_pg_loss, group_advantages, policy_loss
     from videosearch_r1.train.grpo_step import sampled_logprobs
 
     dev = args.device
     cuda = dev.startswith("cuda")
     auto = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    phases = phases if phases is not None else Phases(dev)
     sync(dev)
+    resident = torch.cuda.memory_allocated() / 2**30 if cuda else None
     t0 = time.perf_counter()
+    phases.start("rollout")
     policy.model.eval()
     with torch.no_grad():
         completion = rollout_ours(policy, roll, prompt, args, gen) if kind == "ours" else rollout_hf(roll, prompt, args)
     policy.model.train()
     sync(dev)
     t1 = time.perf_counter()
+    phases.stop()
     b = completion.shape[0]
     n_ref = max(1, round(args.refine_frac * b)) if args.refine_frac > 0 else 0
     inputs, mask, refine = rows_with_completion(policy, prompt, completion, n_ref)
@@ -128,10 +154,13 @@ def one_step(policy, roll, ref, module, opt, prompt, args, kind: str, gen) -> di
         out["video_grid_thw"] = grid[s]
         out["position_ids"] = inputs["position_ids"][:, s]
         return out
+    phases.start("logprob")
     with torch.no_grad(), auto:
         refs = [sampled_logprobs(ref, sub(s), mask[s])[0] for s in chunks]
     sync(dev)
     t2 = time.perf_counter()
+    phases.stop()
+    phases.start("update")
     adv = group_advantages(torch.randn(b, generator=torch.Generator().manual_seed(0)), args.group).to(dev)
     n_tok = int(mask[:, 1:].sum())
     for s, r in zip(chunks, refs):
@@ -151,10 +180,11 @@ def one_step(policy, roll, ref, module, opt, prompt, args, kind: str, gen) -> di
     opt.zero_grad(set_to_none=True)
     sync(dev)
     t3 = time.perf_counter()
+    phases.stop()
     tokens = int(inputs["attention_mask"].sum())
     return dict(rollout_s=t1 - t0, logprob_s=t2 - t1, update_s=t3 - t2, step_s=t3 - t0, rows=b, tokens=tokens,
                 sampled_tokens=int(completion.numel()), tokens_per_s=tokens / (t3 - t0),
-                rollout_tokens_per_s=int(completion.numel()) / (t1 - t0))
+                rollout_tokens_per_s=int(completion.numel()) / (t1 - t0), resident_gib=resident, **phases.peaks)
 
 
 def setup(args):
@@ -181,6 +211,33 @@ def setup(args):
     params = [p for p in list(policy.model.parameters()) + list(policy.sqr.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6, fused=dev.startswith("cuda"))
     return policy, roll, ref, module, opt
+
+
+def run_variant(policy, roll, ref, module, opt, prompt, args, kind: str) -> dict:
+    """One warm-up + args.steps timed steps of `kind`: median seconds, largest per-phase peaks; a CUDA OOM
+    gives {"error", "oom_phase"} (the optimizer's gradients dropped, the cache emptied)."""
+    cuda = args.device.startswith("cuda")
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    phases, runs = Phases(args.device), []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    run_peak = 0.0
+    try:
+        for i in range(args.steps + 1):
+            r = one_step(policy, roll, ref, module, opt, prompt, args, kind, gen, phases)
+            run_peak = max([run_peak] + [v for k, v in r.items() if k.endswith("_peak_gib") and v is not None])
+            if i > 0:
+                runs.append(r)
+    except torch.cuda.OutOfMemoryError:
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        return {"variant": kind, "error": "CUDA out of memory", "oom_phase": phases.current,
+                "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    peaks = [k for k in runs[0] if k.endswith("_peak_gib") or k == "resident_gib"]
+    med = {k: sorted(x[k] for x in runs)[len(runs) // 2] for k in runs[0] if k not in peaks}
+    for k in peaks:  # the largest over the timed steps
+        med[k] = max(x[k] for x in runs) if runs[0][k] is not None else None
+    return dict(variant=kind, **med, peak_gib=run_peak if cuda else None, prompt_tokens=prompt["input_ids"].shape[1])
 
 
 def main(argv=None) -> int:
@@ -214,22 +271,21 @@ def main(argv=None) -> int:
     prompt = video_inputs(policy, b, args.frames, args.side, args.text_tokens, tail=[])
     results = []
     for kind in [v for v in args.variants.split(",") if v]:
-        gen = torch.Generator(device=args.device).manual_seed(0)
-        runs = []
-        for i in range(args.steps + 1):
-            r = one_step(policy, roll, ref, module, opt, prompt, args, kind, gen)
-            if i > 0:
-                runs.append(r)
-        med = {k: sorted(x[k] for x in runs)[len(runs) // 2] for k in runs[0]}
-        mem = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
-        row = dict(variant=kind, **med, peak_gib=mem, prompt_tokens=prompt["input_ids"].shape[1])
+        row = run_variant(policy, roll, ref, module, opt, prompt, args, kind)
         results.append(row)
-        print(f"{kind:5s}: step {med['step_s']:8.3f} s = rollout {med['rollout_s']:7.3f} + "
-              f"logprob {med['logprob_s']:7.3f}"
-              f" + update {med['update_s']:7.3f}  | {med['tokens_per_s']:9.1f} tokens/s/GPU, rollout "
-              f"{med['rollout_tokens_per_s']:8.1f} sampled tokens/s, {b} rows x {row['prompt_tokens']} prompt tokens",
+        if "error" in row:
+            print(f"{kind:5s}: {row['error']} in the {row['oom_phase']} phase", flush=True)
+            continue
+        print(f"{kind:5s}: step {row['step_s']:8.3f} s = rollout {row['rollout_s']:7.3f} + "
+              f"logprob {row['logprob_s']:7.3f}"
+              f" + update {row['update_s']:7.3f}  | {row['tokens_per_s']:9.1f} tokens/s/GPU, rollout "
+              f"{row['rollout_tokens_per_s']:8.1f} sampled tokens/s, {b} rows x {row['prompt_tokens']} prompt tokens",
               flush=True)
-    if len(results) == 2:
+        if row["peak_gib"] is not None:
+            print(f"{'':5s}  memory: resident {row['resident_gib']:6.1f} GiB, peak rollout "
+                  f"{row['rollout_peak_gib']:6.1f} / logprob {row['logprob_peak_gib']:6.1f} / update "
+                  f"{row['update_peak_gib']:6.1f} GiB (run {row['peak_gib']:.1f} GiB)", flush=True)
+    if len(results) == 2 and not any("error" in r for r in results):
         print(f"ours vs hf rollouts: step {results[1]['step_s'] / results[0]['step_s']:.2f}x, rollout "
               f"{results[1]['rollout_s'] / results[0]['rollout_s']:.2f}x faster")
     if args.out:
