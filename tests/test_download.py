@@ -114,7 +114,7 @@ def test_download_checkpoint_and_prepared_data_then_infer(mirror, tmp_path, caps
     # the converted clips keep the authors' frame times and come out at our frame size rule
     from videosearch_r1.video.framestore import FrameStore
 
-    store = FrameStore(ws / "data" / "synth" / "prepared" / "frames")
+    store = FrameStore(ws / "data" / "synth" / "prepared" / "frames_authors")  # apart from our own frames/
     vid = store.ids()[0]
     orig = decode(w.workspace / "data" / "synth" / "raw" / "videos" / f"{vid}.mp4", w.cfg().video_cfg("synth"))
     got = store.get(vid)
@@ -205,10 +205,10 @@ def test_hub_source_reads_huggingface_hub_listings(tmp_path):
 
     src = HubSource()
     src.api = Network()
-    assert src.list("model", "VideoSearchR1/didemo-stage2") == [
-        RemoteFile("config.json", 5, None), RemoteFile("model.safetensors", 10, sha)]
+    assert src.list("model", "VideoSearchR1/didemo-stage2") == [  # the git blob id is the content's etag
+        RemoteFile("config.json", 5, None, "b"), RemoteFile("model.safetensors", 10, sha, "c")]
     files = src.list("bucket", "VideoSearchR1/data", "datasets/didemo")
-    assert files == [RemoteFile("datasets/didemo/manifest.json", 3)]
+    assert files == [RemoteFile("datasets/didemo/manifest.json", 3, etag="h")]  # the xet hash
     dest = tmp_path / "manifest.json"
     src.fetch("bucket", "VideoSearchR1/data", files[0], dest)
     assert dest.read_bytes() == b"abc" and not (tmp_path / "manifest.json.part").exists()

@@ -10,6 +10,7 @@ Steps, in order (outputs under <workspace>/data/<name>/prepared unless said othe
              (query count, corpus video ids, load summary)
   2 frames   decode every corpus video once into the JPEG frame store frames/ (video/framestore.py),
              build.workers processes in parallel; a missing or corrupt video is a counted skip, named
+             (the authors' frames from `vsr1 download` live apart, in frames_authors/, and are never reused)
   3 index    per split: video embeddings in resumable shards + the FAISS index (`vsr1 index`, with
              hard negatives off) -> cfg.index_dir(name)/<split>
   4 hardneg  train split: top index.hard_negatives videos per query, GT excluded -> <index>/train/hard_negatives.json
@@ -136,10 +137,11 @@ _WORKER: dict = {}
 
 
 def _init_worker(cfg: Config, dataset: str) -> None:
+    from videosearch_r1.video.decode import OURS
     from videosearch_r1.video.framestore import FrameStore
 
     _WORKER.update(cfg=cfg, dataset=dataset,
-                   store=FrameStore(cfg.prepared_dir(dataset) / "frames", video_cfg=cfg.video_cfg(dataset)))
+                   store=FrameStore(cfg.prepared_dir(dataset) / OURS, video_cfg=cfg.video_cfg(dataset)))
 
 
 def _raw_path(cfg: Config, dataset: str, vid: str) -> Path:
@@ -180,11 +182,18 @@ def _step_frames(ctx: Ctx) -> dict:
     import multiprocessing as mp
 
     from videosearch_r1.utils import atomic_write_json, progress
-    from videosearch_r1.video.framestore import SUFFIX, FrameStore
+    from videosearch_r1.video.decode import OURS, VideoError
+    from videosearch_r1.video.framestore import SUFFIX, FrameStore, separate_converted
 
-    root = ctx.prepared / "frames"
-    _sweep_tmp(root)
-    store = FrameStore(root, video_cfg=ctx.cfg.video_cfg(ctx.dataset))
+    root = ctx.prepared / OURS
+    try:
+        moved = separate_converted(ctx.prepared)  # the authors' converted frames are never taken for ours
+        _sweep_tmp(root)
+        store = FrameStore(root, video_cfg=ctx.cfg.video_cfg(ctx.dataset))  # another video config: refused
+    except VideoError as e:
+        raise BuildError(str(e)) from None
+    if moved:
+        print(f"  {moved}", flush=True)
     ids = corpus(ctx)
     # each stored clip's raw video (size, mtime): a raw video replaced since is decoded again, not kept
     sources_path = root / SOURCES

@@ -1,6 +1,6 @@
 """Extract the authors' prepared-data shards and convert them into our layout (used by `vsr1 download data`).
 
-    extract_shards([(name, [part paths]), ...], staging, done_dir, keep=False)
+    extract_shards([(name, [part paths], key), ...], staging, done_dir, keep=False)  # key: download.shard_key
     summary = convert_prepared(cfg, "charades", staging)      # idempotent; print(summary["text"])
 
 The authors' prepared dataset (after extraction into `staging`) and what each part becomes:
@@ -8,8 +8,9 @@ The authors' prepared dataset (after extraction into `staging`) and what each pa
                                          copied to <root>/<annotation_dir>/<the dataset's file for split>
   <split>/video_npy_with_meta/<id>.npy   uint8 [T,H,W,3] RGB frames sampled by their extractor (1 fps, <= 64,
   + meta.jsonl                           <= 200,704 px) with the real source times in
-                                         `sampled_timestamps_sec`: each clip goes into our JPEG frame store
-                                         (<workspace>/data/<name>/prepared/frames), resized to our per-frame
+                                         `sampled_timestamps_sec`: each clip goes into a JPEG frame store of
+                                         its own (<workspace>/data/<name>/prepared/frames_authors; `vsr1
+                                         build` writes ours to prepared/frames), resized to our per-frame
                                          size rule (multiples of 32) and keeping THEIR frame times (true
                                          seconds; we do not resample). A video without a meta line, or an
                                          unreadable npy, is a counted skip named in the summary.
@@ -19,10 +20,13 @@ The authors' prepared dataset (after extraction into `staging`) and what each pa
   train/hard_negatives.json              copied beside that train index
 Everything else (sft_data/, grpo_data/, query embeddings) stays under `staging` untouched.
 Frames in the store therefore sit at the authors' sampling times, not at the times our decoder would
-pick from the mp4 (frames/converted_from.json says so); `vsr1 build` from raw videos gives ours.
+pick from the mp4 (frames_authors/converted_from.json says so); `vsr1 build` from raw videos gives ours,
+in prepared/frames, which the front door (video/decode.py load_clip) reads first. A clip whose npy or meta
+line changed (a new shard version) is converted again (frames_authors/sources.json keys each clip).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +37,12 @@ import numpy as np
 
 from videosearch_r1.config import Config
 from videosearch_r1.utils import atomic_path, atomic_write_json, progress
+
+
+def sha256_file(path: Path) -> str:
+    from videosearch_r1.data.download import sha256_file as sha
+
+    return sha(path)
 
 
 class ConvertError(RuntimeError):
@@ -63,14 +73,17 @@ class _Chain:
             self.f.close()
 
 
-def extract_shards(shards: list[tuple[str, list[Path]]], staging: Path, done_dir: Path, keep: bool) -> int:
-    """Extract every shard not marked done (parts joined in order, streamed; tar members are checked
-    by tarfile's "data" filter: no absolute paths, no links out of `staging`). Returns shards extracted."""
+def extract_shards(shards: list[tuple[str, list[Path], list]], staging: Path, done_dir: Path, keep: bool) -> int:
+    """Extract each (name, parts, key) shard (parts joined in order, streamed; tar members are checked by
+    tarfile's "data" filter: no absolute paths, no links out of `staging`), then write done_dir/<name>.done
+    holding its content key and each member's sha256. A shard extracted before from other content (its marker's key
+    differs) is extracted again and the files only the old version had are removed. Returns shards extracted."""
     done_dir.mkdir(parents=True, exist_ok=True)
     n = 0
-    for name, parts in progress(shards, desc="extract", unit="shard"):
+    for name, parts, key in progress(shards, desc="extract", unit="shard"):
         marker = done_dir / f"{name}.done"
-        if marker.is_file():
+        old = _marker(marker)
+        if old.get("key") == key:
             continue
         missing = [p for p in parts if not p.is_file()]
         if missing:
@@ -78,12 +91,20 @@ def extract_shards(shards: list[tuple[str, list[Path]]], staging: Path, done_dir
         stream = _Chain(parts)
         try:
             with tarfile.open(fileobj=stream, mode="r|*") as tar:
-                tar.extractall(staging, filter="data")
+                members = {}  # path in staging -> sha256 of the extracted file (what conversion keys on)
+                for m in tar:
+                    where = tarfile.data_filter(m, str(staging)).name  # FilterError (a TarError) when unsafe
+                    tar.extract(m, staging, filter="data")
+                    if m.isfile():
+                        members[where] = sha256_file(staging / where)
         except (tarfile.TarError, OSError) as e:
             raise ConvertError(f"shard {name} ({', '.join(map(str, parts))}): cannot extract: {e}") from None
         finally:
             stream.close()
-        marker.write_text("done\n")
+        for gone in sorted(set(old.get("members") or []) - set(members)):  # only in the old version
+            if not gone.startswith("/") and ".." not in gone.split("/"):
+                (staging / gone).unlink(missing_ok=True)
+        atomic_write_json(marker, {"name": name, "key": key, "members": members})
         if not keep:
             for p in parts:
                 p.unlink()
@@ -91,9 +112,26 @@ def extract_shards(shards: list[tuple[str, list[Path]]], staging: Path, done_dir
     return n
 
 
+def _marker(path: Path) -> dict:
+    try:
+        got = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        got = {}  # an older marker ("done"): no key, no members
+    return got if isinstance(got, dict) else {}
+
+
+def member_digests(staging: Path) -> dict[str, str]:
+    """staging-relative path -> sha256 of every file the shards' markers list (extracted by this version)."""
+    out = {}
+    for marker in sorted((staging / ".vsr1_shards").glob("*.done")):
+        members = _marker(marker).get("members")
+        if isinstance(members, dict):
+            out.update(members)
+    return out
+
+
 # ----------------------------------------------------------------------------- parts
 def _annotations(cfg: Config, name: str, staging: Path, notes: list[str]) -> dict:
-    from videosearch_r1.data.download import sha256_file
     from videosearch_r1.data.fig import load_fig_jsonl
 
     dcfg = cfg.dataset_cfg(name)
@@ -136,7 +174,10 @@ def npy_to_clip(npy: Path, meta: dict, vcfg):
 
     from videosearch_r1.video.decode import Clip, VideoInfo, frame_size
 
-    arr = np.load(npy, allow_pickle=False)
+    try:
+        arr = np.load(npy, allow_pickle=False)
+    except (OSError, EOFError) as e:  # truncated / unreadable: ValueError, a counted skip for the caller
+        raise ValueError(f"unreadable npy: {type(e).__name__}: {e}") from None
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1:
         raise ValueError(f"expected uint8 [T,H,W,3] frames, got {arr.dtype} {arr.shape}")
     ts = np.asarray(meta.get("sampled_timestamps_sec", []), np.float64)
@@ -158,16 +199,26 @@ def npy_to_clip(npy: Path, meta: dict, vcfg):
     return Clip(frames=frames, timestamps=ts[keep], indices=idx[keep], info=info)
 
 
-def _frames(cfg: Config, name: str, staging: Path, skipped: list) -> dict:
-    from videosearch_r1.video.framestore import FrameStore
+def _npy_key(npy: Path, meta: dict | None, digest: str | None) -> list:
+    """What a converted clip was made from: the npy's sha256 recorded at extraction (member_digests; else
+    its size and mtime) and its meta line."""
+    st = npy.stat()
+    line = json.dumps(meta, sort_keys=True, default=str).encode()
+    return [digest or [st.st_size, st.st_mtime_ns], hashlib.sha256(line).hexdigest()[:16]]
+
+
+def _frames(cfg: Config, name: str, staging: Path, skipped: list, notes: list[str]) -> dict:
+    from videosearch_r1.video.decode import AUTHORS
+    from videosearch_r1.video.framestore import CONVERTED, FrameStore, separate_converted
 
     vcfg = cfg.video_cfg(name)
-    root = cfg.prepared_dir(name) / "frames"
     dirs = sorted(p for p in staging.glob("*/video_npy_with_meta") if p.is_dir())
     if not dirs:
         return {}
+    moved = separate_converted(cfg.prepared_dir(name))  # an older workspace's converted store, moved apart
+    root = cfg.prepared_dir(name) / AUTHORS  # never prepared/frames: that one is `vsr1 build`'s, from the mp4s
     store = FrameStore(root, video_cfg=vcfg)
-    atomic_write_json(root / "converted_from.json", {
+    atomic_write_json(root / CONVERTED, {
         "source": "the authors' prepared npy frames", "staging": str(staging),
         "note": "frames at the authors' sampling times (true seconds), resized to our frame size rule"})
     jobs = []
@@ -175,32 +226,40 @@ def _frames(cfg: Config, name: str, staging: Path, skipped: list) -> dict:
         metas = _read_meta(d / "meta.jsonl")
         for npy in sorted(d.glob("*.npy")):
             jobs.append((npy, metas.get(npy.stem)))
+    sources_path = root / "sources.json"  # id -> _npy_key: an npy changed by a new shard is converted again
+    sources = json.loads(sources_path.read_text()) if sources_path.is_file() else {}
+    digests = member_digests(staging)
     counts = {"stored": 0, "kept": 0}
 
     def one(job):
         npy, meta = job
-        if npy.stem in store:
-            return "kept"
+        key = _npy_key(npy, meta, digests.get(npy.relative_to(staging).as_posix()))
+        redo = npy.stem in store and sources.get(npy.stem, key) != key
+        if npy.stem in store and not redo:
+            return npy.stem, key, "kept"
         if meta is None:
             skipped.append((npy.stem, f"{npy}: no line for it in {npy.parent / 'meta.jsonl'}"))
-            return None
-        try:
+            return npy.stem, None, None
+        try:  # a bad npy or meta line is a counted skip, named (a full disk still stops the run)
             clip = npy_to_clip(npy, meta, vcfg)
-        except (ValueError, KeyError, OSError) as e:
+            store.put(npy.stem, clip, overwrite=redo)  # ValueError: not what the store's video config yields
+        except (ValueError, KeyError, TypeError) as e:
             skipped.append((npy.stem, f"{npy}: {type(e).__name__}: {e}"))
-            return None
-        store.put(npy.stem, clip)
-        return "stored"
+            return npy.stem, None, None
+        return npy.stem, key, "stored"
 
     with ThreadPoolExecutor(max(1, cfg.download.workers)) as pool:
-        for r in progress(pool.map(one, jobs), total=len(jobs), desc=f"frames {name}", unit="video"):
+        for vid, key, r in progress(pool.map(one, jobs), total=len(jobs), desc=f"frames {name}", unit="video"):
             if r:
                 counts[r] += 1
+                sources[vid] = key
+    atomic_write_json(sources_path, dict(sorted(sources.items())))
+    if moved:
+        notes.append(moved)
     return counts
 
 
 def _embeddings(cfg: Config, name: str, staging: Path, notes: list[str]) -> dict:
-    from videosearch_r1.data.download import sha256_file
     from videosearch_r1.engine.search import SearchEngine
 
     ecfg = replace(cfg, engine=replace(cfg.engine, model=cfg.download.engine_model))
@@ -247,7 +306,7 @@ def convert_prepared(cfg: Config, name: str, staging: Path) -> dict:
     skipped: list[tuple[str, str]] = []
     summary = {"dataset": name, "staging": str(staging),
                "annotations": _annotations(cfg, name, staging, notes),
-               "frames": _frames(cfg, name, staging, skipped),
+               "frames": _frames(cfg, name, staging, skipped, notes),
                "indexes": _embeddings(cfg, name, staging, notes),
                "skipped_videos": skipped, "notes": notes}
     lines = [f"prepared {name}: annotations {summary['annotations']}, frames {summary['frames']}, "

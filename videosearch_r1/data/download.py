@@ -26,6 +26,11 @@ for buckets) or `--mirror DIR` (download.mirror), a directory laid out like the 
   DIR/buckets/<ns>/<bucket>/<path>    buckets            DIR/github/<owner>/<repo>/<path>   GitHub raw files
 Every transfer resumes: a file already present with the listed size (and sha256, where the source
 gives one) is kept; a partial file continues from its `.part`; a shard extracted once is marked done.
+What is kept is keyed by content, not name: each target's .vsr1_files.json and each shard's
+<name>.done marker record the remote identity (size, sha256, and the source's etag: bucket xet hash,
+git blob id, or a mirror file's size-mtime), so a remote file that changed is fetched (and extracted,
+converted) again. Progress is in bytes: per chunk for the mirror and GitHub files; buckets and repos
+show huggingface_hub's own byte bars, and ours moves per file.
 Before transferring, the free space of the target disk must cover what is left plus download.min_free_gb,
 or the command stops with a message saying how much is needed and where.
 """
@@ -35,6 +40,7 @@ import hashlib
 import json
 import shutil
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +66,11 @@ class RemoteFile:
     path: str  # relative to the repo / bucket root
     size: int | None  # bytes, when the source lists it
     sha256: str | None = None  # hex, when the source gives one (LFS files on the hub)
+    etag: str | None = None  # the source's content id: bucket xet hash, git blob id, mirror size-mtime
+
+    def identity(self) -> dict:
+        """What says this remote file's content: a local copy recorded under another identity is stale."""
+        return {"size": self.size, "sha256": self.sha256, "etag": self.etag}
 
 
 @dataclass
@@ -104,10 +115,15 @@ class MirrorSource:
         if not top.exists():
             raise DownloadError(f"{kind} {repo!r}: {top} not found in the mirror {self.root}")
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file())
-        return [RemoteFile(p.relative_to(base).as_posix(), p.stat().st_size) for p in files
-                if not p.name.startswith(".")]
+        out = []
+        for p in files:
+            if not p.name.startswith("."):
+                st = p.stat()  # a file rewritten in the mirror has a new mtime: its etag changes
+                out.append(RemoteFile(p.relative_to(base).as_posix(), st.st_size, etag=f"{st.st_size}-{st.st_mtime_ns}"))
+        return out
 
-    def fetch(self, kind: str, repo: str, rf: RemoteFile, dest: Path) -> None:
+    def fetch(self, kind: str, repo: str, rf: RemoteFile, dest: Path, on_bytes=None) -> None:
+        """Copy into dest's .part (resuming after the bytes already there), then rename; on_bytes(n) per chunk."""
         src = self.where(kind, repo) / rf.path
         if not src.is_file():
             raise DownloadError(f"{kind} {repo!r}: {rf.path} not found in the mirror ({src})")
@@ -116,9 +132,14 @@ class MirrorSource:
         if done > src.stat().st_size:
             part.unlink()
             done = 0
-        with open(src, "rb") as fi, open(part, "ab") as fo:  # resume after the bytes already there
+        if on_bytes and done:
+            on_bytes(done)
+        with open(src, "rb") as fi, open(part, "ab") as fo:
             fi.seek(done)
-            shutil.copyfileobj(fi, fo, CHUNK)
+            for chunk in iter(lambda: fi.read(CHUNK), b""):
+                fo.write(chunk)
+                if on_bytes:
+                    on_bytes(len(chunk))
         part.replace(dest)
 
 
@@ -138,14 +159,17 @@ class HubSource:
     def list(self, kind: str, repo: str, prefix: str = "") -> list[RemoteFile]:
         if kind == "bucket":
             items = self.api.list_bucket_tree(repo, prefix=prefix or None, recursive=True)
-            return [RemoteFile(i.path, int(i.size)) for i in items if getattr(i, "type", "") == "file"]
+            return [RemoteFile(i.path, int(i.size), etag=getattr(i, "xet_hash", None))
+                    for i in items if getattr(i, "type", "") == "file"]
         if kind in ("model", "dataset"):
             items = self.api.list_repo_tree(repo, path_in_repo=prefix or None, recursive=True, repo_type=kind)
-            return [RemoteFile(i.path, int(i.size), i.lfs.sha256 if getattr(i, "lfs", None) else None)
-                    for i in items if hasattr(i, "size")]
+            return [RemoteFile(i.path, int(i.size), i.lfs.sha256 if getattr(i, "lfs", None) else None,
+                               getattr(i, "blob_id", None)) for i in items if hasattr(i, "size")]
         raise DownloadError(f"a {kind} source cannot be listed; name the files")
 
-    def fetch(self, kind: str, repo: str, rf: RemoteFile, dest: Path) -> None:
+    def fetch(self, kind: str, repo: str, rf: RemoteFile, dest: Path, on_bytes=None) -> None:
+        """Buckets and repos show huggingface_hub's own byte bars (xet / hf_hub_download); GitHub files
+        report on_bytes(n) per chunk."""
         part = dest.with_name(dest.name + ".part")
         if kind == "bucket":
             self.api.download_bucket_files(repo, [(rf.path, str(part))], raise_on_missing_files=True)
@@ -160,11 +184,11 @@ class HubSource:
                             revision=self.revision if kind == "dataset" else None)
             return
         else:
-            self._fetch_url(f"https://raw.githubusercontent.com/{repo}/{self.revision}/{rf.path}", part, rf)
+            self._fetch_url(f"https://raw.githubusercontent.com/{repo}/{self.revision}/{rf.path}", part, rf, on_bytes)
         part.replace(dest)
 
     @staticmethod
-    def _fetch_url(url: str, part: Path, rf: RemoteFile) -> None:
+    def _fetch_url(url: str, part: Path, rf: RemoteFile, on_bytes=None) -> None:
         from huggingface_hub.utils import get_session
 
         done = part.stat().st_size if part.exists() else 0
@@ -174,9 +198,13 @@ class HubSource:
                 raise DownloadError(f"{url}: not found (404); {rf.path} is not published there")
             r.raise_for_status()
             mode = "ab" if done and r.status_code == 206 else "wb"
+            if on_bytes and mode == "ab":
+                on_bytes(done)
             with open(part, mode) as f:
                 for chunk in r.iter_bytes(CHUNK):
                     f.write(chunk)
+                    if on_bytes:
+                        on_bytes(len(chunk))
 
 
 def make_source(cfg: Config):
@@ -184,10 +212,26 @@ def make_source(cfg: Config):
 
 
 # ----------------------------------------------------------------------------- transfers
-def is_complete(path: Path, rf: RemoteFile, verify: str) -> bool:
+RECORD = ".vsr1_files.json"  # in each download target: {"files": {rel: identity}, "partial": {rel: identity}}
+
+
+def is_complete(path: Path, rf: RemoteFile, verify: str, recorded: dict | None = None) -> bool:
+    """Present, of the listed size (and sha256), and, where a record exists, fetched from the same remote
+    content (size, sha256 and the source's etag: a changed remote file of any size is fetched again)."""
+    if recorded is not None and recorded != rf.identity():
+        return False
     if not path.is_file() or (rf.size is not None and path.stat().st_size != rf.size):
         return False
     return not (verify == "sha256" and rf.sha256) or sha256_file(path) == rf.sha256
+
+
+def _load_record(local_root: Path) -> dict:
+    path = local_root / RECORD
+    try:
+        rec = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        rec = {}  # a damaged record: files are checked by size / sha256 as before, then recorded again
+    return {"files": dict(rec.get("files") or {}), "partial": dict(rec.get("partial") or {})}
 
 
 def check_space(target: Path, need: int, min_free_gb: float, what: str) -> None:
@@ -204,37 +248,66 @@ def check_space(target: Path, need: int, min_free_gb: float, what: str) -> None:
             f"that disk; free some space or point the workspace (VSR1_HOME / workspace=...) at a larger disk")
 
 
+def _byte_bar(total: int, desc: str):
+    """The transfer's bar, in bytes (moved per chunk; for hub transfers per file, beside huggingface_hub's own)."""
+    from videosearch_r1.utils import progress
+
+    return progress(total=total, desc=desc, unit="B")
+
+
 def sync_files(source, kind: str, repo: str, files: list[RemoteFile], local_root: Path, cfg: Config,
                strip: str = "", what: str = "", reserve: int = 0) -> SyncSummary:
     """Bring every file to local_root/<path minus `strip`>: keep complete ones, fetch the rest, verify.
+    local_root/.vsr1_files.json records each file's remote identity (RemoteFile.identity): a remote
+    file that changed since is fetched again, and a .part left by an older version is dropped.
     The disk check counts what is left to fetch plus `reserve` bytes (e.g. room to extract archives)."""
-    from videosearch_r1.utils import progress
+    from videosearch_r1.utils import atomic_write_json
 
     verify = cfg.download.verify
     summary = SyncSummary(str(local_root))
+    record = _load_record(local_root)
     todo = []
     for rf in files:
         rel = rf.path[len(strip):].lstrip("/") if strip and rf.path.startswith(strip) else rf.path
         dest = local_root / rel
-        if is_complete(dest, rf, verify):
+        if is_complete(dest, rf, verify, record["files"].get(rel)):
             summary.kept.append(rel)
-        else:
-            todo.append((rf, dest, rel))
+            record["files"][rel] = rf.identity()  # adopts a file fetched before records existed
+            continue
+        part = dest.with_name(dest.name + ".part")
+        if part.exists() and record["partial"].get(rel, rf.identity()) != rf.identity():
+            part.unlink()  # the bytes of another version of the file: start over
+        record["files"].pop(rel, None)
+        record["partial"][rel] = rf.identity()
+        todo.append((rf, dest, rel))
     need = sum((rf.size or 0) - _part_size(dest) for rf, dest, _ in todo)
     check_space(local_root, max(0, need) + reserve, cfg.download.min_free_gb, what or f"{kind} {repo}")
-    bar = progress(total=sum(rf.size or 0 for rf, _, _ in todo), desc=f"download {Path(repo).name}", unit="B")
+    if todo or files:
+        atomic_write_json(local_root / RECORD, record)
+    bar = _byte_bar(sum(rf.size or 0 for rf, _, _ in todo), f"download {Path(repo).name}")
+    lock = threading.Lock()
 
     def one(job) -> None:
         rf, dest, rel = job
         dest.parent.mkdir(parents=True, exist_ok=True)
-        source.fetch(kind, repo, rf, dest)
+        moved = [0]
+
+        def on_bytes(n: int) -> None:
+            with lock:
+                moved[0] += n
+                bar.update(n)
+
+        source.fetch(kind, repo, rf, dest, on_bytes=on_bytes)
         if not is_complete(dest, rf, verify):
             got = dest.stat().st_size
             bad = dest.with_name(dest.name + ".bad")
             dest.replace(bad)
             raise DownloadError(f"{source.describe(kind, repo)}/{rf.path}: integrity check failed (size {got}, "
                                 f"expected {rf.size}{', sha256 ' + rf.sha256 if rf.sha256 else ''}); kept as {bad}")
-        bar.update(rf.size or 0)
+        with lock:
+            bar.update(max(0, (rf.size or 0) - moved[0]))  # sources that report no bytes: the whole file now
+            record["files"][rel] = record["partial"].pop(rel, rf.identity())
+            atomic_write_json(local_root / RECORD, record)
 
     with ThreadPoolExecutor(max(1, cfg.download.workers)) as pool:
         list(pool.map(one, todo))
@@ -309,6 +382,23 @@ def _shard_files(manifest: dict, where: str) -> list[tuple[str, list[str], dict]
     return out
 
 
+def shard_key(parts: list[RemoteFile]) -> list:
+    """A shard's content key: every part's path and remote identity (size, sha256, etag), in join order."""
+    return [[rf.path, rf.identity()] for rf in parts]
+
+
+def marker_state(marker: Path, key: list) -> str:
+    """'done' (extracted from exactly this content), 'stale' (from other content: fetch and extract again),
+    'legacy' (an older marker with no key), or 'missing'."""
+    if not marker.is_file():
+        return "missing"
+    try:
+        got = json.loads(marker.read_text())
+    except ValueError:
+        return "legacy" if marker.read_text().strip() == "done" else "stale"
+    return "done" if isinstance(got, dict) and got.get("key") == key else "stale"
+
+
 def download_dataset(cfg: Config, name: str, source=None) -> dict:
     """Fetch, extract and convert one prepared dataset; returns the conversion summary."""
     from videosearch_r1.data.convert import convert_prepared, extract_shards
@@ -330,23 +420,30 @@ def download_dataset(cfg: Config, name: str, source=None) -> dict:
         raise DownloadError(f"{where}: not JSON: {e}") from None
     shards = _shard_files(manifest, where)
     done_dir = staging / ".vsr1_shards"
-    wanted = []
+    wanted, todo = [], []
     for sname, parts, entry in shards:
-        if (done_dir / f"{sname}.done").is_file():
-            continue
+        rfs = []
         for p in parts:
             rf = listing.get(f"{prefix}/{p}")
             if rf is None:
                 raise DownloadError(f"{source.describe('bucket', bucket)}/{prefix}/{p}: listed by the manifest "
                                     f"(shard {sname}) but not in the bucket")
             sha = (entry.get("sha256") if len(parts) == 1 else (entry.get("parts_sha256") or {}).get(p))
-            wanted.append(RemoteFile(rf.path, rf.size, sha if isinstance(sha, str) else None))
+            rfs.append(RemoteFile(rf.path, rf.size, sha if isinstance(sha, str) else None, rf.etag))
+        key = shard_key(rfs)
+        state = marker_state(done_dir / f"{sname}.done", key)
+        if state == "legacy":
+            print(f"{sname}: extracted by an older vsr1 whose marker records no content key; kept (delete "
+                  f"{done_dir / (sname + '.done')} to fetch it again)", flush=True)
+        if state in ("done", "legacy"):
+            continue
+        wanted += rfs
+        todo.append((sname, [cache / p for p in parts], key))
     # the shards are extracted next to their archives: room for both
     s = sync_files(source, "bucket", bucket, wanted, cache, cfg, strip=prefix, what=f"prepared {name}",
                    reserve=sum(f.size or 0 for f in wanted))
     print(s.format(), flush=True)
-    extract_shards([(n, [cache / p for p in parts]) for n, parts, _ in shards], staging, done_dir,
-                   keep=cfg.download.keep_archives)
+    extract_shards(todo, staging, done_dir, keep=cfg.download.keep_archives)
     return convert_prepared(cfg, name, staging)
 
 

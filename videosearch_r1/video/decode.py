@@ -2,6 +2,7 @@
 
     clip = decode("videos/v1.mp4", cfg.video_cfg("charades"))   # Clip: frames [T,H,W,3] uint8, timestamps [T] s
     clip = load_clip(cfg, "charades", "v1")                      # frame store if prepared, else the raw mp4
+    # stores (store_roots): prepared/frames (ours, `vsr1 build`), then prepared/frames_authors (`vsr1 download`)
     clip = decode_times("videos/v1.mp4", [0.5, 1.5, 2.5], vcfg)  # the frames on screen at given times
 
 Sampling (`sample_times`): T = clamp(floor(duration * fps), min_frames, max_frames) target times at the centres
@@ -316,34 +317,43 @@ def _clip_at(path: Path, scan: _Scan, targets: np.ndarray, vcfg: "VideoConfig", 
 # ----------------------------------------------------------------------------- the front door
 _STORES: dict[tuple[str, int], object] = {}  # (root, store.json mtime) -> FrameStore
 _WARNED: set[str] = set()
+OURS, AUTHORS = "frames", "frames_authors"  # under prepared_dir: `vsr1 build`'s store, `vsr1 download`'s converted one
+
+
+def store_roots(cfg: "Config", dataset: str) -> list[Path]:
+    """The frame stores the front door reads, in order: ours (decoded from the mp4s by `vsr1 build`), then the
+    authors' frames converted by `vsr1 download` (their sampling times). Each lives in its own directory."""
+    prepared = cfg.prepared_dir(dataset)
+    return [prepared / OURS, prepared / AUTHORS]
 
 
 def load_clip(cfg: "Config", dataset: str, video_id: str) -> Clip:
-    """THE front door: the prepared frame store when it holds `video_id` for this video config, else the mp4."""
+    """THE front door: the first prepared frame store (store_roots) holding `video_id` for this video config,
+    else the mp4."""
     from videosearch_r1.video.framestore import FrameStore
 
     vcfg = cfg.video_cfg(dataset)
-    root = cfg.prepared_dir(dataset) / "frames"
-    note = ""
-    store = None
-    if FrameStore.exists(root):
+    notes = []
+    for root in store_roots(cfg, dataset):
+        if not FrameStore.exists(root):
+            continue
         key = (str(root), (root / "store.json").stat().st_mtime_ns)
         if key not in _STORES:
             _STORES[key] = FrameStore(root)
         store = _STORES[key]
-    if store is not None:
         if store.fingerprint == fingerprint(vcfg):
             if video_id in store:
                 return store.get(video_id)
-        else:
-            note = (f"the frame store {root} was made with another video config "
-                    f"({store.fingerprint} != {fingerprint(vcfg)}: {store.video_config}); not used")
-            if str(root) not in _WARNED:
-                _WARNED.add(str(root))
-                warnings.warn(note + "; decoding raw videos instead", stacklevel=2)
+            continue
+        note = (f"the frame store {root} was made with another video config "
+                f"({store.fingerprint} != {fingerprint(vcfg)}: {store.video_config}); not used")
+        notes.append(note)
+        if str(root) not in _WARNED:
+            _WARNED.add(str(root))
+            warnings.warn(note + "; decoding raw videos instead", stacklevel=2)
     dcfg = cfg.dataset_cfg(dataset)
     path = cfg.dataset_root(dataset) / dcfg.video_dir / f"{video_id}{dcfg.video_ext}"
     try:
         return decode(path, vcfg)
     except VideoError as e:
-        raise VideoError(f"{e}; {note}" if note else str(e)) from None
+        raise VideoError("; ".join([str(e), *notes])) from None

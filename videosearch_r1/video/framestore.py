@@ -6,6 +6,10 @@
     clips = store.get_many(["v1", "v2"], workers=8)     # CPU: numpy frames, Pillow on 8 threads
     clips = store.get_many(["v1", "v2"], device="cuda")  # one nvjpeg batch: clip.frames is a CUDA tensor
 
+Where (video/decode.py store_roots): <prepared>/frames holds clips `vsr1 build` decoded from the mp4s,
+<prepared>/frames_authors the authors' npy frames `vsr1 download` converted (+ converted_from.json); the
+front door reads them in that order. separate_converted() moves an older workspace's converted store aside.
+
 Layout: <root>/store.json (format version, the video config and its fingerprint, codec settings) and one
 <root>/<video_id>.npz per video (numpy's uncompressed zip, read with allow_pickle=False) holding
 `jpeg` (every frame's JPEG bytes, concatenated), `offsets` [T+1], `timestamps` [T] float64 (exact),
@@ -228,6 +232,26 @@ class FrameStore:
             raise ValueError(f"frame store: device must be 'cpu' or a CUDA device, got {device!r}")
         return [Clip(frames=f, timestamps=e.timestamps, indices=e.indices, info=e.info)
                 for e, f in zip(entries, frames)]
+
+
+CONVERTED = "converted_from.json"  # in a store of the authors' converted frames (data/convert.py)
+
+
+def separate_converted(prepared) -> str | None:
+    """Workspaces from before the split kept the authors' converted frames in prepared/frames (marked by
+    converted_from.json), where `vsr1 build` would take them for its own: move that store to
+    prepared/frames_authors. Returns a line saying so, None when there was nothing to move."""
+    from videosearch_r1.video.decode import AUTHORS, OURS
+
+    prepared = Path(prepared)
+    old, new = prepared / OURS, prepared / AUTHORS
+    if not (old / CONVERTED).is_file():
+        return None
+    if new.exists():
+        raise VideoError(f"{old} holds the authors' converted frames ({old / CONVERTED}) and {new} exists too; "
+                         f"remove one of them (the converted frames belong in {new})")
+    old.replace(new)
+    return f"moved the authors' converted frames from {old} to {new} (our own frames go to {old})"
 
 
 class _Entry(NamedTuple):
