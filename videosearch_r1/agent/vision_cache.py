@@ -12,6 +12,7 @@ processor's video settings (normalisation, patch sizes, bounds); and (b) the vis
 the tower object, its dtype/device and the sum of its parameters' in-place version counters (an optimizer
 step or a load_state_dict bumps them), so features of older weights are never returned: a change of
 weights empties the cache. A different frame budget or pixel budget is a different key (a miss).
+A clip object's content digest is computed once while it lives (GRPO shows the same clip objects every turn).
 
 Exactness. The missing videos of a batch (each distinct key once) go through the vision tower in ONE
 get_video_features call, as HF's forward encodes a batch; its attention is per video (cu_seqlens), so a
@@ -57,21 +58,55 @@ def clip_key(clip: Any) -> str:
 
 
 _HASH_POOL: list = []
+_DIGESTS: dict[int, tuple] = {}  # id(clip) -> (weakref to the clip, its frames, its timestamps, clip_key)
+
+
+def _forget(ref, ident: int) -> None:
+    """Weakref callback: a hashed clip died; drop its memo entry (unless the id already holds a new clip's)."""
+    if _DIGESTS.get(ident, (None,))[0] is ref:
+        del _DIGESTS[ident]
+
+
+def _known_digest(clip) -> str | None:
+    hit = _DIGESTS.get(id(clip))
+    if hit is not None and hit[0]() is clip and clip.frames is hit[1] and clip.timestamps is hit[2]:
+        return hit[3]
+    return None
+
+
+def _remember(clip, digest: str) -> None:
+    import weakref
+
+    try:
+        ref = weakref.ref(clip, lambda r, ident=id(clip): _forget(r, ident))
+    except TypeError:  # a clip type without weak references: hashed on every call
+        return
+    _DIGESTS[id(clip)] = (ref, clip.frames, clip.timestamps, digest)
 
 
 def clip_keys(clips: list, processor=None) -> list[str]:
-    """One cache key per clip: clip content + the processor's video settings. Distinct clip objects are
-    hashed in parallel threads (hashlib releases the GIL; ~30 ms per 64-frame 448x448 clip on one core)."""
+    """One cache key per clip: clip content + the processor's video settings. Each distinct clip object is
+    hashed once while it lives (a GRPO group shows one clip G times, and its cached clip_fn returns the same
+    object every turn and step): clips are taken as immutable, so a clip whose frames or timestamps attribute
+    is replaced is hashed again, one whose arrays are edited in place is not. New clips are hashed in
+    parallel threads (hashlib releases the GIL; ~30 ms per 64-frame 448x448 clip on one core)."""
     from concurrent.futures import ThreadPoolExecutor
 
     settings = processor_digest(processor)
-    uniq = list({id(c): c for c in clips}.values())
+    digests = {}
+    for c in clips:
+        if id(c) not in digests:
+            digests[id(c)] = _known_digest(c)
+    uniq = list({id(c): c for c in clips if digests[id(c)] is None}.values())
     if len(uniq) > 1:
         if not _HASH_POOL:
             _HASH_POOL.append(ThreadPoolExecutor(max_workers=8, thread_name_prefix="clip-key"))
-        digests = dict(zip((id(c) for c in uniq), _HASH_POOL[0].map(clip_key, uniq)))
+        fresh = list(_HASH_POOL[0].map(clip_key, uniq))
     else:
-        digests = {id(c): clip_key(c) for c in uniq}
+        fresh = [clip_key(c) for c in uniq]
+    for c, d in zip(uniq, fresh):
+        digests[id(c)] = d
+        _remember(c, d)
     return [f"{digests[id(c)]}:{settings}" for c in clips]
 
 

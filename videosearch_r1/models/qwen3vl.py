@@ -394,8 +394,8 @@ def video_pixels(video_processor, frames, device):
 def fast_video_inputs(processor, texts: list[str], clips, device) -> dict | None:
     """The processor's batch for `texts` (each with one bare <|video_pad|> per clip, in order) and pre-sized
     clips, with the video pixels made on `device` from the uint8 frames (the CPU processor spends ~1 s per
-    64-frame 448x448 clip). Same ids, mask, token types, grids and pixel values as `processor(...)`
-    (tests/test_prefill.py). None when a clip would be resized (the caller then runs the processor)."""
+    64-frame 448x448 clip), once per distinct frames array (repeats are copies of its rows). Same ids, mask,
+    token types, grids and pixel values as `processor(...)` (tests/test_prefill.py). None when a clip would be resized (the caller then runs the processor)."""
     import torch
 
     vp = processor.video_processor
@@ -426,7 +426,11 @@ def fast_video_inputs(processor, texts: list[str], clips, device) -> dict | None
     types = torch.zeros_like(ids)
     types[ids == processor.image_token_id] = 1
     types[ids == processor.video_token_id] = 2
-    pixels = torch.cat([video_pixels(vp, f, device) for f in kw["videos"]]) if clips else None
+    made: dict[int, object] = {}  # one pixel tensor per distinct frames array (a GRPO group shows one clip G times)
+    for f in kw["videos"]:
+        if id(f) not in made:
+            made[id(f)] = video_pixels(vp, f, device)
+    pixels = torch.cat([made[id(f)] for f in kw["videos"]]) if clips else None
     out = {"input_ids": ids.to(device), "attention_mask": tok["attention_mask"].to(device),
            "mm_token_type_ids": types.to(device), "video_grid_thw": grid.to(device)}
     if pixels is not None:

@@ -13,6 +13,9 @@ sampled latent action (`soft_noise`: the refined query is embedded from the SAMP
 drives the reward). Nothing is re-tokenised: a turn keeps the sampled ids, and its prompt is rendered
 by the one prompt builder from (query, video) — the same call generation made (grpo_step.collate_turns
 checks the rebuilt conversation decodes to exactly the prompt text + the generated text).
+A group's G copies of a query are shown the same clip object (train/grpo.py's clip loader is cached):
+its pixels are made once per batch (qwen3vl.fast_video_inputs) and its visual-token cache key hashed once
+while it lives (vision_cache.clip_keys), not per copy and turn (tests/test_rollout_inputs.py).
 
 Retrieval probabilities for the retrieval reward (rewards.retrieval_reward): p(q) = softmax over
 [q.v_gt, q.v_neg...] / tau with the query's fixed negatives = the `n_negatives` corpus videos closest to
