@@ -11,8 +11,9 @@ with the same decode step (`vsr1 infer`'s default: matmul + CUDA graph + torch.c
 the prefill:
 - old: `decode.prefill`, one HF forward of the left-padded batch (agent.prefill_tokens=0);
 - new: `prefill.bucketed_prefill` (agent.prefill_tokens=65536, agent.vision_cache_mb=2048): rows of equal
-  length per forward, no compute on padding, each distinct video through the vision tower once. The cache
-  is emptied before every timed run, so only repeats inside the batch hit (a cold cache per turn).
+  length per forward, no compute on padding, the distinct videos through the vision tower once, together in
+  one call (since 2026-12-01; before, one call per video). The cache is emptied before every timed run, so
+  only repeats inside the batch hit (a cold cache per turn).
 Scenarios (in this order; `--budget-s` stops starting new ones, so a short device slot still writes JSON):
 - same: every row its own video, 64 frames (equal lengths): batches --batches (1, 8, 32, 64);
 - grpo: batch 32 = 4 queries x 8 identical prompts (a GRPO group's first turn: same query, same top-1);
@@ -165,7 +166,7 @@ def run_row(policy, args, scenario: str, path: str, inputs: dict, keys: list[str
         cold()
         return policy.generate_ids(inputs, args.new_tokens, ignore_eos=True, video_keys=keys)
 
-    # the vision tower's share of the prefill: old = all videos in one call, new = each distinct video once
+    # the vision tower's share of the prefill: old = all videos in one call, new = the distinct videos in one call
     vis_plan = policy._plan(keys) if path == "new" else PrefillPlan()
     big = b >= 8 and args.device.startswith("cuda")
     reps = 1 if big else args.reps
