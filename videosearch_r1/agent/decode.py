@@ -14,7 +14,8 @@ length is marked dynamic, so prompts of any length reuse it; if compiling fails,
 `decode_options_for(device)` is the path Policy and `vsr1 infer` use: matmul + graph + compile on CUDA
 (3.4 ms/token in the bench), eager SDPA on CPU. `pooled_prefill` keeps one static cache + its captured
 graph on the model for the next call (the SQR rollout's N-1 steps then cost only graph replays, no
-allocation or capture).
+allocation or capture). `text_forward`, `static_cache` and `copy_prompt_kv` (the forward with its pre-norm
+capture, the cache set-up, the K/V copy) are shared with the bucketed prefill (agent/prefill.py).
 bench/bench_agent.py measures the variants and checks their numerics against a float32 copy;
 tests/test_decode_path.py checks the default path's greedy ids equal HF generate's (varied ids),
 tests/test_sqr.py the rollout paths.
@@ -162,7 +163,8 @@ def text_forward(model, want_pre: bool, **kwargs):
     return out, hf_cache, captured.get("pre")
 
 
-def static_cache(model, mask: torch.Tensor, capacity: int | None = None, into: DecodeCache | None = None) -> DecodeCache:
+def static_cache(model, mask: torch.Tensor, capacity: int | None = None,
+                 into: DecodeCache | None = None) -> DecodeCache:
     """The static cache a prefill of `mask` [B, L] fills: a new one of >= `capacity` columns (rounded up),
     or `into` (same batch, >= L columns; its tensors keep their addresses, so a CUDA graph captured on it
     stays valid) cleared of an earlier use. Its key mask is `mask` and its length L."""

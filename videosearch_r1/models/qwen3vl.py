@@ -395,7 +395,8 @@ def fast_video_inputs(processor, texts: list[str], clips, device) -> dict | None
     """The processor's batch for `texts` (each with one bare <|video_pad|> per clip, in order) and pre-sized
     clips, with the video pixels made on `device` from the uint8 frames (the CPU processor spends ~1 s per
     64-frame 448x448 clip), once per distinct frames array (repeats are copies of its rows). Same ids, mask,
-    token types, grids and pixel values as `processor(...)` (tests/test_prefill.py). None when a clip would be resized (the caller then runs the processor)."""
+    token types, grids and pixel values as `processor(...)` (tests/test_prefill.py). None when a clip would be
+    resized (the caller then runs the processor)."""
     import torch
 
     vp = processor.video_processor
