@@ -112,7 +112,8 @@ def test_changed_remote_shards_are_fetched_and_converted_again(mirror, tmp_path,
 
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "3 files fetched" in out, out  # every shard part (all the same sizes; the manifest too, or emb.tar's sha would fail)
+    # every shard part, all the same sizes (and the manifest, same size too: else emb.tar's new sha would fail)
+    assert "3 files fetched" in out, out
     assert json.loads((staging / rows_name).read_text()) == rows
     assert not (staging / "test" / "stale.txt").exists()
     assert "frames {'stored': 1, 'kept': 5}" in out and "indexes {'test': 6}" in out
@@ -147,7 +148,8 @@ def test_old_markers_and_parts_of_other_versions(mirror, tmp_path, capsys):  # n
     dest.joinpath(download.RECORD).write_text(json.dumps(
         {"files": {}, "partial": {"config.json": {**rf.identity(), "etag": "old"}}}))
     download.sync_files(src, "model", "VideoSearchR1/didemo-stage2", [rf], dest, cfg)
-    assert (dest / "config.json").read_bytes() == (mirror / "VideoSearchR1" / "didemo-stage2" / "config.json").read_bytes()
+    want = (mirror / "VideoSearchR1" / "didemo-stage2" / "config.json").read_bytes()
+    assert (dest / "config.json").read_bytes() == want
 
 
 def test_progress_moves_in_bytes_within_a_file(tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from videosearch_r1.config import Config, to_dict
+from videosearch_r1.data.records import read_state
 
 STEP_VERSION = 1  # bump when a step's outputs change for the same inputs
 _TMP = re.compile(r"^\..+\.tmp\d+$")  # utils.atomic_path's temp files, left behind by a kill
@@ -197,7 +198,7 @@ def _step_frames(ctx: Ctx) -> dict:
     ids = corpus(ctx)
     # each stored clip's raw video (size, mtime): a raw video replaced since is decoded again, not kept
     sources_path = root / SOURCES
-    sources = json.loads(sources_path.read_text()) if sources_path.is_file() else {}
+    sources = read_state(sources_path, None) or {}  # damaged: every stored clip is adopted again
     now = {v: _source_stat(_raw_path(ctx.cfg, ctx.dataset, v)) for v in ids}
     changed = {v for v in ids if v in store and v in sources and sources[v] != now[v] and now[v] is not None}
     for v in ids:  # clips stored before this record existed: adopt the raw video as it is now
@@ -477,7 +478,7 @@ def _run_steps(cfg: Config, dataset: str, splits: list[str], rec_dir: Path, from
     for i, step in enumerate(STEPS):
         head = f"[build {dataset}] step {i + 1}/{len(STEPS)} {step.name}"
         rec_path = rec_dir / f"{step.name}.json"
-        record = json.loads(rec_path.read_text()) if rec_path.is_file() else None
+        record = read_state(rec_path, None)  # missing or damaged: the step runs (and resumes its own work)
         inputs = _digest({"step": step.name, "version": STEP_VERSION, "splits": splits,
                           "config": {k: _pick(cfg, k) for k in step.config_keys}, "upstream": upstream,
                           "raw": _raw_inputs(ctx, step)})

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from videosearch_r1.config import Config
+from videosearch_r1.data.records import read_state
 from videosearch_r1.utils import atomic_path, atomic_write_json, progress
 
 
@@ -113,10 +114,7 @@ def extract_shards(shards: list[tuple[str, list[Path], list]], staging: Path, do
 
 
 def _marker(path: Path) -> dict:
-    try:
-        got = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        got = {}  # an older marker ("done"): no key, no members
+    got = read_state(path, {})  # an older marker ("done") is not JSON: no key, no members
     return got if isinstance(got, dict) else {}
 
 
@@ -227,7 +225,7 @@ def _frames(cfg: Config, name: str, staging: Path, skipped: list, notes: list[st
         for npy in sorted(d.glob("*.npy")):
             jobs.append((npy, metas.get(npy.stem)))
     sources_path = root / "sources.json"  # id -> _npy_key: an npy changed by a new shard is converted again
-    sources = json.loads(sources_path.read_text()) if sources_path.is_file() else {}
+    sources = read_state(sources_path, None) or {}
     digests = member_digests(staging)
     counts = {"stored": 0, "kept": 0}
 
@@ -273,15 +271,10 @@ def _embeddings(cfg: Config, name: str, staging: Path, notes: list[str]) -> dict
         dest = ecfg.index_dir(name) / split
         # the index is a function of the vectors, their row order and the index factory: all three in its key
         digest = sha256_file(npy) + ":" + sha256_file(rows_path)[:16] + ":" + cfg.index.factory
-        if (dest / "meta.json").is_file() and json.loads((dest / "meta.json").read_text()).get("source_sha256") == digest:
+        if (read_state(dest / "meta.json", None) or {}).get("source_sha256") == digest:
             out[split] = "kept"
             continue
-        vecs = np.load(npy, allow_pickle=False).astype(np.float32)
-        docid2row = json.loads(rows_path.read_text())
-        ids = sorted(docid2row, key=lambda k: docid2row[k])
-        rows = [int(docid2row[k]) for k in ids]
-        if vecs.ndim != 2 or (rows and (min(rows) < 0 or max(rows) >= len(vecs))):
-            raise ConvertError(f"{rows_path}: rows {min(rows)}..{max(rows)} do not fit {npy} of shape {vecs.shape}")
+        vecs, ids, rows = _read_embeddings(npy, rows_path)
         vecs = vecs[rows]
         if not np.all(np.isfinite(vecs)):
             raise ConvertError(f"{npy}: non-finite values")
@@ -298,6 +291,29 @@ def _embeddings(cfg: Config, name: str, staging: Path, notes: list[str]) -> dict
                 tmp.write_bytes(hn.read_bytes())
         out[split] = len(ids)
     return out
+
+
+def _read_embeddings(npy: Path, rows_path: Path) -> tuple[np.ndarray, list[str], list[int]]:
+    """segment_embeds.npy [N, D] float and docid2row.json {id: row} -> (vectors, ids by row, rows); every
+    way these files can be wrong is a ConvertError naming the file."""
+    try:
+        vecs = np.load(npy, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as e:
+        raise ConvertError(f"{npy}: unreadable npy: {type(e).__name__}: {e}") from None
+    if vecs.ndim != 2 or vecs.shape[0] < 1 or not np.issubdtype(vecs.dtype, np.floating):
+        raise ConvertError(f"{npy}: expected float vectors [N, D], got {vecs.dtype} {vecs.shape}")
+    try:
+        docid2row = json.loads(rows_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConvertError(f"{rows_path}: not JSON: {e}") from None
+    if (not isinstance(docid2row, dict) or not docid2row
+            or not all(isinstance(r, int) and not isinstance(r, bool) for r in docid2row.values())):
+        raise ConvertError(f"{rows_path}: expected a non-empty object mapping video ids to integer rows")
+    ids = sorted(docid2row, key=lambda k: docid2row[k])
+    rows = [docid2row[k] for k in ids]
+    if min(rows) < 0 or max(rows) >= len(vecs):
+        raise ConvertError(f"{rows_path}: rows {min(rows)}..{max(rows)} do not fit {npy} of shape {vecs.shape}")
+    return vecs.astype(np.float32), ids, rows
 
 
 def convert_prepared(cfg: Config, name: str, staging: Path) -> dict:

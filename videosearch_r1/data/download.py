@@ -119,7 +119,8 @@ class MirrorSource:
         for p in files:
             if not p.name.startswith("."):
                 st = p.stat()  # a file rewritten in the mirror has a new mtime: its etag changes
-                out.append(RemoteFile(p.relative_to(base).as_posix(), st.st_size, etag=f"{st.st_size}-{st.st_mtime_ns}"))
+                out.append(RemoteFile(p.relative_to(base).as_posix(), st.st_size,
+                                      etag=f"{st.st_size}-{st.st_mtime_ns}"))
         return out
 
     def fetch(self, kind: str, repo: str, rf: RemoteFile, dest: Path, on_bytes=None) -> None:
@@ -157,6 +158,15 @@ class HubSource:
                 "github": f"https://github.com/{repo}"}[kind]
 
     def list(self, kind: str, repo: str, prefix: str = "") -> list[RemoteFile]:
+        try:
+            return self._list(kind, repo, prefix)
+        except DownloadError:
+            raise
+        except Exception as e:  # no network, no such repo / bucket, no access: one line naming what was listed
+            raise DownloadError(f"cannot list {self.describe(kind, repo)}{'/' + prefix if prefix else ''}: "
+                                f"{type(e).__name__}: {e}") from e
+
+    def _list(self, kind: str, repo: str, prefix: str = "") -> list[RemoteFile]:
         if kind == "bucket":
             items = self.api.list_bucket_tree(repo, prefix=prefix or None, recursive=True)
             return [RemoteFile(i.path, int(i.size), etag=getattr(i, "xet_hash", None))
@@ -297,7 +307,13 @@ def sync_files(source, kind: str, repo: str, files: list[RemoteFile], local_root
                 moved[0] += n
                 bar.update(n)
 
-        source.fetch(kind, repo, rf, dest, on_bytes=on_bytes)
+        try:
+            source.fetch(kind, repo, rf, dest, on_bytes=on_bytes)
+        except DownloadError:
+            raise
+        except Exception as e:  # network / hub errors (httpx, EntryNotFoundError, ...): name the file
+            raise DownloadError(f"{source.describe(kind, repo)}/{rf.path}: transfer failed: {type(e).__name__}: "
+                                f"{e} (run the command again: it resumes)") from e
         if not is_complete(dest, rf, verify):
             got = dest.stat().st_size
             bad = dest.with_name(dest.name + ".bad")
@@ -418,6 +434,8 @@ def download_dataset(cfg: Config, name: str, source=None) -> dict:
         manifest = json.loads((cache / "manifest.json").read_text())
     except ValueError as e:
         raise DownloadError(f"{where}: not JSON: {e}") from None
+    if not isinstance(manifest, dict):
+        raise DownloadError(f"{where}: expected a JSON object with 'shards', got {type(manifest).__name__}")
     shards = _shard_files(manifest, where)
     done_dir = staging / ".vsr1_shards"
     wanted, todo = [], []
@@ -428,7 +446,10 @@ def download_dataset(cfg: Config, name: str, source=None) -> dict:
             if rf is None:
                 raise DownloadError(f"{source.describe('bucket', bucket)}/{prefix}/{p}: listed by the manifest "
                                     f"(shard {sname}) but not in the bucket")
-            sha = (entry.get("sha256") if len(parts) == 1 else (entry.get("parts_sha256") or {}).get(p))
+            psha = entry.get("parts_sha256") or {}
+            if not isinstance(psha, dict):
+                raise DownloadError(f"{where}: shard {sname}: 'parts_sha256' must map part paths to sha256")
+            sha = entry.get("sha256") if len(parts) == 1 else psha.get(p)
             rfs.append(RemoteFile(rf.path, rf.size, sha if isinstance(sha, str) else None, rf.etag))
         key = shard_key(rfs)
         state = marker_state(done_dir / f"{sname}.done", key)

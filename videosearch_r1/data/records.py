@@ -2,12 +2,25 @@
 
 The loader that fills them is `videosearch_r1/data/fig.py`; the file format is in
 `shared/spec/data.md` (and docs/metrics.md for how queries are scored).
+read_state(path, default): our own bookkeeping JSON (build records, stores' sources.json, markers), where a
+damaged file means "redo", not a crash.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+
+def read_state(path: Path, default=None):
+    """A bookkeeping JSON file we wrote ourselves; `default` when it is missing, unreadable or damaged
+    (a kill mid-write on a file system without atomic rename, a full disk): the caller redoes that work."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
 
 
 class FIGFormatError(ValueError):

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from videosearch_r1.config import Config, DatasetConfig, VideoConfig
+from videosearch_r1.data.records import read_state
 
 SELECTION = "toy_selection.json"
 VERSION = 1  # bump when the choice rule changes
@@ -212,7 +213,7 @@ def prepare(cfg: Config, dataset: str, video_source=None, annotations=None) -> T
     key = digest({"version": VERSION, "dataset": dataset, "video_source": str(vsrc), "n": n, "seed": seed,
                   "video": asdict(vcfg), "ext": dcfg.video_ext, "files": {s: _sha256(p) for s, p in files.items()}})
     rec_path = root / SELECTION
-    record = json.loads(rec_path.read_text()) if rec_path.is_file() else {}
+    record = read_state(rec_path, None) or {}  # damaged: the choice is made again
     out = ToySet(dataset, name, str(root), str(vsrc), str(asrc))
     if _reusable(record, key, root, dcfg.video_ext, vsrc):
         out.splits = {s: SplitChoice(**{k: v for k, v in c.items() if k != "annotation_file"})
