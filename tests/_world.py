@@ -82,6 +82,26 @@ def policy(nonzero_latents: bool = True):
     return p
 
 
+def damaged_root(tmp_path: Path, truncate=(), drop=()) -> Path:
+    """A dataset root beside the world's: every file linked, except the videos in `truncate` (the first half
+    of their bytes: a real, damaged mp4) and in `drop` (missing). Use as datasets.synth.root=..."""
+    import os
+
+    src = world().cfg().dataset_root("synth")
+    root = Path(tmp_path) / "damaged-raw"
+    (root / "videos").mkdir(parents=True)
+    for p in src.iterdir():
+        if p.name != "videos":
+            os.symlink(p, root / p.name)
+    for p in (src / "videos").iterdir():
+        if p.stem in truncate:
+            data = p.read_bytes()
+            (root / "videos" / p.name).write_bytes(data[: len(data) // 2])
+        elif p.stem not in drop:
+            os.symlink(p, root / "videos" / p.name)
+    return root
+
+
 def clip_fn(cfg=None):
     from videosearch_r1.video.decode import load_clip
 

@@ -94,17 +94,20 @@ def test_engine_initialised_backbone_equals_the_engine(tmp_path):
 
 
 def test_a_short_base_run_lowers_the_loss_and_exports_a_zs_checkpoint(tmp_path, capsys):
+    """...and a held-out video that cannot be decoded is a counted skip in the summary, not a crash."""
     from videosearch_r1.agent.infer import load_engine, load_policy
 
     w = W.world()
+    world = sample_world(resolve(load_config(None, ["synth.preset=tiny"]).synth))
+    bad = next(v.video_id for f in world.families if f.split == "val" for v in f.videos)  # the first held-out one
     args = ["train", "base", f"workspace={w.workspace}", "synth.preset=tiny", "base.world_families=1",
             "base.tasks.caption=0", "base.tasks.attribute=0", "base.tasks.ground=1", "base.batch_size=6",
-            "base.steps=6", "base.lr=3e-3", "base.lr_vision=3e-3", "base.warmup=0", "base.eval_videos=2",
-            "train.schedule=constant",
+            "base.steps=6", "base.lr=3e-3", "base.lr_vision=3e-3", "base.warmup=0", "base.eval_videos=3",
+            "train.schedule=constant", f"datasets.synth.root={W.damaged_root(tmp_path, truncate={bad})}",
             f"train.output={tmp_path / 'run'}"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert "ZS policy" in out
+    assert "ZS policy" in out and "held-out rows skipped" in out
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["complete"] and s["rows"]["rows"] == {"describe": 3, "ground": 3}
     losses = s["losses"]
@@ -112,6 +115,9 @@ def test_a_short_base_run_lowers_the_loss_and_exports_a_zs_checkpoint(tmp_path, 
     assert losses[-1] < 0.85 * losses[0], losses
     assert s["policy_mb"] < 10 and not (tmp_path / "run" / "policy" / "trainer_state.pt").exists()
     assert set(s["heldout_after"]) == {"describe", "ground"}
+    skipped = s["heldout_skipped"]
+    assert skipped["video_unreadable"] >= 1 and [e.split(":")[0] for e in skipped["examples"]] == [bad], skipped
+    assert sum(r["rows"] for r in s["heldout_after"].values()) + skipped["video_unreadable"] == 6  # 3 videos x 2
     # what `vsr1 infer synth --checkpoint DIR` does, with no other flag
     cfg = w.cfg(f"agent.checkpoint={s['policy']}")
     pol = load_policy(cfg, load_engine(cfg, "synth", "test"))

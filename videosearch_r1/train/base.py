@@ -21,7 +21,8 @@ contrastive engine learns fine-grained verification where a random one stays at 
    batch_size / warmup replace the `train` section's, and the vision tower trains
 4. <out_dir>/policy: the final checkpoint without optimizer state (tens of MB), the ZS checkpoint
 5. held-out check: teacher-forced answer-token CE and accuracy per task on base.eval_videos videos of
-   the benchmark's val split (before training and after), in summary.json
+   the benchmark's val split (before training and after), in summary.json; a video that cannot be decoded
+   drops its rows, counted in summary["heldout_skipped"] (and printed)
 <out_dir> = train.output or <workspace>/runs/<run_name or base-synth>.
 """
 from __future__ import annotations
@@ -116,12 +117,28 @@ def stage_config(cfg):
 
 
 # ----------------------------------------------------------------------------- held-out check
+def heldout_clips(rows, clip_fn) -> tuple[list, dict, dict]:
+    """(rows whose video decodes, {video: clip}, skipped): each video decoded once; an unreadable one drops
+    its rows, counted: skipped = {"video_unreadable": rows dropped, "examples": ["<video>: <error>", ...]}."""
+    clips, bad = {}, {}
+    for v in dict.fromkeys(r.video for r in rows):
+        try:
+            clips[v] = clip_fn(v)
+        except Exception as e:  # noqa: BLE001  (a decode failure is this video's problem, counted)
+            bad[v] = f"{type(e).__name__}: {e}"
+    kept = [r for r in rows if r.video in clips]
+    skipped = {"video_unreadable": len(rows) - len(kept), "examples": [f"{v}: {e}" for v, e in bad.items()][:10]}
+    return kept, clips, (skipped if bad else {})
+
+
 @torch.no_grad()
 def task_scores(policy, rows, clip_fn, batch_size: int = 8) -> dict:
     """Teacher-forced answer tokens per task: mean CE and share of tokens the policy predicts (argmax)."""
     from videosearch_r1.models.qwen3vl import model_inputs
     from videosearch_r1.train.rows import collate
+    from videosearch_r1.utils import progress
 
+    bar = progress(total=len(rows), desc="task scores", unit="row")
     model = policy.model
     was_training = model.training
     model.eval()
@@ -145,6 +162,8 @@ def task_scores(policy, rows, clip_fn, batch_size: int = 8) -> dict:
             s[2] += int(sel.sum())
             s[3] += int(hit == sel.sum())
             s[4] += 1
+        bar.update(len(chunk))
+    bar.close()
     model.train(was_training)
     return {t: {"ce": s[0] / max(1, s[2]), "token_acc": 100 * s[1] / max(1, s[2]), "exact": 100 * s[3] / max(1, s[4]),
                 "rows": s[4]} for t, s in sorted(sums.items())}
@@ -193,8 +212,11 @@ def run_base(cfg, stop_after: int | None = None) -> dict:
         policy = initial_policy(scfg, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    held = eval_rows(cfg)
-    bench_clip = lambda v: load_clip(cfg, DATASET, v)  # noqa: E731
+    held, clips, held_skipped = heldout_clips(eval_rows(cfg), lambda v: load_clip(cfg, DATASET, v))
+    if held_skipped:
+        print(f"train base: held-out check: {held_skipped['video_unreadable']} rows skipped (unreadable videos): "
+              + "; ".join(held_skipped["examples"][:3]), flush=True)
+    bench_clip = clips.__getitem__
     before = task_scores(policy, held, bench_clip) if held else None
     summary = train_policy(scfg, policy, rows, out_dir, lambda v: load_clip(wcfg, world_name, v), section=cfg.base,
                            stop_after=stop_after)
@@ -203,6 +225,7 @@ def run_base(cfg, stop_after: int | None = None) -> dict:
     export = export_policy(out_dir / "final", out_dir / "policy")
     summary["policy"], summary["policy_mb"] = str(export), _size_mb(export)
     summary["rows"], summary["world"] = counts, str(wcfg.dataset_root(world_name))
+    summary["heldout_skipped"] = held_skipped
     if held:  # scored through the exported checkpoint, loaded as inference loads it (no flags)
         trained = Policy.from_pretrained(str(export), device=str(policy.device), dtype="fp32")
         configure_processor(trained.processor, cfg.video_cfg(DATASET))
@@ -214,11 +237,11 @@ def run_base(cfg, stop_after: int | None = None) -> dict:
 
 def export_policy(final: Path, out: Path) -> Path:
     """Copy a final checkpoint without trainer/optimizer state (what `vsr1 infer --checkpoint` needs)."""
-    from videosearch_r1.train.common import STATE_FILE
+    from videosearch_r1.train.common import KEY_FILE, STATE_FILE
 
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(final, tmp, ignore=shutil.ignore_patterns(STATE_FILE, "accelerate_state"))
+    shutil.copytree(final, tmp, ignore=shutil.ignore_patterns(STATE_FILE, KEY_FILE, "accelerate_state"))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -238,6 +261,10 @@ def format_summary(s: dict) -> str:
         for task, r in (s.get(name) or {}).items():
             lines.append(f"  {name:15} {task:10} answer CE {r['ce']:.3f}  token acc {r['token_acc']:.1f} %  "
                          f"exact {r['exact']:.1f} % ({r['rows']} rows)")
+    if s.get("heldout_skipped"):
+        sk = s["heldout_skipped"]
+        lines.append(f"  held-out rows skipped: {sk['video_unreadable']} (unreadable videos: "
+                     f"{'; '.join(sk['examples'])})")
     return "\n".join(lines)
 
 

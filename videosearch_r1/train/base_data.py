@@ -173,15 +173,19 @@ def video_rows(v, style, tasks: dict[str, int], vcfg, dataset: str, seed: int, c
 
 def task_rows(world, bc, vcfg, dataset: str) -> tuple[list[TrainRow], dict]:
     """Rows of every video of the world's train families -> (rows, {"rows": per task, "unavailable": ...})."""
+    from videosearch_r1.utils import progress
+
     unknown = set(bc.tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"base.tasks: unknown task(s) {sorted(unknown)}; known: {TASKS}")
     counts: dict = {"rows": {}, "unavailable": {}, "videos": 0}
     rows = []
-    for fam in world.families:
-        if fam.split != "train":
-            continue
+    train = [f for f in world.families if f.split == "train"]
+    bar = progress(total=sum(len(f.videos) for f in train), desc="task rows", unit="video")
+    for fam in train:
         for v in fam.videos:
             rows += video_rows(v, fam.style, bc.tasks, vcfg, dataset, bc.seed, counts)
             counts["videos"] += 1
+            bar.update(1)
+    bar.close()
     return rows, counts

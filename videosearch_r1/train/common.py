@@ -14,8 +14,10 @@ count; ours accumulate themselves). Under FSDP the optimizer state goes through 
 
 A checkpoint directory is what `vsr1 infer --checkpoint DIR` loads with no flags (Policy.save_pretrained:
 HF model + processor + sqr.safetensors + sqr_config.json), plus `trainer_state.pt` (optimizer, step, RNG
-states, data-order position, run counters) and the resolved `config.yaml`. It is written to a temp dir
-and renamed into place, so a kill never leaves a half checkpoint under the final name.
+states, data-order position, run counters), `run_key.json` (the run key a rerun is checked against, small,
+so that check never reads the optimizer state) and the resolved `config.yaml`. It is written to a temp dir
+and renamed into place, so a kill never leaves a half checkpoint under the final name. A resume reads
+trainer_state.pt once (load_trainer_state).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 STATE_FILE = "trainer_state.pt"
+KEY_FILE = "run_key.json"  # {"run_key": ..., "start": ...} beside the state (extra["run_key"] / ["start"])
 CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 FINAL = "final"
 
@@ -255,6 +258,9 @@ def save_checkpoint(acc, module, policy, optimizer, state: TrainState, cfg, path
         torch.save({"state": asdict(state), "rng": rng_state(),
                     "optimizer": None if _sharded(acc) else optimizer.state_dict(), **(extra or {})},
                    tmp / STATE_FILE)
+        if extra and "run_key" in extra:
+            (tmp / KEY_FILE).write_text(json.dumps({k: extra[k] for k in ("run_key", "start") if k in extra},
+                                                   sort_keys=True))
         save_config(cfg, tmp)
         old = path.parent / f".{path.name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -314,16 +320,28 @@ def weights_key(policy) -> str:
     return h.hexdigest()[:16]
 
 
-def check_run_key(ckpt: Path, key: dict) -> None:
-    """Refuse to resume (or reuse) a checkpoint written with other rows / data order / schedule."""
+def saved_run_key(ckpt: Path) -> dict:
+    """{"run_key": the key the checkpoint was written with (None if none), "start": its cheap starting-point
+    key or None}: from run_key.json; a checkpoint of an older version has its key inside trainer_state.pt
+    only (read memory-mapped: the optimizer tensors are not loaded)."""
+    ckpt = Path(ckpt)
+    if (ckpt / KEY_FILE).is_file():
+        data = json.loads((ckpt / KEY_FILE).read_text())
+        return {"run_key": data.get("run_key"), "start": data.get("start")}
+    blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False, mmap=True)
+    return {"run_key": blob.get("run_key"), "start": blob.get("start")}
+
+
+def check_run_key(ckpt: Path, key: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to resume (or reuse) a checkpoint written with other rows / data order / schedule (`ignore`:
+    key fields not compared, for a check made before they can be computed)."""
     from videosearch_r1.fingerprint import changed
 
-    blob = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
-    old = blob.get("run_key")
+    old = saved_run_key(ckpt)["run_key"]
     if not old:
         raise ValueError(f"{ckpt} holds no run key (written by an older version): its settings cannot be "
                          "checked; use another train.output / run_name, or delete that run to retrain")
-    diff = changed(old, key)  # a key only one side has counts too
+    diff = [k for k in changed(old, key) if k not in ignore]  # a key only one side has counts too
     if diff:
         shown = ", ".join(f"{k}: {old.get(k)} -> {key.get(k)}" for k in diff if k != "rows_sha1")
         raise ValueError(f"{ckpt} was written by a run with another {', '.join(diff)} ({shown}); "

@@ -5,7 +5,11 @@
     vsr1 train grpo synth --checkpoint P grpo.engine_url=http://127.0.0.1:8765   # search via `vsr1 serve`
     accelerate launch --num_processes 4 -m videosearch_r1.cli train grpo synth --checkpoint P run_name=grpo
 Rerun the same command to resume a killed run (same run_name: newest checkpoint, same query order and
-the same rollout seeds, so a resumed run repeats the uninterrupted one).
+the same rollout seeds, so a resumed run repeats the uninterrupted one). A finished run is recognised
+before the engine or any model is loaded (finished_run): its run key is checked against the queries and
+settings, its starting weights against the content digest of --checkpoint's files (start_key); only when
+those cannot tell (no digest recorded, a checkpoint whose loading initialises something) is the policy
+loaded to compare its weights.
 
 Top to bottom (train/common.py holds the accelerate set-up, parameter groups, checkpoints and data order
 shared with SFT; train/trainer.py the policy preparation):
@@ -95,6 +99,11 @@ class Run:
     total: int
     out_dir: Path
     key: dict = dataclasses.field(default_factory=dict)  # what a resumed run must share (see run_key)
+    start: dict | None = None  # start_key of the checkpoint the policy was loaded from (None: not known)
+
+    def extra(self) -> dict:
+        """What a checkpoint of this run records beside its weights (train/common.py KEY_FILE)."""
+        return {"run_key": self.key, "start": self.start}
 
 
 def _engines(cfg, dataset: str, split: str, need_embedder: bool):
@@ -121,27 +130,27 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     from videosearch_r1.agent.loop import AgentLoop
     from videosearch_r1.agent.policy import Policy
     from videosearch_r1.config import ConfigError
-    from videosearch_r1.data.fig import load_split
     from videosearch_r1.models.qwen3vl import configure_processor
     from videosearch_r1.train.trainer import _prepare_policy
     from videosearch_r1.video.decode import load_clip
 
     g, tc = cfg.grpo, cfg.train
     check_grpo_config(g)
-    split = load_split(cfg, dataset, g.split)
-    queries = split.queries[: g.max_queries] if g.max_queries else split.queries
+    split, queries = _queries(cfg, dataset)
     latent_on = g.latent_objective != "none" and g.latent_weight > 0
     need_emb = g.latent_objective in ("infonce", "both") and latent_on
     if engine is None:
         engine, local, embedder = _engines(cfg, dataset, g.split, need_emb)
     else:
         local, embedder = engine, engine.embedder
+    start = None
     if policy is None:
         ckpt = checkpoint or tc.init_checkpoint
         if not ckpt:
             raise ConfigError("no policy to start from: pass --checkpoint PATH (the SFT checkpoint)")
         he = embedder.hidden_size if embedder is not None else int(local.meta.get("hidden_size", 0) or 0)
         policy = Policy.from_pretrained(ckpt, device="cpu", dtype="fp32", embedder_hidden=he, seed=cfg.seed)
+        start = start_key(ckpt)
     configure_processor(policy.processor, cfg.video_cfg(dataset))
     init_weights = common.weights_key(policy)
     acc = common.make_accelerator(tc)
@@ -154,11 +163,8 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     if hasattr(roller, "set_decode"):  # the decode path for the device the policy now lives on
         roller.set_decode(cfg.agent.decode_attention, cfg.agent.decode_compile, cfg.agent.cuda_graph)
     resume = common.latest_checkpoint(out_dir)
-    order = common.DataOrder(len(queries), common.per_process(g.queries_per_step, acc.num_processes,
-                                                              "grpo.queries_per_step"),
-                             g.seed, acc.num_processes, acc.process_index)
-    stage_tc = dataclasses.replace(tc, lr=g.lr, lr_sqr=g.lr_sqr, grad_accum=1)
-    key = run_key(cfg, queries, acc.num_processes, common.total_steps(stage_tc, order), init_weights)
+    order, stage_tc, total = _schedule(cfg, len(queries), acc.num_processes, acc.process_index)
+    key = run_key(cfg, queries, acc.num_processes, total, init_weights)
     if resume is not None:
         common.check_run_key(resume, key)
         common.load_weights(policy, resume)
@@ -175,9 +181,69 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     scorer = RetrievalScorer(local.vectors, local.ids, g.retrieval_tau, g.n_negatives)
     if embedder is not None:
         embedder.model.requires_grad_(False)
-    run = Run(cfg, acc, policy, module, opt, ref, loop, scorer, embedder, queries, order,
-              common.total_steps(stage_tc, order), out_dir, key)
+    run = Run(cfg, acc, policy, module, opt, ref, loop, scorer, embedder, queries, order, total, out_dir, key, start)
     return run, state
+
+
+def _queries(cfg, dataset: str) -> tuple:
+    """(the grpo.split of DATASET, its first grpo.max_queries queries)."""
+    from videosearch_r1.data.fig import load_split
+
+    g = cfg.grpo
+    split = load_split(cfg, dataset, g.split)
+    return split, (split.queries[: g.max_queries] if g.max_queries else split.queries)
+
+
+def _schedule(cfg, n_queries: int, processes: int, rank: int) -> tuple:
+    """(query order, the stage's `train` settings, total steps)."""
+    g = cfg.grpo
+    order = common.DataOrder(n_queries, common.per_process(g.queries_per_step, processes, "grpo.queries_per_step"),
+                             g.seed, processes, rank)
+    stage_tc = dataclasses.replace(cfg.train, lr=g.lr, lr_sqr=g.lr_sqr, grad_accum=1)
+    return order, stage_tc, common.total_steps(stage_tc, order)
+
+
+def start_key(checkpoint) -> dict | None:
+    """A stand-in for the starting weights' key that needs no model loaded: the content digest of a local
+    checkpoint's weight, config and tokenizer files (not its trainer state), when those alone decide the
+    loaded policy (SQR modules saved and <REFINE> in the tokenizer: nothing is initialised at random on
+    load); None otherwise."""
+    from videosearch_r1.agent.policy import SQR_CONFIG, SQR_WEIGHTS
+    from videosearch_r1.agent.prompts import REFINE_TOKEN
+    from videosearch_r1.fingerprint import digest, file_digest, model_files
+
+    root = Path(checkpoint) if checkpoint else None
+    if root is None or not root.is_dir() or not (root / SQR_WEIGHTS).is_file() or not (root / SQR_CONFIG).is_file():
+        return None
+    tok = [p for p in (root / "tokenizer_config.json", root / "tokenizer.json") if p.is_file()]
+    if not any(REFINE_TOKEN in p.read_text() for p in tok):
+        return None
+    skip = {common.STATE_FILE, common.KEY_FILE, "config.yaml", "accelerate_state"}
+    files = [p for p in model_files(root) if not skip.intersection(p.relative_to(root).parts)]
+    return {"files": digest([[p.relative_to(root).as_posix(), file_digest(p)] for p in files])}
+
+
+def finished_run(cfg, dataset: str, checkpoint: str, out_dir: Path, policy=None) -> dict | None:
+    """The summary of the finished run at out_dir, before any engine or model is loaded; None when there is
+    none, or when only the loaded policy can tell whether it started from the same weights (setup decides).
+    A finished run with other queries / settings is refused here (ValueError), as setup would refuse it."""
+    from accelerate import PartialState
+
+    final = Path(out_dir) / common.FINAL
+    if not ((final / common.STATE_FILE).is_file() and (Path(out_dir) / "summary.json").is_file()):
+        return None
+    check_grpo_config(cfg.grpo)
+    _, queries = _queries(cfg, dataset)
+    ps = PartialState()
+    total = _schedule(cfg, len(queries), ps.num_processes, ps.process_index)[2]
+    init = common.weights_key(policy) if policy is not None else None
+    common.check_run_key(final, run_key(cfg, queries, ps.num_processes, total, init),
+                         ignore=() if policy is not None else ("init_weights",))
+    if policy is None:
+        recorded = common.saved_run_key(final)["start"]
+        if recorded is None or recorded != start_key(checkpoint or cfg.train.init_checkpoint):
+            return None
+    return json.loads((Path(out_dir) / "summary.json").read_text())
 
 
 def run_key(cfg, queries: list, processes: int, total: int, init_weights: str) -> dict:
@@ -409,6 +475,9 @@ def run_grpo(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = N
     from videosearch_r1.utils import append_jsonl, atomic_write_json, progress
 
     out_dir = Path(cfg.train.output) if cfg.train.output else cfg.runs_dir() / (cfg.run_name or f"grpo-{dataset}")
+    finished = finished_run(cfg, dataset, checkpoint, out_dir, policy)  # before the engine and models load
+    if finished is not None:
+        return finished
     run, state = setup(cfg, dataset, checkpoint, out_dir, engine=engine, policy=policy)  # refuses another run's
     done = common.latest_checkpoint(out_dir)
     if done is not None and done.name == common.FINAL and (out_dir / "summary.json").is_file():
@@ -437,13 +506,13 @@ def run_grpo(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = N
                 bar.set_postfix(reward=f"{stats['reward/total']:.3f}", kl=f"{stats['kl']:.4f}")
         if tc.checkpoint_every and state.step % tc.checkpoint_every == 0 and state.step < run.total:
             common.save_checkpoint(acc, run.module, run.policy, run.opt, state, cfg,
-                                   out_dir / common.checkpoint_name(state.step), extra={"run_key": run.key},
+                                   out_dir / common.checkpoint_name(state.step), extra=run.extra(),
                                    keep=tc.keep_checkpoints)
     if bar is not None:
         bar.close()
     finished = state.step >= run.total
     final = common.save_checkpoint(acc, run.module, run.policy, run.opt, state, cfg, out_dir / common.FINAL,
-                                   extra={"run_key": run.key}) if finished else None
+                                   extra=run.extra()) if finished else None
     summary = _summary(out_dir, state, run, finished, final)
     if acc.is_main_process:
         atomic_write_json(out_dir / "summary.json", summary)

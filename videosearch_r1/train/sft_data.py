@@ -14,7 +14,11 @@
    times, and how it differs from the query); real datasets (or any dataset with sft.teacher set): a
    teacher VLM (sft.teacher) loaded through our Policy loader, batched, resumable
    (<prepared>/sft_teacher.jsonl), told the gold label, output tags stripped; or sft.teacher=none
-   for plain template traces
+   for plain template traces. The cache is keyed by everything that changes a trace (teacher_key: the
+   teacher's files or hub id, the prompt, the video config, the generation settings; the key and its
+   parts in sft_teacher.key.json): another key sets the old cache aside (sft_teacher.<key>.jsonl, taken
+   back when that key returns) and starts a new one, never mixing traces. A pair whose video cannot be
+   decoded is a counted skip (video_unreadable), retried on the next build
 5. target: prompts.format_target(think, label, GT span if matched) (ends with <REFINE>)
 6. InfoNCE negatives per row (sft.n_negatives): the wrong top-1 first, then the index's hard negatives
    in order, then a seeded random fill from the corpus. No "ambiguous negative" filter (reference.md
@@ -51,12 +55,13 @@ class SFTDataSummary:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first skipped items, one line each
     traces: str = ""  # "synth-timeline" | "teacher:<id>" | "template"
+    teacher_cache: str = ""  # the teacher cache used and whether it was reused, new or rebuilt (and why)
     same_description: int = 0  # not-matched pairs whose shown video also fits the query's wording
 
-    def skip(self, what: str, reason: str) -> None:
+    def skip(self, what: str, reason: str, detail: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
         if len(self.examples) < 20:
-            self.examples.append(f"{what}: {reason}")
+            self.examples.append(f"{what}: {reason}" + (f" ({detail})" if detail else ""))
 
     def format(self) -> str:
         lines = [f"sft rows {self.dataset}: {self.rows} rows ({self.matched} matched, {self.not_matched} not matched) "
@@ -64,6 +69,8 @@ class SFTDataSummary:
                  f"{self.added_matched} matched + {self.added_not_matched} not-matched pairs; "
                  f"{self.negatives_per_row:.1f} negatives/row; traces: {self.traces}; skipped "
                  f"{sum(self.skipped.values())} {self.skipped or ''} -> {self.out}"]
+        if self.teacher_cache:
+            lines.append(f"  teacher cache: {self.teacher_cache}")
         lines += [f"  {e}" for e in self.examples]
         if self.same_description:
             lines.append(f"  {self.same_description} not-matched pairs show a video that also fits the query text")
@@ -87,6 +94,8 @@ def open_train_index(cfg, dataset: str):
 
 def top1_pairs(cfg, engine, queries, field_name: str, summary: SFTDataSummary) -> list[tuple]:
     """[(query, shown video, label)] with the engine's top-1 for every query whose GT is indexed."""
+    from videosearch_r1.utils import progress
+
     kept = []
     for q in queries:
         if q.video_id in engine.row:
@@ -95,12 +104,15 @@ def top1_pairs(cfg, engine, queries, field_name: str, summary: SFTDataSummary) -
             summary.skip(f"query {q.qid}", "gt_video_not_indexed")
     bs = max(1, cfg.engine.batch_size)
     pairs = []
+    bar = progress(total=len(kept), desc="top-1 pairs", unit="query")
     for i in range(0, len(kept), bs):
         chunk = kept[i:i + bs]
         res = engine.search(engine.embed_queries([getattr(q, field_name) for q in chunk]), k=1)
         for q, ids in zip(chunk, res.ids):
             label = "matched" if ids[0] == q.video_id else "not_matched"
             pairs.append((q, ids[0], label))
+        bar.update(len(chunk))
+    bar.close()
     summary.top1_correct = sum(1 for _, _, lab in pairs if lab == "matched")
     return pairs
 
@@ -255,35 +267,118 @@ def template_trace(q, label: str) -> str:
 _GRAMMAR_TAGS = re.compile(r"</?(?:think|answer|start|end|query)>|<REFINE>", re.IGNORECASE)  # kept out of traces
 
 
+TEACHER_PROMPT_VERSION = 1  # bump when how a trace is asked for or cleaned changes beyond what teacher_key sees
+
+
+def teacher_instruction(q, label: str) -> str:
+    """What the teacher is asked about one (query, shown video) pair, told the gold label."""
+    from videosearch_r1.agent.prompts import format_seconds
+
+    fact = (f"It does contain this moment, from {format_seconds(q.start)} to {format_seconds(q.end)} s."
+            if label == "matched" else "It does not contain this moment.")
+    return (f'Search query: "{q.text}". {fact} In two or three sentences, say what the video shows and '
+            f'how it {"matches" if label == "matched" else "differs from"} the query.')
+
+
+def teacher_key(cfg, dataset: str) -> dict:
+    """Everything that changes a teacher trace, as digests: the teacher (content of a local checkpoint's
+    files, else its hub id), the prompt (the chat of a probe pair per label: system prompt and template,
+    the tag filter, TEACHER_PROMPT_VERSION), the video config (video.decode.fingerprint: fps, frames,
+    pixels) and the generation settings (greedy, max new tokens, resolved dtype)."""
+    from types import SimpleNamespace
+
+    from videosearch_r1.agent.prompts import build_task_messages
+    from videosearch_r1.fingerprint import digest, dir_digest
+    from videosearch_r1.utils import resolve_device, resolve_dtype
+    from videosearch_r1.video.decode import fingerprint
+
+    s = cfg.sft
+    teacher = dir_digest(s.teacher) if Path(s.teacher).expanduser().is_dir() else f"hub:{s.teacher}"
+    probe = SimpleNamespace(text="PROBE", start=1.5, end=4.0)
+    chats = [build_task_messages(teacher_instruction(probe, lab), None) for lab in ("matched", "not_matched")]
+    dtype = resolve_dtype(cfg.agent.dtype, resolve_device(cfg.agent.device))
+    return {"teacher": teacher,
+            "prompt": digest({"chats": chats, "tags": _GRAMMAR_TAGS.pattern, "version": TEACHER_PROMPT_VERSION}),
+            "video": fingerprint(cfg.video_cfg(dataset)),
+            "generation": digest({"decode": "greedy", "max_new_tokens": s.teacher_max_new_tokens,
+                                  "dtype": str(dtype)})}
+
+
+def open_teacher_cache(cache: Path, parts: dict, summary: SFTDataSummary) -> tuple[str, dict]:
+    """(key, {(qid, video): think}) of the cache for these key parts. A cache of another key (or of none: an
+    older version) is renamed to <stem>.<its key>.jsonl and a new one started, or an earlier one of this
+    key taken back; traces of different keys never mix."""
+    from videosearch_r1.fingerprint import changed, digest
+    from videosearch_r1.utils import atomic_write_json, read_jsonl_resumable
+
+    key = digest(parts)
+    side = cache.with_suffix(".key.json")
+    old = json.loads(side.read_text()) if side.is_file() else {"key": "unkeyed", "parts": {}}
+    aside = lambda k: cache.with_name(f"{cache.stem}.{k}.jsonl")  # noqa: E731
+    note = "reused"
+    if cache.is_file() and old["key"] != key:
+        cache.rename(aside(old["key"]))
+        side.unlink(missing_ok=True)
+        what = ", ".join(changed(old["parts"], parts)) or "no key recorded"
+        note = f"rebuilt ({what} changed; the old traces are kept at {aside(old['key'])})"
+        print(f"teacher traces: {cache} was made with other settings ({what}); starting anew", flush=True)
+    if not cache.is_file() and aside(key).is_file():
+        aside(key).rename(cache)
+        note = f"taken back from {aside(key)}"
+    elif not cache.is_file() and note == "reused":
+        note = "new"
+    atomic_write_json(side, {"key": key, "parts": parts})
+    done = {(r["qid"], r["video"]): r["think"] for r in read_jsonl_resumable(cache) if r.get("key") == key}
+    summary.teacher_cache = f"{cache}: {note}, {len(done)} traces cached"
+    return key, done
+
+
+def _teacher_chunk(cfg, dataset: str, teacher, chunk: list[tuple], summary: SFTDataSummary) -> tuple[list, list]:
+    """(pairs kept, their rendered prompts + clips); a pair whose video fails to decode is a counted skip."""
+    from videosearch_r1.agent.prompts import build_task_messages
+    from videosearch_r1.models.qwen3vl import render_chat
+    from videosearch_r1.video.decode import load_clip
+
+    kept, msgs, clips = [], [], []
+    for q, shown, label in chunk:
+        try:
+            clip = load_clip(cfg, dataset, shown)
+        except Exception as e:  # noqa: BLE001  (a decode failure is this pair's problem, counted)
+            summary.skip(f"query {q.qid} / {shown}", "video_unreadable", f"{type(e).__name__}: {e}")
+            continue
+        kept.append((q, shown, label))
+        clips.append(clip)
+        msgs.append(render_chat(teacher.processor, build_task_messages(teacher_instruction(q, label), None)))
+    return kept, (msgs, clips)
+
+
 def teacher_traces(cfg, dataset: str, pairs: list[tuple], summary: SFTDataSummary) -> dict:
-    """{(qid, shown): reasoning} from a teacher VLM told the gold label; resumable through a jsonl cache."""
+    """{(qid, shown): reasoning} from a teacher VLM told the gold label; resumable through a keyed jsonl cache."""
     import torch
 
     from videosearch_r1.agent.decode import generate_tokens
     from videosearch_r1.agent.policy import Policy
-    from videosearch_r1.agent.prompts import build_task_messages, format_seconds
-    from videosearch_r1.models.qwen3vl import configure_processor, render_chat, rope_positions, video_kwargs
-    from videosearch_r1.utils import append_jsonl, progress, read_jsonl_resumable
-    from videosearch_r1.video.decode import load_clip
+    from videosearch_r1.models.qwen3vl import configure_processor, rope_positions, video_kwargs
+    from videosearch_r1.utils import append_jsonl, progress
 
     s = cfg.sft
     cache = cfg.prepared_dir(dataset) / "sft_teacher.jsonl"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["qid"], r["video"]): r["think"] for r in read_jsonl_resumable(cache) if r.get("teacher") == s.teacher}
+    key, done = open_teacher_cache(cache, teacher_key(cfg, dataset), summary)
     todo = [p for p in pairs if (p[0].qid, p[1]) not in done]
+    failed = set()
     if todo:
         teacher = Policy.from_pretrained(s.teacher, device=cfg.agent.device, dtype=cfg.agent.dtype)
         configure_processor(teacher.processor, cfg.video_cfg(dataset))
         bar = progress(total=len(todo), desc="teacher traces", unit="pair")
         for i in range(0, len(todo), max(1, s.teacher_batch_size)):
-            chunk, clips, msgs = todo[i:i + s.teacher_batch_size], [], []
-            for q, shown, label in chunk:
-                clips.append(load_clip(cfg, dataset, shown))
-                fact = (f"It does contain this moment, from {format_seconds(q.start)} to {format_seconds(q.end)} s."
-                        if label == "matched" else "It does not contain this moment.")
-                msgs.append(render_chat(teacher.processor, build_task_messages(
-                    f'Search query: "{q.text}". {fact} In two or three sentences, say what the video shows and '
-                    f'how it {"matches" if label == "matched" else "differs from"} the query.', None)))
+            chunk = todo[i:i + s.teacher_batch_size]
+            kept, (msgs, clips) = _teacher_chunk(cfg, dataset, teacher, chunk, summary)
+            got = {(q.qid, shown) for q, shown, _ in kept}
+            failed.update((q.qid, shown) for q, shown, _ in chunk if (q.qid, shown) not in got)
+            bar.update(len(chunk))
+            if not kept:
+                continue
             teacher.processor.tokenizer.padding_side = "left"
             inputs = {k: v.to(teacher.device) for k, v in teacher.processor(
                 text=msgs, **video_kwargs(clips), padding=True, return_tensors="pt").items()}
@@ -292,20 +387,19 @@ def teacher_traces(cfg, dataset: str, pairs: list[tuple], summary: SFTDataSummar
                                       s.teacher_max_new_tokens, teacher.eos_token_ids, teacher.pad_token_id)
             tok = teacher.processor.tokenizer
             new = []
-            for (q, shown, _), row, n in zip(chunk, res.ids.cpu().tolist(), res.n_text.cpu().tolist()):
+            for (q, shown, _), row, n in zip(kept, res.ids.cpu().tolist(), res.n_text.cpu().tolist()):
                 text = _GRAMMAR_TAGS.sub(" ", tok.decode(row[:n], skip_special_tokens=True)).strip()
                 text = re.sub(r"\s+", " ", text)
-                new.append({"qid": q.qid, "video": shown, "teacher": s.teacher, "think": text})
+                new.append({"qid": q.qid, "video": shown, "teacher": s.teacher, "key": key, "think": text})
             append_jsonl(cache, new)
             done.update({(r["qid"], r["video"]): r["think"] for r in new})
-            bar.update(len(chunk))
         bar.close()
     out = {}
     for q, shown, _ in pairs:
         text = done.get((q.qid, shown), "")
         if text:
             out[(q.qid, shown)] = text
-        else:
+        elif (q.qid, shown) not in failed:  # an unreadable video is counted once, as video_unreadable
             summary.skip(f"query {q.qid} / {shown}", "teacher_empty")
     return out
 
