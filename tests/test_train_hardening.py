@@ -222,3 +222,14 @@ def test_a_finished_grpo_run_is_recognised_before_loading_models(tmp_path, monke
             run_grpo(_grpo_cfg(out), "synth", checkpoint=str(other))
     with pytest.raises(ValueError, match="init_weights"):
         run_grpo(_grpo_cfg(out), "synth", checkpoint=str(other), engine=W.engine())
+
+
+def test_a_checkpoint_of_an_older_version_is_still_checked(tmp_path):
+    """No run_key.json (written before it existed): the key inside trainer_state.pt is read, memory-mapped."""
+    torch.save({"state": {}, "run_key": {"seed": 1, "rows": 4}, "optimizer": {"m": torch.zeros(64)}},
+               tmp_path / common.STATE_FILE)
+    assert common.saved_run_key(tmp_path) == {"run_key": {"seed": 1, "rows": 4}, "start": None}
+    common.check_run_key(tmp_path, {"seed": 1, "rows": 4})
+    with pytest.raises(ValueError, match="another seed"):
+        common.check_run_key(tmp_path, {"seed": 2, "rows": 4})
+    common.check_run_key(tmp_path, {"seed": 2, "rows": 4}, ignore=("seed",))
