@@ -293,7 +293,8 @@ def teacher_key(cfg, dataset: str) -> dict:
     from videosearch_r1.video.decode import fingerprint
 
     s = cfg.sft
-    teacher = dir_digest(s.teacher) if Path(s.teacher).expanduser().is_dir() else f"hub:{s.teacher}"
+    local = Path(s.teacher).expanduser()
+    teacher = dir_digest(local) if local.is_dir() else f"hub:{s.teacher}"
     probe = SimpleNamespace(text="PROBE", start=1.5, end=4.0)
     chats = [build_task_messages(teacher_instruction(probe, lab), None) for lab in ("matched", "not_matched")]
     dtype = resolve_dtype(cfg.agent.dtype, resolve_device(cfg.agent.device))
@@ -313,7 +314,11 @@ def open_teacher_cache(cache: Path, parts: dict, summary: SFTDataSummary) -> tup
 
     key = digest(parts)
     side = cache.with_suffix(".key.json")
-    old = json.loads(side.read_text()) if side.is_file() else {"key": "unkeyed", "parts": {}}
+    try:  # a missing or damaged key file: the traces' settings are unknown (set aside like another key)
+        old = json.loads(side.read_text())
+        old = {"key": str(old["key"]), "parts": dict(old["parts"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        old = {"key": "unkeyed", "parts": {}}
     aside = lambda k: cache.with_name(f"{cache.stem}.{k}.jsonl")  # noqa: E731
     note = "reused"
     if cache.is_file() and old["key"] != key:
