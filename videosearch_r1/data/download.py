@@ -236,12 +236,11 @@ def is_complete(path: Path, rf: RemoteFile, verify: str, recorded: dict | None =
 
 
 def _load_record(local_root: Path) -> dict:
-    path = local_root / RECORD
-    try:
-        rec = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        rec = {}  # a damaged record: files are checked by size / sha256 as before, then recorded again
-    return {"files": dict(rec.get("files") or {}), "partial": dict(rec.get("partial") or {})}
+    from videosearch_r1.data.records import read_state
+
+    rec = read_state(local_root / RECORD, None)  # missing or damaged: files are checked by size / sha256
+    rec = rec if isinstance(rec, dict) else {}
+    return {k: dict(rec[k]) if isinstance(rec.get(k), dict) else {} for k in ("files", "partial")}
 
 
 def check_space(target: Path, need: int, min_free_gb: float, what: str) -> None:
