@@ -22,7 +22,8 @@ Scenarios (in this order; `--budget-s` stops starting new ones, so a short devic
 Order: same b <= 32, grpo, mixed, same b > 32, shared.
 After the batch-1 rows: building a turn's inputs for --input-batch 4 decoded clips (uint8 frames), the CPU
 processor + copy to the GPU vs `qwen3vl.fast_video_inputs` (pixels made on the GPU; Policy.build_inputs), and
-whether they are equal. Per row: turns/s, prefill s (and the vision tower's share), prefill MFU (useful FLOPs: real tokens only, each distinct video once, over
+whether they are equal; then those clips x --group rows (a GRPO group): pixels made per copy (the old cost) vs
+per distinct clip (now), and hashing the clips' cache keys vs the per-clip-object memo. Per row: turns/s, prefill s (and the vision tower's share), prefill MFU (useful FLOPs: real tokens only, each distinct video once, over
 --peak 989 TFLOP/s, the H200's dense bf16 roof), decode ms/token = (turn - prefill) / tokens, and its ratio
 to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s) and to the full floor (weights + the
 K/V every row's step must read: at batch 32 x 6.9k tokens that is 25 GB a step, 7x the weights). Prints a
@@ -213,10 +214,14 @@ def scenarios(args) -> list[tuple]:
 
 def bench_inputs(policy, args, batch: int) -> dict:
     """Building a turn's inputs from decoded clips (uint8 frames): the CPU processor (then a copy to the device)
-    vs `qwen3vl.fast_video_inputs` (pixels made on the device; what Policy.build_inputs now runs); equal?"""
+    vs `qwen3vl.fast_video_inputs` (pixels made on the device; what Policy.build_inputs now runs); equal? Then
+    a GRPO group's batch (each clip x --group): pixels per copy vs per distinct clip, hashing vs the key memo."""
     import numpy as np
 
+    from dataclasses import replace
+
     from videosearch_r1.agent.prompts import build_messages
+    from videosearch_r1.agent.vision_cache import clip_key, clip_keys
     from videosearch_r1.config import VideoConfig
     from videosearch_r1.models.qwen3vl import build_processor, fast_video_inputs, render_chat, video_kwargs
     from videosearch_r1.models.tiny import build_tokenizer
@@ -239,10 +244,28 @@ def bench_inputs(policy, args, batch: int) -> dict:
     t_cpu, ref = timed(cpu, args.device, 1, 1)
     t_fast, new = timed(lambda: fast_video_inputs(processor, texts, clips, dev), args.device, 2, 1)
     equal = new is not None and set(new) == set(ref) and all(torch.equal(new[k], ref[k]) for k in ref)
+    del ref, new
+    # a GRPO group: each clip shown to --group rows. Pixels per row (copied arrays: what every batch paid before
+    # 2026-12-01) vs per distinct clip (the same objects: now); cache keys: the distinct clips hashed (each turn
+    # before) vs the memo of clip objects seen before (now)
+    rows = [c for c in clips for _ in range(args.group)]
+    copies = [replace(c, frames=c.frames.copy()) for c in rows]
+    group_texts = [x for x in texts for _ in range(args.group)]
+    t_copies, a = timed(lambda: fast_video_inputs(processor, group_texts, copies, dev), args.device, 1, 1)
+    t_shared, b = timed(lambda: fast_video_inputs(processor, group_texts, rows, dev), args.device, 1, 1)
+    group_equal = set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    del a, b, copies
+    t_hash, _ = timed(lambda: [clip_key(c) for c in clips], "cpu", 1, 0)
+    clip_keys(rows)
+    t_memo, _ = timed(lambda: clip_keys(rows), "cpu", 1, 0)
     row = dict(batch=batch, frames=t, side=side, processor_s=t_cpu, fast_s=t_fast, speedup=t_cpu / t_fast,
-               equal=equal)
+               equal=equal, group=args.group, group_per_copy_s=t_copies, group_per_clip_s=t_shared,
+               group_equal=group_equal, hash_s=t_hash, hash_memo_s=t_memo)
     print(f"inputs b{batch} ({t} frames {side}x{side}): CPU processor {t_cpu:.3f} s, fast on {dev} {t_fast:.3f} s "
           f"({t_cpu / t_fast:.1f}x), outputs equal: {equal}", flush=True)
+    print(f"inputs b{batch} x{args.group} copies (a GRPO group): pixels per copy {t_copies:.3f} s, per clip "
+          f"{t_shared:.3f} s (equal: {group_equal}); keys: hashing {batch} clips {t_hash:.3f} s, memo {t_memo:.5f} s",
+          flush=True)
     return row
 
 
