@@ -23,9 +23,10 @@ Order: same b <= 32, grpo, mixed, same b > 32, shared.
 After the batch-1 rows: building a turn's inputs for --input-batch 4 decoded clips (uint8 frames), the CPU
 processor + copy to the GPU vs `qwen3vl.fast_video_inputs` (pixels made on the GPU; Policy.build_inputs), and
 whether they are equal; then those clips x --group rows (a GRPO group): pixels made per copy (the old cost) vs
-per distinct clip (now), and hashing the clips' cache keys vs the per-clip-object memo. Per row: turns/s, prefill s (and the vision tower's share), prefill MFU (useful FLOPs: real tokens only, each distinct video once, over
---peak 989 TFLOP/s, the H200's dense bf16 roof), decode ms/token = (turn - prefill) / tokens, and its ratio
-to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s) and to the full floor (weights + the
+per distinct clip (now), and hashing the clips' cache keys vs the per-clip-object memo.
+Per row: turns/s, prefill s (and the vision tower's share), prefill MFU (useful FLOPs: real tokens only, each
+distinct video once, over --peak 989 TFLOP/s, the H200's dense bf16 roof), decode ms/token = (turn - prefill) /
+tokens, and its ratio to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s) and to the full floor (weights + the
 K/V every row's step must read: at batch 32 x 6.9k tokens that is 25 GB a step, 7x the weights). Prints a
 table, writes JSON.
 Needs torch + transformers and this package on the path (no PyAV/faiss): inputs are random ids and pixels
