@@ -26,9 +26,9 @@ whether they are equal; then those clips x --group rows (a GRPO group): pixels m
 per distinct clip (now), and hashing the clips' cache keys vs the per-clip-object memo.
 Per row: turns/s, prefill s (and the vision tower's share), prefill MFU (useful FLOPs: real tokens only, each
 distinct video once, over --peak 989 TFLOP/s, the H200's dense bf16 roof), decode ms/token = (turn - prefill) /
-tokens, and its ratio to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s) and to the full floor (weights + the
-K/V every row's step must read: at batch 32 x 6.9k tokens that is 25 GB a step, 7x the weights). Prints a
-table, writes JSON.
+tokens, and its ratio to the weight-read floor (text weights + lm_head bytes / --hbm 4.8 TB/s) and to the full
+floor (weights + the K/V every row's step must read: at batch 32 x 6.9k tokens that is 25 GB a step, 7x the
+weights). Prints a table, writes JSON.
 Needs torch + transformers and this package on the path (no PyAV/faiss): inputs are random ids and pixels
 in the processor's canonical layout (`<t s><|vision_start|>pads<|vision_end|>` per 2-frame patch).
 """
