@@ -53,10 +53,10 @@ def test_cached_equals_uncached_equals_from_generation(setup):
 
 
 def test_grad_rollout_growing_cache_equals_uncached_values_and_gradients(setup):
-    """Under grad the cached rollout keeps the prefill's K/V and a per-layer tail of the latent steps (one
-    softmax over both): latents and the gradient reaching the policy equal the authors' full forwards, and
-    no layer's prefix is copied per step."""
-    from videosearch_r1.agent import decode
+    """Under grad the cached rollout reads the prefill's K/V as they are and keeps the latent steps in a
+    fixed-size tail (sqr_grad.grad_steps): latents and the gradient reaching the policy equal the authors'
+    full forwards; every layer step sees the same prefix and tail shapes (no per-step copy, no new shapes)."""
+    from videosearch_r1.agent import sqr_grad
 
     policy, _, full, r = setup
     w = policy.model.model.language_model.layers[0].mlp.up_proj.weight
@@ -70,20 +70,51 @@ def test_grad_rollout_growing_cache_equals_uncached_values_and_gradients(setup):
     w.grad = None
     assert rel(zs[0], zs[1]) < 1e-3 and rel(grads[0], grads[1]) < 1e-3 and grads[0].abs().sum() > 0
     seen = []
-    real = decode.DecodeCache.attend
+    real = sqr_grad._latent_layer
 
-    def spy(self, layer, q, k, v, scale, how):
-        out = real(self, layer, q, k, v, scale, how)
-        seen.append((self.static, self.keys[layer].shape[2], self.tail_keys[layer].shape[2]))
-        return out
-    decode.DecodeCache.attend = spy
+    def spy(layer, h, cos, sin, kp, vp, prefix_ok, tk, tv, col, tail_ok):
+        seen.append((kp.shape[2], tuple(tk.shape), int(col.sum()), int(tail_ok.sum())))
+        return real(layer, h, cos, sin, kp, vp, prefix_ok, tk, tv, col, tail_ok)
+    sqr_grad._latent_layer = spy
     try:
         rollout_latents(policy, full, r, 3, cached=True)
     finally:
-        decode.DecodeCache.attend = real
-    assert seen and not any(st for st, _, _ in seen)
-    assert len({lp for _, lp, _ in seen}) == 1  # the prefix is never grown (no per-step copy)
-    assert sorted({t for _, _, t in seen}) == [1, 2]  # the tail holds the latent steps
+        sqr_grad._latent_layer = real
+    n_layers = len(policy.model.model.language_model.layers)
+    assert len(seen) == 2 * n_layers  # N - 1 steps through every layer
+    assert len({(lp, t) for lp, t, _, _ in seen}) == 1 and seen[0][1][2] == 2  # one prefix, a tail of N - 1 columns
+    assert sorted({o for _, _, _, o in seen}) == [1, 2] and all(c == 1 for _, _, c, _ in seen)
+
+
+def test_compiled_grad_step_equals_eager_without_recompiles(setup):
+    """The latent layer step through torch.compile (aot_eager here: dynamo + AOTAutograd, what inductor
+    compiles on CUDA) gives the eager values and gradients; the graphs serve every layer (no recompile per layer)."""
+    import torch._dynamo
+
+    from videosearch_r1.agent import sqr_grad
+    from videosearch_r1.agent.decode import prefill
+    from videosearch_r1.agent.sqr import _prepare
+
+    policy, _, full, r = setup
+    cut, positions, r_eff, _ = _prepare(policy, full, r)
+    params = [policy.sqr.to_policy[0].weight if isinstance(policy.sqr.to_policy, torch.nn.Sequential)
+              else next(policy.sqr.to_policy.parameters()),
+              policy.model.model.language_model.layers[1].self_attn.k_proj.weight]
+    out = []
+    torch._dynamo.reset()
+    for backend in (None, "aot_eager"):
+        pf = prefill(policy.model, cut, positions, gather_at=r_eff)
+        rows = torch.arange(r.shape[0])
+        z = sqr_grad.grad_steps(policy, pf.cache.keys, pf.cache.values, pf.cache.valid, policy.sqr(pf.post),
+                                positions[0, rows, r_eff], 5, backend=backend)
+        out.append((z.detach(), torch.autograd.grad(z.square().sum(), params)))
+        if backend is not None:
+            frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert rel(out[1][0], out[0][0]) < 1e-5
+    for a, b in zip(out[1][1], out[0][1]):
+        assert b.abs().sum() > 0 and rel(a, b) < 1e-4
+    assert frames == 2  # 4 steps x every layer: two graphs (the first step's tail has no grad yet), none per layer
+    torch._dynamo.reset()
 
 
 def test_rollout_depends_on_the_video(setup):

@@ -15,7 +15,8 @@ attention, the read is at the newest latent), so:
 - cached (ours): one prefill up to and including <REFINE> (with the video), then N-1 single-vector
   decode steps on its KV cache (agent/decode.py). Without grad the static cache and its captured
   CUDA graph are pooled on the model and reused by the next call of the same batch
-  (DecodeOptions.reuse; decode.release_pool frees them). With grad the cache grows by concatenation.
+  (DecodeOptions.reuse; decode.release_pool frees them). With grad the steps are agent/sqr_grad.py's
+  (the prefix K/V as they are, a fixed-size tail, one compiled layer step on CUDA: few kernels per step).
 - uncached (the authors' design): for each k a full VLM forward (vision tower included) over
   [prompt ; z_1..z_k] with explicit position ids: 1 + (N-1) full passes.
 - from a training forward (the trainers, under grad): the forward's own KV cache and hidden states seed
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from videosearch_r1.agent.decode import _StepRunner, decode_step, pooled_prefill, prefill
+from videosearch_r1.agent.decode import _StepRunner, pooled_prefill, prefill
+from videosearch_r1.agent.sqr_grad import grad_steps
 
 if TYPE_CHECKING:
     from videosearch_r1.agent.policy import Generation, Policy
@@ -127,8 +129,8 @@ def rollout_latents(policy: "Policy", inputs: dict, refine_positions: torch.Tens
                    pos_r, n_latents)
     elif cached:  # grad: a growing cache, eager steps
         pf = prefill(policy.model, cut, positions, gather_at=r_eff, want_pre=want_pre)
-        z = _steps(policy, _growing_step(policy, pf.cache), policy.sqr(_seed_hidden(policy, pf.post, pf.pre)),
-                   pos_r, n_latents)
+        z = grad_steps(policy, pf.cache.keys, pf.cache.values, pf.cache.valid,
+                       policy.sqr(_seed_hidden(policy, pf.post, pf.pre)), pos_r, n_latents)
     else:
         z = _uncached(policy, cut, positions, r_eff, pos_r, n_latents, want_pre)
     return z * has[:, None, None].to(z.dtype)
@@ -155,7 +157,7 @@ def rollout_from_forward(policy: "Policy", out, hidden: torch.Tensor, positions:
     used as they are (no per-layer copy: the rollout runs over the whole batch and keeps `rows`); only
     values at padding are zeroed, where the batch has padding.
     """
-    from videosearch_r1.agent.decode import DecodeCache, _take_layer_kv
+    from videosearch_r1.agent.decode import _take_layer_kv
 
     if n_latents < 1:
         raise ValueError("n_latents must be >= 1")
@@ -177,19 +179,9 @@ def rollout_from_forward(policy: "Policy", out, hidden: torch.Tensor, positions:
         k, v = _take_layer_kv(hf, i)
         keys.append(k)  # masked in the scores (masked_fill after the product), so junk keys are harmless
         values.append(v.masked_fill(~mask[:, None, :, None], 0) if padded else v)  # 0 * non-finite pad is NaN
-    cache = DecodeCache(keys, values, valid, length, static=False)
-    z = _steps(policy, _growing_step(policy, cache), policy.sqr(hidden[torch.arange(b, device=dev), r]),
-               positions[0, torch.arange(b, device=dev), r], n_latents)
+    every = torch.arange(b, device=dev)
+    z = grad_steps(policy, keys, values, valid, policy.sqr(hidden[every, r]), positions[0, every, r], n_latents)
     return z[rows]
-
-
-def _growing_step(policy: "Policy", cache):
-    """A decode step on a growing (grad) cache: (x [B, 1, H], pos [B]) -> post-norm hidden [B, H]."""
-    def step(x, pos):
-        post = decode_step(policy.model, cache, x, pos)[1]
-        cache.advance()
-        return post
-    return step
 
 
 def _uncached(policy, cut, positions, r_eff, pos_r, n_latents, want_pre) -> torch.Tensor:
