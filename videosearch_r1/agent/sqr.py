@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from videosearch_r1.agent.decode import _StepRunner, pooled_prefill, prefill
-from videosearch_r1.agent.sqr_grad import grad_steps
+from videosearch_r1.agent.sqr_grad import grad_backend, grad_steps
 
 if TYPE_CHECKING:
     from videosearch_r1.agent.policy import Generation, Policy
@@ -146,7 +146,7 @@ def shares_forward_cache(policy, cached: bool = True) -> bool:
 
 def rollout_from_forward(policy: "Policy", out, hidden: torch.Tensor, positions: torch.Tensor,
                          attention_mask: torch.Tensor, refine_pos: torch.Tensor, rows: torch.Tensor,
-                         n_latents: int = 8) -> torch.Tensor:
+                         n_latents: int = 8, compile: bool = True) -> torch.Tensor:
     """Latents [R, N, D] of batch `rows` [R] continued from a training forward's own KV cache: no second prefill.
 
     out: `model.model(..., use_cache=True)` of the whole batch (its HF cache is consumed); hidden: its
@@ -155,7 +155,8 @@ def rollout_from_forward(policy: "Policy", out, hidden: torch.Tensor, positions:
     are masked out and latent k sits at pos(<REFINE>) + k, so this equals `rollout_latents(..., cached=True)`
     on those rows (tests/test_train_sft.py, tests/test_grpo_rollout.py). Differentiable. The forward's K/V are
     used as they are (no per-layer copy: the rollout runs over the whole batch and keeps `rows`); only
-    values at padding are zeroed, where the batch has padding.
+    values at padding are zeroed, where the batch has padding. compile: the latent layer step through
+    torch.compile on CUDA (agent/sqr_grad.py).
     """
     from videosearch_r1.agent.decode import _take_layer_kv
 
@@ -180,7 +181,8 @@ def rollout_from_forward(policy: "Policy", out, hidden: torch.Tensor, positions:
         keys.append(k)  # masked in the scores (masked_fill after the product), so junk keys are harmless
         values.append(v.masked_fill(~mask[:, None, :, None], 0) if padded else v)  # 0 * non-finite pad is NaN
     every = torch.arange(b, device=dev)
-    z = grad_steps(policy, keys, values, valid, policy.sqr(hidden[every, r]), positions[0, every, r], n_latents)
+    z = grad_steps(policy, keys, values, valid, policy.sqr(hidden[every, r]), positions[0, every, r], n_latents,
+                   backend=grad_backend(policy, compile))
     return z[rows]
 
 

@@ -13,9 +13,12 @@ with SQR vs 479 ms without). Here:
 - the tail of latent K/V is a fixed [B, KVH, N-1, d] buffer per layer written functionally (torch.where on
   a one-hot column) and masked by a column mask, so every step has the same shapes;
 - one layer step is a pure function (`_latent_layer`: norm, q/k/v, q/k-norm, RoPE, attention over the
-  prefix + tail in one softmax, o_proj, MLP), compiled once per process on CUDA (`agent.decode_compile`,
-  as the no-grad decode step) and reused by all layers and steps: inductor fuses the elementwise work
-  forward and backward. Eager elsewhere, or if compiling fails (one printed message).
+  prefix + tail in one softmax, o_proj, MLP), compiled once per process on CUDA (the trainers'
+  modules: rollout_compile=True by default) and reused by all layers and steps (two graphs: the first
+  step's tail holds no latent yet; a changed prompt length recompiles once with a dynamic length):
+  inductor fuses the elementwise work forward and backward. Eager on CPU, or if compiling fails (one
+  printed message). CPU, 28 layers x 7 steps at tiny widths, inductor: the rollout's ATen ops 56k -> 21k
+  (the matmuls stay: 11 per layer and step forward, twice that backward).
 Numerics are those of decode.DecodeCache.attend (fp32 scores, one softmax over prefix and tail); equal
 to the authors' uncached full forwards (tests/test_sqr.py).
 """
@@ -68,17 +71,18 @@ def _layer_fn(backend: str | None):
     return _COMPILED[backend]
 
 
-def grad_backend(policy: "Policy") -> str | None:
-    """"inductor" where the policy's decode path compiles (CUDA with agent.decode_compile), else None (eager)."""
-    opts = getattr(policy, "decode_options", None)
-    return "inductor" if opts is not None and opts.compile and policy.device.type == "cuda" else None
+def grad_backend(policy: "Policy", compile: bool = True) -> str | None:
+    """"inductor" for a policy on CUDA when `compile` (the trainers' rollout_compile), else None (eager).
+    Not the policy's decode_options: a trained policy is often built on the CPU and moved afterwards."""
+    return "inductor" if compile and policy.device.type == "cuda" else None
 
 
 def grad_steps(policy: "Policy", keys: list, values: list, valid: torch.Tensor, z1: torch.Tensor,
                pos_r: torch.Tensor, n_latents: int, backend: str | None = "auto") -> torch.Tensor:
     """Z [B, N, D]: z1 [B, D], then N-1 steps feeding to_policy(z_k) at position pos_r + k (all mRoPE axes)
     through every layer, attending to the prefix keys/values (per layer [B, G, L, d], columns `valid`
-    [B, L]) and to the earlier latents. Differentiable in everything; backend "auto": grad_backend(policy)."""
+    [B, L]) and to the earlier latents. Differentiable in everything. backend: a torch.compile backend,
+    None (eager) or "auto" (grad_backend(policy))."""
     lm = policy.model.model.language_model
     steps = n_latents - 1
     if steps <= 0:
@@ -105,7 +109,7 @@ def grad_steps(policy: "Policy", keys: list, values: list, valid: torch.Tensor, 
                     raise
                 _COMPILED["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
                 print(f"[sqr] torch.compile of the latent step under grad failed, running it eagerly "
-                      f"(agent.decode_compile=false skips the attempt): {_COMPILED['failed']}", flush=True)
+                      f"(rollout_compile=False skips the attempt): {_COMPILED['failed']}", flush=True)
                 fn = _latent_layer
                 h, tk, tv = fn(layer, h, cos, sin, keys[i], values[i], prefix_ok, tails[i][0], tails[i][1], col, tail_ok)
             tails[i] = (tk, tv)

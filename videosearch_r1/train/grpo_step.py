@@ -120,13 +120,16 @@ class GRPOModule(nn.Module):
     gradient checkpointing, post-norm seed) the log-prob forward runs with use_cache=True and the rollout
     continues from its own KV cache (sqr.rollout_from_forward, as the SFT trainer): one prefill per row,
     not two sets of activations. Otherwise a separate rollout (sqr.rollout_latents) on the latent rows.
-    rollout_cached=False: the authors' uncached full forwards (parameter-sharding wrappers: FSDP, ZeRO-3)."""
+    rollout_cached=False: the authors' uncached full forwards (parameter-sharding wrappers: FSDP, ZeRO-3);
+    rollout_compile: the shared rollout's latent layer step torch.compile'd on CUDA (agent/sqr_grad.py)."""
 
-    def __init__(self, policy, n_latents: int, fast: bool = True, rollout_cached: bool = True):
+    def __init__(self, policy, n_latents: int, fast: bool = True, rollout_cached: bool = True,
+                 rollout_compile: bool = True):
         super().__init__()
         self.model, self.sqr = policy.model, policy.sqr
         object.__setattr__(self, "policy", policy)
         self.n_latents, self.fast, self.rollout_cached = n_latents, fast, rollout_cached
+        self.rollout_compile = rollout_compile
 
     def forward(self, inputs: dict, loss_mask: torch.Tensor, refine_pos: torch.Tensor, latent_rows: torch.Tensor):
         """-> (logp [T], entropy [T], soft tokens [R, N, He] of `latent_rows` (None if none))."""
@@ -149,7 +152,7 @@ class GRPOModule(nn.Module):
             pos = kw.get("position_ids")
             pos = pos if pos is not None else self.policy.positions(inputs)
             z = rollout_from_forward(self.policy, out, out.last_hidden_state, pos, inputs["attention_mask"],
-                                     refine_pos, rows, self.n_latents)
+                                     refine_pos, rows, self.n_latents, compile=self.rollout_compile)
         else:
             sub = {k: (v[rows] if k not in ("pixel_values_videos", "video_grid_thw", "position_ids") else v)
                    for k, v in inputs.items()}

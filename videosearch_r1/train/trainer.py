@@ -61,11 +61,12 @@ class PolicyModule(nn.Module):
     """policy.model + policy.sqr as one module, so DDP / FSDP see every trainable parameter and every
     forward goes through `forward` (module hooks run)."""
 
-    def __init__(self, policy, n_latents: int, rollout_cached: bool, fast: bool):
+    def __init__(self, policy, n_latents: int, rollout_cached: bool, fast: bool, rollout_compile: bool = True):
         super().__init__()
         self.model, self.sqr = policy.model, policy.sqr
         object.__setattr__(self, "policy", policy)  # not a submodule (already registered above)
         self.n_latents, self.rollout_cached, self.fast = n_latents, rollout_cached, fast
+        self.rollout_compile = rollout_compile  # the latent layer step torch.compile'd on CUDA (agent/sqr_grad.py)
 
     def forward(self, inputs: dict, labels: torch.Tensor, refine_pos: torch.Tensor, contrastive: torch.Tensor):
         """-> (CE summed over assistant tokens, number of those tokens, soft tokens [B', N, He] of the
@@ -92,7 +93,7 @@ class PolicyModule(nn.Module):
                 pos = kw.get("position_ids")
                 pos = pos if pos is not None else self.policy.positions(inputs)
                 z = rollout_from_forward(self.policy, out, hidden, pos, inputs["attention_mask"], refine_pos, rows,
-                                         self.n_latents)
+                                         self.n_latents, compile=self.rollout_compile)
             else:  # a separate rollout (uncached full forwards under grad checkpointing, as the authors)
                 gc = bool(getattr(self.model.model.language_model, "gradient_checkpointing", False))
                 sub = _select_videos({k: v[rows] for k, v in inputs.items() if k in ("input_ids", "attention_mask",
