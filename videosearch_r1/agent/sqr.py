@@ -153,7 +153,7 @@ def rollout_from_forward(policy: "Policy", out, hidden: torch.Tensor, positions:
     post-norm last_hidden_state [B, L, H]; positions: the forward's mRoPE ids [3, B, L]; refine_pos [B]:
     each row's <REFINE> column (rows in `rows` must have one). Keys after a row's <REFINE> (and padding)
     are masked out and latent k sits at pos(<REFINE>) + k, so this equals `rollout_latents(..., cached=True)`
-    on those rows (tests/test_train_sft.py, tests/test_grpo_rollout.py). Differentiable. The forward's K/V are
+    on those rows (tests/test_train_sft.py, tests/test_sqr.py). Differentiable. The forward's K/V are
     used as they are (no per-layer copy: the rollout runs over the whole batch and keeps `rows`); only
     values at padding are zeroed, where the batch has padding. compile: the latent layer step through
     torch.compile on CUDA (agent/sqr_grad.py).
