@@ -12,13 +12,15 @@ forward + backward; at ~20 us per launched op on the GPU that is the ~1 s the H2
 with SQR vs 479 ms without). Here:
 - the tail of latent K/V is a fixed [B, KVH, N-1, d] buffer per layer written functionally (torch.where on
   a one-hot column) and masked by a column mask, so every step has the same shapes;
-- one layer step is a pure function (`_latent_layer`: norm, q/k/v, q/k-norm, RoPE, attention over the
-  prefix + tail in one softmax, o_proj, MLP), compiled once per process on CUDA (the trainers'
-  modules: rollout_compile=True by default) and reused by all layers and steps (two graphs: the first
-  step's tail holds no latent yet; a changed prompt length recompiles once with a dynamic length):
-  inductor fuses the elementwise work forward and backward. Eager on CPU, or if compiling fails (one
-  printed message). CPU, 28 layers x 7 steps at tiny widths, inductor: the rollout's ATen ops 56k -> 21k
-  (the matmuls stay: 11 per layer and step forward, twice that backward).
+- one step through all layers is a pure function (`_latent_stack` of `_latent_layer`: norm, q/k/v,
+  q/k-norm, RoPE, attention over the prefix + tail in one softmax, o_proj, MLP), compiled once per
+  process on CUDA (the trainers' modules: rollout_compile=True by default; one graph: the prefix length
+  is dynamic, and the first step, whose tail holds no latent yet, runs eagerly): inductor fuses the
+  elementwise work forward and backward. Eager on CPU, or if compiling fails (one printed message).
+  CPU, 28 layers x 7 steps at tiny widths (bench/bench_sqr_grad.py --smoke --cpu-inductor): the
+  rollout's ATen ops 58k -> 24k (the matmuls stay: 11 per layer and step forward, twice that backward);
+  step 490 ms eager -> 220 ms (plain step without rollout ~90-120 ms). Compiling per layer instead
+  (one small graph called 196 times) gave 413 ms: the compiled-call overhead per call counts too.
 Numerics are those of decode.DecodeCache.attend (fp32 scores, one softmax over prefix and tail); equal
 to the authors' uncached full forwards (tests/test_sqr.py).
 """
@@ -62,12 +64,23 @@ def _latent_layer(layer, h, cos, sin, kp, vp, prefix_ok, tk, tv, col, tail_ok):
     return h + layer.mlp(layer.post_attention_layernorm(h)), tk, tv
 
 
-def _layer_fn(backend: str | None):
-    """The layer step: eager (None) or torch.compile'd with `backend` (one per process and backend)."""
+def _latent_stack(layers, h, cos, sin, keys, values, prefix_ok, tks, tvs, col, tail_ok):
+    """One latent position through every layer: -> (h, tail keys per layer, tail values per layer)."""
+    out_k, out_v = [], []
+    for i, layer in enumerate(layers):
+        h, tk, tv = _latent_layer(layer, h, cos, sin, keys[i], values[i], prefix_ok, tks[i], tvs[i], col, tail_ok)
+        out_k.append(tk)
+        out_v.append(tv)
+    return h, out_k, out_v
+
+
+def _stack_fn(backend: str | None):
+    """The step through all layers: eager (None) or torch.compile'd with `backend` (one per process and
+    backend; the prefix length is marked dynamic by the caller, so prompts of any length share it)."""
     if backend is None or _COMPILED.get("failed"):
-        return _latent_layer
+        return _latent_stack
     if backend not in _COMPILED:
-        _COMPILED[backend] = torch.compile(_latent_layer, backend=backend, dynamic=None)
+        _COMPILED[backend] = torch.compile(_latent_stack, backend=backend)
     return _COMPILED[backend]
 
 
@@ -88,30 +101,35 @@ def grad_steps(policy: "Policy", keys: list, values: list, valid: torch.Tensor, 
     if steps <= 0:
         return z1[:, None]
     backend = grad_backend(policy) if backend == "auto" else backend
-    fn = _layer_fn(backend)
+    compiled = _stack_fn(backend)
+    if compiled is not _latent_stack:
+        for t in list(keys) + list(values):
+            torch._dynamo.maybe_mark_dynamic(t, 2)  # one graph for every prompt length
+        torch._dynamo.maybe_mark_dynamic(valid, 1)
     b, dev = z1.shape[0], z1.device
     g, d = keys[0].shape[1], keys[0].shape[3]
-    tails = [(keys[0].new_zeros(b, g, steps, d), values[0].new_zeros(b, g, steps, d)) for _ in keys]
+    tks = [keys[0].new_zeros(b, g, steps, d) for _ in keys]
+    tvs = [values[0].new_zeros(b, g, steps, d) for _ in keys]
     prefix_ok = valid.bool()[:, None, None, :]
     cols = torch.arange(steps, device=dev)
+    layers = list(lm.layers)
     zs = [z1]
     for k in range(steps):
         x = policy.sqr.to_policy(zs[-1]).to(policy.dtype)[:, None]
         pos = (pos_r + k + 1).view(1, b, 1).expand(3, b, 1)
         cos, sin = lm.rotary_emb(x, pos)
-        col, tail_ok = (cols == k)[None, None, :, None], (cols <= k)[None, None, None, :]
-        h = x
-        for i, layer in enumerate(lm.layers):
-            try:
-                h, tk, tv = fn(layer, h, cos, sin, keys[i], values[i], prefix_ok, tails[i][0], tails[i][1], col, tail_ok)
-            except Exception as e:  # noqa: BLE001  (a backend failure: the pure step reruns eagerly)
-                if fn is _latent_layer:
-                    raise
-                _COMPILED["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
-                print(f"[sqr] torch.compile of the latent step under grad failed, running it eagerly "
-                      f"(rollout_compile=False skips the attempt): {_COMPILED['failed']}", flush=True)
-                fn = _latent_layer
-                h, tk, tv = fn(layer, h, cos, sin, keys[i], values[i], prefix_ok, tails[i][0], tails[i][1], col, tail_ok)
-            tails[i] = (tk, tv)
+        args = (layers, x, cos, sin, keys, values, prefix_ok, tks, tvs, (cols == k)[None, None, :, None],
+                (cols <= k)[None, None, None, :])
+        fn = _latent_stack if k == 0 else compiled  # step 1's tail holds no latent (no grad): eager, no 2nd graph
+        try:
+            h, tks, tvs = fn(*args)
+        except Exception as e:  # noqa: BLE001  (a backend failure: the pure step reruns eagerly)
+            if fn is _latent_stack:
+                raise
+            _COMPILED["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"[sqr] torch.compile of the latent step under grad failed, running it eagerly "
+                  f"(rollout_compile=False skips the attempt): {_COMPILED['failed']}", flush=True)
+            compiled = _latent_stack
+            h, tks, tvs = compiled(*args)
         zs.append(policy.sqr(lm.norm(h)[:, 0]))
     return torch.stack(zs, dim=1)
