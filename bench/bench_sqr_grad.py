@@ -115,6 +115,10 @@ def measure(shapes: dict, variant: str, args) -> tuple[dict, torch.Tensor | None
     dev, dtype = args.device, (torch.bfloat16 if args.device == "cuda" else torch.float32)
     torch.manual_seed(0)
     policy = B.build_policy(shapes, dev, dtype)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # random SQR weights too (to_embedder starts at zero: the soft tokens would all be 0)
+        for p in policy.sqr.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     opt = B.train_setup(policy, False, cuda=dev == "cuda")
     for g in opt.param_groups:
         g["lr"] = 0.0  # every step sees the same weights (the latents are compared across variants)
