@@ -14,8 +14,8 @@ with SQR vs 479 ms without). Here:
   a one-hot column) and masked by a column mask, so every step has the same shapes;
 - one step through all layers is a pure function (`_latent_stack` of `_latent_layer`: norm, q/k/v,
   q/k-norm, RoPE, attention over the prefix + tail in one softmax, o_proj, MLP), compiled once per
-  process on CUDA (the trainers' modules: rollout_compile=True by default; one graph: the prefix length
-  is dynamic, and the first step, whose tail holds no latent yet, runs eagerly): inductor fuses the
+  process on CUDA when `train.rollout_compile` is on (off by default until measured on a GPU; one
+  graph: the prefix length is dynamic, and the first step, whose tail holds no latent yet, runs eagerly): inductor fuses the
   elementwise work forward and backward. Eager on CPU, or if compiling fails (one printed message).
   CPU, 28 layers x 7 steps at tiny widths (bench/bench_sqr_grad.py --smoke --cpu-inductor): the
   rollout's ATen ops 58k -> 24k (the matmuls stay: 11 per layer and step forward, twice that backward);

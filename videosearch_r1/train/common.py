@@ -350,7 +350,7 @@ def check_run_key(ckpt: Path, key: dict, ignore: tuple[str, ...] = ()) -> None:
 
 # train fields that change neither the data order nor the arithmetic (logging, bookkeeping, equal code paths)
 NOT_IN_KEY = ("init_checkpoint", "output", "log_every", "checkpoint_every", "keep_checkpoints", "on_oom",
-              "max_nonfinite_steps", "fast_step", "clip_cache", "grad_checkpointing")
+              "max_nonfinite_steps", "fast_step", "clip_cache", "grad_checkpointing", "rollout_compile")
 
 
 def settings_key(tc) -> str:

@@ -171,7 +171,8 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     groups = common.param_groups(policy, stage_tc, sqr=latent_on)
     opt = torch.optim.AdamW(groups, lr=g.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
                             fused=acc.device.type == "cuda")
-    module, opt = acc.prepare(GRPOModule(policy, cfg.agent.n_latents, tc.fast_step), opt)
+    module, opt = acc.prepare(GRPOModule(policy, cfg.agent.n_latents, tc.fast_step,
+                                                rollout_compile=tc.rollout_compile), opt)
     state = common.load_trainer_state(acc, opt, resume) if resume is not None else common.TrainState()
     acfg = dataclasses.replace(cfg.agent, method="sqr", max_new_tokens=g.max_new_tokens)
     clip_fn = functools.lru_cache(maxsize=max(1, tc.clip_cache))(lambda v: load_clip(cfg, dataset, v))

@@ -248,7 +248,8 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
     groups = common.param_groups(policy, tc, sqr=lam > 0)
     opt = torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.betas), weight_decay=tc.weight_decay,
                             fused=acc.device.type == "cuda")
-    module = PolicyModule(policy, cfg.agent.n_latents, getattr(cfg.sft, "rollout_cached", True), tc.fast_step)
+    module = PolicyModule(policy, cfg.agent.n_latents, getattr(cfg.sft, "rollout_cached", True), tc.fast_step,
+                          rollout_compile=tc.rollout_compile)
     module, opt = acc.prepare(module, opt)
     state = common.load_trainer_state(acc, opt, ckpt) if ckpt is not None else common.TrainState()
     vv = VideoVectors(video_vectors, acc.device) if lam > 0 else None
