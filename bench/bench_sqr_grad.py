@@ -9,10 +9,10 @@ gradient checkpointing), one train.trainer.PolicyModule step per variant:
 - plain:        no contrastive row (no rollout; the forward without a cache)
 - cache:        the forward with use_cache=True + CE, no rollout (does the cache change the attention
                 path? transformers' mask is None and SDPA runs is_causal either way; this row measures it)
-- sqr_old:      8 latents with grad, the steps as before 2026-12-01 (decode.decode_step on a growing
-                DecodeCache: ~270 ATen ops per layer and step, forward + backward)
+- sqr_old:      8 latents with grad, decode.decode_step on a growing DecodeCache (~270 ATen ops per layer
+                and step, forward + backward): the trainers' eager default (sqr.latent_steps_grad)
 - sqr_eager:    agent/sqr_grad.py's step (fixed-size tail), eager
-- sqr_compiled: the same step through torch.compile (inductor; what the trainers run on CUDA)
+- sqr_compiled: the same step through torch.compile (inductor; the trainers with train.rollout_compile on CUDA)
 Columns: median step time after warm-up (the compile happens in the warm-up), launched kernels of one
 step (CUDA: cudaLaunchKernel-type calls; CPU: compute ATen ops), peak memory. The latents of every sqr
 variant are checked equal to sqr_old's (same weights and row). Prints a table; --out writes JSON.
@@ -42,20 +42,6 @@ CPU_OPS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::mul", "aten::add", "at
            "aten::_softmax_backward_data", "aten::_index_put_impl_", "aten::sub", "aten::div", "aten::clone"}
 
 
-def _old_steps(policy, keys, values, valid, z1, pos_r, n_latents, backend=None):
-    """The latent steps as they ran before agent/sqr_grad.py: decode_step on a growing DecodeCache."""
-    from videosearch_r1.agent.decode import DecodeCache, decode_step
-    from videosearch_r1.agent.sqr import _steps
-
-    cache = DecodeCache(keys, values, valid, valid.shape[1], static=False)
-
-    def step(x, pos):
-        post = decode_step(policy.model, cache, x, pos)[1]
-        cache.advance()
-        return post
-    return _steps(policy, step, z1, pos_r, n_latents)
-
-
 def make_step(policy, variant: str, batch: dict, opt, n_latents: int, cpu_inductor: bool = False):
     """-> run() doing one training step of `variant` and returning its latents (or None)."""
     from videosearch_r1.agent import sqr
@@ -82,15 +68,15 @@ def make_step(policy, variant: str, batch: dict, opt, n_latents: int, cpu_induct
             finish(torch.nn.functional.cross_entropy(logits, labels[:, 1:][sel]))
             return None
         contrastive = torch.full((b,), variant != "plain", dtype=torch.bool, device=refine.device)
-        real, real_backend = sqr.grad_steps, sqr.grad_backend
-        if variant == "sqr_old":
-            sqr.grad_steps = _old_steps
+        real_backend, real_eager = sqr.grad_backend, sqr.EAGER_STEP
+        if variant == "sqr_eager":  # the fixed-tail step without compiling (the default eager step is sqr_old's)
+            sqr.EAGER_STEP = "fixed_tail"
         if cpu_inductor:  # inductor's C++ kernels on the CPU (trainers compile on CUDA only)
             sqr.grad_backend = lambda policy, compile=True: "inductor" if compile else None
         try:
             ce, n, soft = module(inputs, labels, refine, contrastive)
         finally:
-            sqr.grad_steps, sqr.grad_backend = real, real_backend
+            sqr.grad_backend, sqr.EAGER_STEP = real_backend, real_eager
         finish(ce / n + (soft.float().pow(2).mean() if soft is not None else 0.0))
         return None if soft is None else soft.detach().float()
     return run

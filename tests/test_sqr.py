@@ -52,12 +52,16 @@ def test_cached_equals_uncached_equals_from_generation(setup):
             assert rel(rollout_latents(policy, full, r, k, cached=True), zu[:, :k]) < 1e-3
 
 
-def test_grad_rollout_growing_cache_equals_uncached_values_and_gradients(setup):
-    """Under grad the cached rollout reads the prefill's K/V as they are and keeps the latent steps in a
-    fixed-size tail (sqr_grad.grad_steps): latents and the gradient reaching the policy equal the authors'
-    full forwards; every layer step sees the same prefix and tail shapes (no per-step copy, no new shapes)."""
-    from videosearch_r1.agent import sqr_grad
+@pytest.mark.parametrize("eager_step", ["decode", "fixed_tail"])
+def test_grad_rollout_growing_cache_equals_uncached_values_and_gradients(setup, eager_step, monkeypatch):
+    """Under grad the cached rollout reads the prefill's K/V as they are; its uncompiled latent steps are
+    decode_step on a growing cache (the default, sqr.EAGER_STEP="decode") or sqr_grad's fixed-size tail:
+    with either, latents and the gradient reaching the policy equal the authors' full forwards. The
+    fixed-tail step sees the same prefix and tail shapes at every layer step (no per-step copy, no new
+    shapes)."""
+    from videosearch_r1.agent import sqr, sqr_grad
 
+    monkeypatch.setattr(sqr, "EAGER_STEP", eager_step)
     policy, _, full, r = setup
     w = policy.model.model.language_model.layers[0].mlp.up_proj.weight
     grads, zs = [], []
@@ -81,6 +85,9 @@ def test_grad_rollout_growing_cache_equals_uncached_values_and_gradients(setup):
     finally:
         sqr_grad._latent_layer = real
     n_layers = len(policy.model.model.language_model.layers)
+    if eager_step == "decode":
+        assert seen == []  # the default eager step does not go through the fixed-tail layer step
+        return
     assert len(seen) == 2 * n_layers  # N - 1 steps through every layer
     assert len({(lp, t) for lp, t, _, _ in seen}) == 1 and seen[0][1][2] == 2  # one prefix, a tail of N - 1 columns
     assert sorted({o for _, _, _, o in seen}) == [1, 2] and all(c == 1 for _, _, c, _ in seen)

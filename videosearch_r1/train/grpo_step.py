@@ -124,7 +124,7 @@ class GRPOModule(nn.Module):
     rollout_compile: the shared rollout's latent layer step torch.compile'd on CUDA (agent/sqr_grad.py)."""
 
     def __init__(self, policy, n_latents: int, fast: bool = True, rollout_cached: bool = True,
-                 rollout_compile: bool = True):
+                 rollout_compile: bool = False):
         super().__init__()
         self.model, self.sqr = policy.model, policy.sqr
         object.__setattr__(self, "policy", policy)

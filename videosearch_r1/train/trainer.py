@@ -61,7 +61,7 @@ class PolicyModule(nn.Module):
     """policy.model + policy.sqr as one module, so DDP / FSDP see every trainable parameter and every
     forward goes through `forward` (module hooks run)."""
 
-    def __init__(self, policy, n_latents: int, rollout_cached: bool, fast: bool, rollout_compile: bool = True):
+    def __init__(self, policy, n_latents: int, rollout_cached: bool, fast: bool, rollout_compile: bool = False):
         super().__init__()
         self.model, self.sqr = policy.model, policy.sqr
         object.__setattr__(self, "policy", policy)  # not a submodule (already registered above)
