@@ -15,8 +15,10 @@ with SQR vs 479 ms without). Here:
 - one step through all layers is a pure function (`_latent_stack` of `_latent_layer`: norm, q/k/v,
   q/k-norm, RoPE, attention over the prefix + tail in one softmax, o_proj, MLP), compiled once per
   process on CUDA when `train.rollout_compile` is on (off by default until measured on a GPU; one
-  graph: the prefix length is dynamic, and the first step, whose tail holds no latent yet, runs eagerly): inductor fuses the
-  elementwise work forward and backward. Eager on CPU, or if compiling fails (one printed message).
+  graph: the prefix length is dynamic, and the first step, whose tail holds no latent yet, runs
+  eagerly): inductor fuses the elementwise work forward and backward. Run eagerly it is slower than
+  decode_step on a growing cache (H200: 1.66 vs 1.43 s per SFT step), so uncompiled rollouts use that
+  (sqr.latent_steps_grad). Eager on CPU, or if compiling fails (one printed message).
   CPU, 28 layers x 7 steps at tiny widths (bench/bench_sqr_grad.py --smoke --cpu-inductor): the
   rollout's ATen ops 58k -> 24k (the matmuls stay: 11 per layer and step forward, twice that backward);
   step 490 ms eager -> 220 ms (plain step without rollout ~90-120 ms). Compiling per layer instead
