@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 from test_download import BUCKET, _authors_synth_test, _npy, _tar, _ws_args, mirror  # noqa: F401 (fixture)
@@ -177,3 +178,56 @@ def test_progress_moves_in_bytes_within_a_file(tmp_path, monkeypatch):
     s = download.sync_files(src, "model", "org/big", src.list("model", "org/big"), dest, cfg)
     assert s.fetched == ["shard.bin"] and (dest / "shard.bin").read_bytes() == data
     assert seen[0] == 1000 and len([n for n in seen if n > 0]) >= 4 and sum(seen) == len(data)
+
+
+def test_a_changed_clip_that_fails_to_convert_is_not_served_from_its_old_version(mirror, tmp_path, capsys):  # noqa: F811
+    """A re-published npy that cannot be converted is a counted skip, and the clip of its previous version
+    leaves the store: the summary and the frames agree (before: the old frames kept being served)."""
+    src = tmp_path / "mirror"
+    shutil.copytree(mirror, src)
+    ws = tmp_path / "ws"
+    over, _ = _ws_cfg(ws, "download.keep_archives=true")
+    args = ["download", "data", "synth", "--mirror", str(src), *over]
+    assert cli.main(args) == 0
+    store_dir = ws / "data" / "synth" / "prepared" / "frames_authors"
+    vid = FrameStore(store_dir).ids()[0]
+    frames, emb = _authors_synth_test(_world.world())
+    npy_name = f"test/video_npy_with_meta/{vid}.npy"
+    arr = np.load(io.BytesIO(frames[npy_name]))
+    bad = _npy(arr.reshape(arr.shape[0], arr.shape[1], -1, 1))  # same bytes, not [T, H, W, 3] frames
+    assert len(bad) == len(frames[npy_name])
+    frames[npy_name] = bad
+    _republish(src, frames, emb)
+    capsys.readouterr()
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert vid in out and "skipped" in out, out
+    assert vid not in FrameStore(store_dir)
+
+
+def test_a_file_moved_to_another_shard_survives_the_old_shards_re_extraction(tmp_path):
+    """A new release moves x.npy from shard A to shard B and lists B first: B writes x, then A (extracted
+    again, x no longer among its members) must not delete it; a file no shard lists any more is removed."""
+    import tarfile
+
+    from videosearch_r1.data.convert import extract_shards
+
+    def shard(name: str, files: dict) -> Path:
+        path = tmp_path / "parts" / name
+        path.parent.mkdir(exist_ok=True)
+        with tarfile.open(path, "w") as tar:
+            for member, data in files.items():
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return path
+
+    staging, done = tmp_path / "staging", tmp_path / "staging" / ".done"
+    extract_shards([("A", [shard("A1", {"x.npy": b"x1", "old.npy": b"o"})], ["a1"]),
+                    ("B", [shard("B1", {"y.npy": b"y1"})], ["b1"])], staging, done, keep=True)
+    assert (staging / "x.npy").read_bytes() == b"x1" and (staging / "old.npy").is_file()
+    extract_shards([("B", [shard("B2", {"y.npy": b"y2", "x.npy": b"x2"})], ["b2"]),
+                    ("A", [shard("A2", {"z.npy": b"z"})], ["a2"])], staging, done, keep=True)
+    assert (staging / "x.npy").read_bytes() == b"x2"  # moved to B: kept
+    assert not (staging / "old.npy").exists()  # listed by no shard now: removed
+    assert (staging / "z.npy").is_file() and (staging / "y.npy").read_bytes() == b"y2"

@@ -247,3 +247,8 @@ def test_cache_misses_are_encoded_in_one_vision_call(policy, monkeypatch):
         assert _close(feat[0], ref[0]) and len(feat[1]) == len(ref[1]) >= 1
         assert all(_close(a, b) for a, b in zip(feat[1], ref[1]))
         assert hit is feat or torch.equal(hit[0], feat[0])
+    for emb, deep in cache.entries.values():  # each stored entry owns its memory (no view of the batch output)
+        for t in (emb, *deep):
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
+    assert cache.stats()["bytes"] == sum(t.untyped_storage().nbytes() for e, d in cache.entries.values()
+                                         for t in (e, *d))

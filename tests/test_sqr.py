@@ -305,3 +305,33 @@ def test_grpo_module_rollout_from_its_forward_equals_the_separate_rollout(setup)
     for name in params:
         assert g_b[name].abs().sum() > 0, name
         assert rel(g_a[name], g_b[name]) < 1e-3, name
+
+
+def test_rollout_from_forward_ignores_non_finite_padding_keys_and_values(setup):
+    """Left padding's K/V can be non-finite on some kernels; masked in the scores is not enough (dq = dS K
+    and probs @ V give 0 * NaN): the rollout from a forward's cache zeroes both at padding, so latents and
+    gradients stay finite and equal those from a cache with finite padding."""
+    from videosearch_r1.agent.sqr import rollout_from_forward
+    from videosearch_r1.models.qwen3vl import model_inputs
+
+    policy, _, full, r = setup
+    pad = ~full["attention_mask"].bool()
+    assert bool(pad.any())  # the fixture's rows are left padded
+    w = policy.model.model.language_model.layers[0].self_attn.q_proj.weight
+    rows = torch.arange(r.shape[0])
+    out_z, out_g = [], []
+    for poison in (False, True):
+        kw = model_inputs(policy.model, full)
+        out = policy.model.model(**kw, use_cache=True)
+        if poison:
+            for layer in out.past_key_values.layers:
+                layer.keys = layer.keys.masked_fill(pad[:, None, :, None], float("nan"))
+                layer.values = layer.values.masked_fill(pad[:, None, :, None], float("nan"))
+        pos = kw.get("position_ids")
+        pos = pos if pos is not None else policy.positions(full)
+        z = rollout_from_forward(policy, out, out.last_hidden_state, pos, full["attention_mask"], r, rows, 4)
+        (g,) = torch.autograd.grad(z.square().sum(), [w])
+        out_z.append(z.detach())
+        out_g.append(g)
+    assert torch.isfinite(out_z[1]).all() and torch.isfinite(out_g[1]).all()
+    assert rel(out_z[1], out_z[0]) < 1e-6 and rel(out_g[1], out_g[0]) < 1e-6

@@ -178,7 +178,7 @@ def rollout_from_forward(policy: "Policy", out, hidden: torch.Tensor, positions:
     are masked out and latent k sits at pos(<REFINE>) + k, so this equals `rollout_latents(..., cached=True)`
     on those rows (tests/test_train_sft.py, tests/test_sqr.py). Differentiable. The forward's K/V are
     used as they are (no per-layer copy: the rollout runs over the whole batch and keeps `rows`); only
-    values at padding are zeroed, where the batch has padding. compile: the latent layer step through
+    keys and values at padding are zeroed, where the batch has padding. compile: the latent layer step through
     torch.compile on CUDA (agent/sqr_grad.py).
     """
     from videosearch_r1.agent.decode import _take_layer_kv
@@ -201,8 +201,9 @@ def rollout_from_forward(policy: "Policy", out, hidden: torch.Tensor, positions:
     keys, values = [], []
     for i in range(len(policy.model.model.language_model.layers)):
         k, v = _take_layer_kv(hf, i)
-        keys.append(k)  # masked in the scores (masked_fill after the product), so junk keys are harmless
-        values.append(v.masked_fill(~mask[:, None, :, None], 0) if padded else v)  # 0 * non-finite pad is NaN
+        pad = ~mask[:, None, :, None]  # padding K/V may be non-finite: 0 * NaN is NaN (values forward, keys in dq)
+        keys.append(k.masked_fill(pad, 0) if padded else k)
+        values.append(v.masked_fill(pad, 0) if padded else v)
     every = torch.arange(b, device=dev)
     z = latent_steps_grad(policy, keys, values, valid, policy.sqr(hidden[every, r]), positions[0, every, r],
                           n_latents, compile)

@@ -126,8 +126,8 @@ def grad_steps(policy: "Policy", keys: list, values: list, valid: torch.Tensor, 
         try:
             h, tks, tvs = fn(*args)
         except Exception as e:  # noqa: BLE001  (a backend failure: the pure step reruns eagerly)
-            if fn is _latent_stack:
-                raise
+            if fn is _latent_stack or isinstance(e, torch.OutOfMemoryError):
+                raise  # an OOM is the step's, not the compiler's: train.on_oom decides, compiling stays on
             _COMPILED["failed"] = f"{type(e).__name__}: {str(e)[:300]}"
             print(f"[sqr] torch.compile of the latent step under grad failed, running it eagerly "
                   f"(rollout_compile=False skips the attempt): {_COMPILED['failed']}", flush=True)

@@ -126,6 +126,13 @@ def weights_token(model) -> tuple:
             tuple(_ptr(p) for p in params))
 
 
+def _own(feat):
+    """(embeds, deepstack) with every tensor owning its storage (torch.split pieces share the batch output's)."""
+    emb, deep = feat
+    own = lambda t: t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()  # noqa: E731
+    return own(emb), type(deep)(own(d) for d in deep)
+
+
 def _nbytes(feat) -> int:
     emb, deep = feat
     return sum(t.numel() * t.element_size() for t in (emb, *deep))
@@ -152,6 +159,7 @@ class VisionCache:
         self.bytes = 0
 
     def _put(self, key: str, feat) -> None:
+        """Store `feat` (counted by its own bytes: pass tensors that own their memory, see _own)."""
         size = _nbytes(feat)
         if size > self.max_bytes:
             return
@@ -199,7 +207,7 @@ class VisionCache:
                 if len(todo) < len(keys) else pixel_values_videos
             grid = video_grid_thw[todo] if len(todo) < len(keys) else video_grid_thw
             fresh = dict(zip(first_miss, encode_videos(model, pix, grid)))
-            for key, feat in fresh.items():
-                self._put(key, feat)
+            for key, feat in fresh.items():  # a stored piece gets its own memory: a split view would keep the
+                self._put(key, _own(feat))   # whole batch's output alive past the byte budget and evictions
             out = [fresh[k] if f is None else f for k, f in zip(keys, out)]
         return out

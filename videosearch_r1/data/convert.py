@@ -78,9 +78,10 @@ def extract_shards(shards: list[tuple[str, list[Path], list]], staging: Path, do
     """Extract each (name, parts, key) shard (parts joined in order, streamed; tar members are checked by
     tarfile's "data" filter: no absolute paths, no links out of `staging`), then write done_dir/<name>.done
     holding its content key and each member's sha256. A shard extracted before from other content (its marker's key
-    differs) is extracted again and the files only the old version had are removed. Returns shards extracted."""
+    differs) is extracted again; files only its old version had are removed after all shards, unless another
+    shard's marker lists them (a file moved between shards). Returns shards extracted."""
     done_dir.mkdir(parents=True, exist_ok=True)
-    n = 0
+    n, gone = 0, set()
     for name, parts, key in progress(shards, desc="extract", unit="shard"):
         marker = done_dir / f"{name}.done"
         old = _marker(marker)
@@ -102,14 +103,16 @@ def extract_shards(shards: list[tuple[str, list[Path], list]], staging: Path, do
             raise ConvertError(f"shard {name} ({', '.join(map(str, parts))}): cannot extract: {e}") from None
         finally:
             stream.close()
-        for gone in sorted(set(old.get("members") or []) - set(members)):  # only in the old version
-            if not gone.startswith("/") and ".." not in gone.split("/"):
-                (staging / gone).unlink(missing_ok=True)
+        gone |= set(old.get("members") or []) - set(members)  # only in the old version of this shard
         atomic_write_json(marker, {"name": name, "key": key, "members": members})
         if not keep:
             for p in parts:
                 p.unlink()
         n += 1
+    listed = {m for p in done_dir.glob("*.done") for m in (_marker(p).get("members") or [])}
+    for path in sorted(gone - listed):  # after every shard: a file that moved to another shard is kept
+        if not path.startswith("/") and ".." not in path.split("/"):
+            (staging / path).unlink(missing_ok=True)
     return n
 
 
@@ -235,14 +238,16 @@ def _frames(cfg: Config, name: str, staging: Path, skipped: list, notes: list[st
         redo = npy.stem in store and sources.get(npy.stem, key) != key
         if npy.stem in store and not redo:
             return npy.stem, key, "kept"
-        if meta is None:
-            skipped.append((npy.stem, f"{npy}: no line for it in {npy.parent / 'meta.jsonl'}"))
-            return npy.stem, None, None
-        try:  # a bad npy or meta line is a counted skip, named (a full disk still stops the run)
-            clip = npy_to_clip(npy, meta, vcfg)
-            store.put(npy.stem, clip, overwrite=redo)  # ValueError: not what the store's video config yields
-        except (ValueError, KeyError, TypeError) as e:
-            skipped.append((npy.stem, f"{npy}: {type(e).__name__}: {e}"))
+        why = f"{npy}: no line for it in {npy.parent / 'meta.jsonl'}" if meta is None else None
+        if why is None:
+            try:  # a bad npy or meta line is a counted skip, named (a full disk still stops the run)
+                store.put(npy.stem, npy_to_clip(npy, meta, vcfg), overwrite=redo)  # ValueError: not what the
+            except (ValueError, KeyError, TypeError) as e:                      # store's video config yields
+                why = f"{npy}: {type(e).__name__}: {e}"
+        if why is not None:
+            if redo:  # the new version is skipped: the old clip must not be served in its place
+                store.remove(npy.stem)
+            skipped.append((npy.stem, why))
             return npy.stem, None, None
         return npy.stem, key, "stored"
 

@@ -161,6 +161,14 @@ class FrameStore:
                 os.fsync(f.fileno())
         return True
 
+    def remove(self, video_id: str) -> bool:
+        """Delete a stored clip; False when it was not stored."""
+        path = self._path(video_id)
+        if not path.is_file():
+            return False
+        path.unlink()
+        return True
+
     def _check(self, video_id: str, clip: Clip) -> None:
         """A clip must be what this store's video config yields: uint8 frames of the config's frame size."""
         vc = self.video_config
