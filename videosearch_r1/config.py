@@ -200,6 +200,7 @@ class AgentConfig:
     method: str = "sqr"  # "sqr" | "engine" (top-1 only) | "zeroshot" (next candidate) | "hqr" (text rewrite)
     max_turns: int = 3
     n_latents: int = 8
+    soft_scale: str = "none"  # SQR modules created fresh (base, SFT from an HF model): "none" (reference) | "embed" (soft tokens x the engine's token RMS, as channel.scale)
     refine_mode: str = "replace"  # "replace": original text + this turn's latents; "accumulate": all turns'
     max_new_tokens: int = 256
     batch_size: int = 8

@@ -54,6 +54,7 @@ class SQRConfig:
     soft_insert: str = "before_tail"  # where the embedder must insert these soft tokens (engine.soft_insert)
     refine_token: str = REFINE_TOKEN
     zero_init_readout: bool = True
+    soft_scale: float = 1.0  # soft tokens = to_embedder(Z) x this (1.0: the reference; agent.soft_scale=embed: the engine's token RMS)
     source: str = "videosearch_r1"  # "videosearch_r1" | "reference" (converted from the authors' layout)
 
     def __post_init__(self):
@@ -219,10 +220,10 @@ class Policy:
     @classmethod
     def from_pretrained(cls, path_or_id: str, device: str = "auto", dtype: str = "auto",
                         reference_layout: bool = False, latent_dim: int = 0, embedder_hidden: int = 0,
-                        attn_implementation: str = "sdpa", seed: int = 0) -> "Policy":
+                        attn_implementation: str = "sdpa", seed: int = 0, soft_scale: float = 1.0) -> "Policy":
         """Load model + processor (+ SQR modules beside them, or fresh ones if none are saved).
 
-        latent_dim / embedder_hidden (0 = policy hidden) size FRESH modules only; a saved
+        latent_dim / embedder_hidden (0 = policy hidden) and soft_scale set up FRESH modules only; a saved
         sqr_config.json is authoritative (a conflicting explicit value is an error).
         reference_layout: read the authors' refine_* tensors from the model weights (reference_ckpt.py).
         """
@@ -257,7 +258,7 @@ class Policy:
                 raise PolicyLoadError(f"{path} holds the authors' refine_* weights inside the model; "
                                       "load it with reference_layout=True (agent.reference_layout=true)")
             sqr_cfg = SQRConfig(hidden_size=hidden, latent_dim=latent_dim or hidden,
-                                embedder_hidden=embedder_hidden or hidden)
+                                embedder_hidden=embedder_hidden or hidden, soft_scale=float(soft_scale))
             state = None
         sqr = SQRModules(sqr_cfg, seed=seed)
         if state is not None:
@@ -402,8 +403,9 @@ class Policy:
                           res.state)
 
     def soft_tokens(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents Z [B, N, D] -> the embedder's soft input tokens [B, N, He] (fp32)."""
-        return self.sqr.to_embedder(latents.float())
+        """Latents Z [B, N, D] -> the embedder's soft input tokens [B, N, He] (fp32): to_embedder(Z) x soft_scale."""
+        soft = self.sqr.to_embedder(latents.float())
+        return soft if self.sqr_config.soft_scale == 1.0 else soft * self.sqr_config.soft_scale
 
 
 def _ensure_refine_token(model, processor) -> None:

@@ -90,6 +90,7 @@ def initial_policy(cfg, work: Path):
     from videosearch_r1.agent.policy import Policy
     from videosearch_r1.models.tiny import make_tiny_checkpoint
     from videosearch_r1.models.qwen3vl import configure_processor
+    from videosearch_r1.train import common
 
     bc = cfg.base
     if bc.init == "engine":
@@ -103,7 +104,7 @@ def initial_policy(cfg, work: Path):
     else:
         raise ValueError(f"base.init must be 'engine' or 'scratch', got {bc.init!r}")
     policy = Policy.from_pretrained(str(path), device="cpu", dtype="fp32", embedder_hidden=engine_hidden(cfg),
-                                    seed=cfg.seed)
+                                    seed=cfg.seed, soft_scale=common.soft_scale(cfg))
     configure_processor(policy.processor, cfg.video_cfg(DATASET))
     return policy
 

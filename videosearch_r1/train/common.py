@@ -41,6 +41,31 @@ FINAL = "final"
 
 
 # ----------------------------------------------------------------------------- accelerate / seeding
+def soft_scale(cfg, embedder=None) -> float:
+    """The soft-token scale for SQR modules created fresh (agent.soft_scale): 1.0 ("none", the reference) or
+    the RMS of the engine's input token embeddings ("embed", what `vsr1 engine channel` scales latents by),
+    from `embedder` or read from the engine checkpoint's safetensors (cfg.engine_model())."""
+    mode = cfg.agent.soft_scale
+    if mode == "none":
+        return 1.0
+    if mode != "embed":
+        raise ValueError(f"agent.soft_scale must be 'none' or 'embed', got {mode!r}")
+    if embedder is not None:
+        from videosearch_r1.engine.channel import token_rms
+
+        return token_rms(embedder)
+    from safetensors import safe_open
+
+    root = Path(cfg.engine_model())
+    for f in sorted(root.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            name = next((k for k in st.keys() if k.endswith("embed_tokens.weight")), None)
+            if name is not None:
+                return float(st.get_tensor(name).float().pow(2).mean().sqrt())
+    raise FileNotFoundError(f"agent.soft_scale=embed: no embed_tokens.weight in {root}/*.safetensors "
+                            "(train or point engine.model at the engine first)")
+
+
 def make_accelerator(tc):
     """An accelerate Accelerator for the `train` section (mixed precision; unused params allowed under DDP,
     since rows without <REFINE> leave the SQR modules out of a step)."""

@@ -30,6 +30,7 @@ def run_sft(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = No
     from videosearch_r1.agent.policy import Policy
     from videosearch_r1.config import ConfigError
     from videosearch_r1.models.qwen3vl import configure_processor
+    from videosearch_r1.train import common
     from videosearch_r1.train.rows import read_rows
     from videosearch_r1.train.trainer import train_policy
     from videosearch_r1.video.decode import load_clip
@@ -43,7 +44,8 @@ def run_sft(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = No
     if not ckpt:
         raise ConfigError("no policy to start from: pass --checkpoint PATH_OR_ID or set train.init_checkpoint")
     he = engine.embedder.hidden_size if engine.embedder is not None else 0
-    policy = Policy.from_pretrained(ckpt, device="cpu", dtype="fp32", embedder_hidden=he, seed=cfg.seed)
+    policy = Policy.from_pretrained(ckpt, device="cpu", dtype="fp32", embedder_hidden=he, seed=cfg.seed,
+                                    soft_scale=common.soft_scale(cfg, engine.embedder))
     if policy.sqr_config.soft_insert != cfg.engine.soft_insert:
         raise ConfigError(f"the policy's SQR modules use soft_insert={policy.sqr_config.soft_insert!r}, "
                           f"the engine {cfg.engine.soft_insert!r}")
