@@ -75,15 +75,21 @@ def _republish(root, frames: dict, emb: dict) -> None:
     (ds / "manifest.json").write_text(json.dumps(m))
 
 
-def test_changed_remote_shards_are_fetched_and_converted_again(mirror, tmp_path, capsys):  # noqa: F811
-    """A shard marked done is fetched again when its remote content changes, even at the same size and
-    name (and the manifest too); its changed clip is converted again and its old-only files removed."""
+def _downloaded(mirror, tmp_path):
+    """A mirror copy (to republish into), a workspace, and the download args, run once: (src, ws, args)."""
     src = tmp_path / "mirror"
     shutil.copytree(mirror, src)
     ws = tmp_path / "ws"
     over, _ = _ws_cfg(ws, "download.keep_archives=true")
     args = ["download", "data", "synth", "--mirror", str(src), *over]
     assert cli.main(args) == 0
+    return src, ws, args
+
+
+def test_changed_remote_shards_are_fetched_and_converted_again(mirror, tmp_path, capsys):  # noqa: F811
+    """A shard marked done is fetched again when its remote content changes, even at the same size and
+    name (and the manifest too); its changed clip is converted again and its old-only files removed."""
+    src, ws, args = _downloaded(mirror, tmp_path)
     prepared, staging = ws / "data" / "synth" / "prepared", ws / "data" / "synth" / "authors"
     vid = FrameStore(prepared / "frames_authors").ids()[0]
     before = FrameStore(prepared / "frames_authors").get(vid).frames.astype(int)
@@ -183,12 +189,7 @@ def test_progress_moves_in_bytes_within_a_file(tmp_path, monkeypatch):
 def test_a_changed_clip_that_fails_to_convert_is_not_served_from_its_old_version(mirror, tmp_path, capsys):  # noqa: F811
     """A re-published npy that cannot be converted is a counted skip, and the clip of its previous version
     leaves the store: the summary and the frames agree (before: the old frames kept being served)."""
-    src = tmp_path / "mirror"
-    shutil.copytree(mirror, src)
-    ws = tmp_path / "ws"
-    over, _ = _ws_cfg(ws, "download.keep_archives=true")
-    args = ["download", "data", "synth", "--mirror", str(src), *over]
-    assert cli.main(args) == 0
+    src, ws, args = _downloaded(mirror, tmp_path)
     store_dir = ws / "data" / "synth" / "prepared" / "frames_authors"
     vid = FrameStore(store_dir).ids()[0]
     frames, emb = _authors_synth_test(_world.world())
