@@ -122,3 +122,26 @@ def test_a_short_base_run_lowers_the_loss_and_exports_a_zs_checkpoint(tmp_path, 
     cfg = w.cfg(f"agent.checkpoint={s['policy']}")
     pol = load_policy(cfg, load_engine(cfg, "synth", "test"))
     assert pol.sqr_config.embedder_hidden == W.engine().embedder.hidden_size
+
+
+def test_heldout_scores_split_attribute_rows_by_the_detail_asked():
+    """task_scores groups by row.meta[key]: by task (the default) and, for the attribute rows, by the detail
+    asked (colour / shape / size): which detail the policy cannot see. Every row is counted once."""
+    from videosearch_r1.agent.policy import Policy
+    from videosearch_r1.train.base import task_scores
+    from videosearch_r1.video.decode import load_clip
+
+    w = W.world()
+    cfg = load_config(None, ["synth.preset=tiny"])
+    world = sample_world(resolve(cfg.synth))
+    rows, _ = task_rows(world, cfg.base, cfg.video_cfg("synth"), "synth")
+    attr = [r for r in rows if r.meta["task"] == "attribute"][:6]
+    ground = [r for r in rows if r.meta["task"] == "ground"][:2]
+    assert {r.meta["attribute"] for r in attr} == {"colour", "shape", "size"}
+    policy = Policy.from_pretrained(str(w.policy_path), device="cpu", dtype="fp32")
+    clip = lambda v: load_clip(w.cfg(), "synth", v)  # noqa: E731
+    by_task = task_scores(policy, attr + ground, clip, batch_size=4)
+    by_detail = task_scores(policy, attr, clip, batch_size=4, key="attribute")
+    assert set(by_task) == {"attribute", "ground"} and by_task["attribute"]["rows"] == 6
+    assert set(by_detail) == {"colour", "shape", "size"} and sum(r["rows"] for r in by_detail.values()) == 6
+    assert all(0 <= r["token_acc"] <= 100 and r["ce"] > 0 for r in by_detail.values())

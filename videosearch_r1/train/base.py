@@ -133,8 +133,9 @@ def heldout_clips(rows, clip_fn) -> tuple[list, dict, dict]:
 
 
 @torch.no_grad()
-def task_scores(policy, rows, clip_fn, batch_size: int = 8) -> dict:
-    """Teacher-forced answer tokens per task: mean CE and share of tokens the policy predicts (argmax)."""
+def task_scores(policy, rows, clip_fn, batch_size: int = 8, key: str = "task") -> dict:
+    """Teacher-forced answer tokens per row.meta[key] (the task; key="attribute": colour / shape / size of the
+    attribute rows): mean CE, share of tokens the policy predicts (argmax), share of rows all right (exact)."""
     from videosearch_r1.models.qwen3vl import model_inputs
     from videosearch_r1.train.rows import collate
     from videosearch_r1.utils import progress
@@ -157,7 +158,7 @@ def task_scores(policy, rows, clip_fn, batch_size: int = 8) -> dict:
             sel = target[j] != -100
             ce = torch.nn.functional.cross_entropy(logits[j][sel], target[j][sel], reduction="sum")
             hit = (logits[j][sel].argmax(-1) == target[j][sel]).sum()
-            s = sums.setdefault(r.meta.get("task", "?"), [0.0, 0.0, 0, 0, 0])  # ce, hits, tokens, exact, rows
+            s = sums.setdefault(str(r.meta.get(key, "?")), [0.0, 0.0, 0, 0, 0])  # ce, hits, tokens, exact, rows
             s[0] += float(ce)
             s[1] += float(hit)
             s[2] += int(sel.sum())
@@ -232,6 +233,9 @@ def run_base(cfg, stop_after: int | None = None) -> dict:
         configure_processor(trained.processor, cfg.video_cfg(DATASET))
         summary["heldout_before"] = before
         summary["heldout_after"] = task_scores(trained, held, bench_clip)
+        attr = [r for r in held if r.meta.get("task") == "attribute"]
+        if attr:  # which detail the policy cannot see: the perception gate before SFT (docs/results.md)
+            summary["heldout_attributes"] = task_scores(trained, attr, bench_clip, key="attribute")
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -258,7 +262,7 @@ def format_summary(s: dict) -> str:
              f"{s['last']['loss'] if s.get('last') else float('nan'):.3f}; skipped {s['skipped'] or 'none'}"]
     if s.get("policy"):
         lines.append(f"  ZS policy: {s['policy']} ({s['policy_mb']} MB)")
-    for name in ("heldout_before", "heldout_after"):
+    for name in ("heldout_before", "heldout_after", "heldout_attributes"):
         for task, r in (s.get(name) or {}).items():
             lines.append(f"  {name:15} {task:10} answer CE {r['ce']:.3f}  token acc {r['token_acc']:.1f} %  "
                          f"exact {r['exact']:.1f} % ({r['rows']} rows)")
