@@ -561,7 +561,7 @@ def save_config(cfg: Config, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / "config.yaml"
-    tmp = out.with_suffix(".yaml.tmp")
+    tmp = out.with_suffix(f".yaml.{os.getpid()}.tmp")  # per process: concurrent writers never share it
     tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     os.replace(tmp, out)
     return out

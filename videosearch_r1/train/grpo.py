@@ -483,8 +483,9 @@ def run_grpo(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = N
     done = common.latest_checkpoint(out_dir)
     if done is not None and done.name == common.FINAL and (out_dir / "summary.json").is_file():
         return json.loads((out_dir / "summary.json").read_text())  # finished with the same key: reuse it
-    save_config(cfg, out_dir)
     acc, tc = run.acc, cfg.train
+    if acc.is_main_process:  # one writer: ranks sharing out_dir raced on the same temporary file
+        save_config(cfg, out_dir)
     metrics = out_dir / "metrics.jsonl"
     if acc.is_main_process:
         common.trim_metrics(metrics, state.step)
