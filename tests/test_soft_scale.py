@@ -2,7 +2,9 @@
 
     .venv/bin/python -m pytest -q tests/test_soft_scale.py
 """
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +48,30 @@ def test_soft_scale_embed_is_the_engine_token_rms_and_travels_with_the_policy(tm
     data.pop("soft_scale")
     (saved / SQR_CONFIG).write_text(json.dumps(data))
     assert Policy.from_pretrained(str(saved), device="cpu", dtype="fp32").sqr_config.soft_scale == 1.0
+
+
+def test_sft_run_key_holds_a_non_default_soft_scale(tmp_path, monkeypatch):
+    """A run whose SQR modules scale soft tokens records the scale in its run key, so a resume with modules
+    of another scale is refused; the reference scale adds nothing (older runs stay resumable)."""
+    import _world as W
+
+    from videosearch_r1.synth.world import resolve, sample_world
+    from videosearch_r1.train import trainer
+    from videosearch_r1.train.base_data import task_rows
+
+    w = W.world()
+    cfg = w.cfg("synth.preset=tiny")
+    rows = task_rows(sample_world(resolve(cfg.synth)), cfg.base, cfg.video_cfg("synth"), "synth")[0][:2]
+    policy = Policy.from_pretrained(str(w.policy_path), device="cpu", dtype="fp32")
+    keys = []
+
+    def spy(ckpt, key, ignore=()):  # the resume check: record the key, stop before training
+        keys.append(key)
+        raise RuntimeError("stop")
+    monkeypatch.setattr(common, "latest_checkpoint", lambda out_dir: Path(out_dir) / "checkpoint")
+    monkeypatch.setattr(common, "check_run_key", spy)
+    for scale in (1.0, 0.02):
+        policy.sqr_config = dataclasses.replace(policy.sqr_config, soft_scale=scale)
+        with pytest.raises(RuntimeError, match="stop"):
+            trainer.train_policy(cfg, policy, rows, tmp_path / f"run{scale}", lambda v: None, section=cfg.base)
+    assert "soft_scale" not in keys[0] and keys[1]["soft_scale"] == 0.02

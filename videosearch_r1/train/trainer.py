@@ -231,7 +231,8 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
     total = common.total_steps(tc, order)
     key = {**common.run_key(rows, tc, acc.num_processes, total), "init_weights": common.weights_key(policy),
            "lr": tc.lr, "lr_sqr": tc.lr_sqr, "infonce_weight": lam, "temperature": tau,
-           "train": common.settings_key(tc), "n_latents": cfg.agent.n_latents}
+           "train": common.settings_key(tc), "n_latents": cfg.agent.n_latents,
+           **({"soft_scale": policy.sqr_config.soft_scale} if policy.sqr_config.soft_scale != 1.0 else {})}
     ckpt = common.latest_checkpoint(out_dir)
     if ckpt is not None:
         common.check_run_key(ckpt, key)
