@@ -109,6 +109,19 @@ def test_bad_grpo_settings_name_the_field():
         check_grpo_config(W.world().cfg("grpo.latent_objective=ppo").grpo)
 
 
+def test_grpo_schedule_replaces_train_schedule_and_is_in_the_run_key():
+    from videosearch_r1.train.common import lr_factor
+    from videosearch_r1.train.grpo import _schedule, run_key
+
+    base = W.world().cfg("train.schedule=cosine", "train.warmup=0", "train.steps=10")
+    flat = W.world().cfg("train.schedule=cosine", "train.warmup=0", "train.steps=10", "grpo.schedule=constant")
+    _, tc_base, total = _schedule(base, 8, 1, 0)
+    _, tc_flat, _ = _schedule(flat, 8, 1, 0)
+    assert tc_base.schedule == "cosine" and tc_flat.schedule == "constant"
+    assert lr_factor(9, total, tc_flat) == 1.0 and lr_factor(9, total, tc_base) < 0.5
+    assert run_key(base, [], 1, total, "w")["grpo"] != run_key(flat, [], 1, total, "w")["grpo"]
+
+
 def test_bf16_rollout_copy_is_its_own_model_and_follows_the_weights():
     from videosearch_r1.models.qwen3vl import prepare_model
 

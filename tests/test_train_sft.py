@@ -68,6 +68,21 @@ def test_collate_labels_are_the_assistant_tokens_only(sft_rows):
     assert short.rows == [] and len(short.skipped) == 2 and "train.max_tokens=10" in short.skipped[0][1]
 
 
+def test_collate_with_device_pixels_equals_the_processor_path(sft_rows):
+    """The trainers' collate (pixels made on the step's device from the frames) gives the same batch as the
+    processor's CPU path: ids, masks, token types, grids, positions, labels and pixel values."""
+    rows, _ = sft_rows
+    pol = _policy()
+    clips = [_clip_fn()(r.video) for r in rows[:3]]
+    ref = collate(pol, rows[:3], clips)
+    fast = collate(pol, rows[:3], clips, device=torch.device("cpu"))
+    assert set(fast.inputs) == set(ref.inputs) and "pixel_values_videos" in ref.inputs
+    for k in ref.inputs:
+        torch.testing.assert_close(fast.inputs[k], ref.inputs[k], rtol=0, atol=0, msg=k)
+    assert torch.equal(fast.labels, ref.labels) and torch.equal(fast.refine_pos, ref.refine_pos)
+    assert fast.n_tokens == ref.n_tokens
+
+
 # ----------------------------------------------------------------------------- the fast step
 def test_fast_step_equals_hf_step(sft_rows):
     """Loss and gradients of our step (rope_positions, batched vision attention, linear patch embed)

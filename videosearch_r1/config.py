@@ -316,6 +316,7 @@ class GRPOConfig:
     rollout_dtype: str = "auto"  # "auto": on CUDA a bf16 copy of the weights, synced each step | "train": the trained weights
     lr: float = 1e-6  # this stage's policy lr (replaces train.lr)
     lr_sqr: float = 1e-5  # this stage's SQR-module lr (replaces train.lr_sqr)
+    schedule: str = ""  # this stage's lr schedule after warm-up ("constant" | "linear" | "cosine"; "": train.schedule)
     iterations: int = 1  # policy updates per rollout batch (1: on-policy, ratio 1, clipping inactive)
     micro_batch: int = 8  # turns per forward/backward (gradients accumulate over the step)
     clip_eps: float = 0.2  # PPO ratio clip, lower side (and upper unless clip_eps_high > 0)

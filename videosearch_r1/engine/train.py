@@ -63,20 +63,27 @@ class Pair:
 # ----------------------------------------------------------------------------- clip cache
 class ClipCache:
     """Processor outputs per video, computed once: ids [L], token types [L], pixels [P, C] (fp16),
-    grid [3], mRoPE positions [3, L]. `collate` left-pads a batch exactly as the processor would."""
+    grid [3], mRoPE positions [3, L]. `collate` left-pads a batch exactly as the processor would.
+    On a CUDA embedder the pixels are made and kept on the GPU (qwen3vl.fast_video_inputs, equal to the
+    processor's): a step then concatenates there instead of copying ~0.5 GB of pixels per 256 clips from the
+    CPU (the toy world's 1,600 clips at 192x128 take ~3.4 GB)."""
 
     def __init__(self, embedder):
         self.emb = embedder
         self.items: dict[str, dict] = {}
         self.pad_id = embedder.tokenizer.pad_token_id
+        self.store = embedder.device if torch.device(embedder.device).type == "cuda" else torch.device("cpu")
 
     def add(self, video_id: str, clip) -> None:
-        from videosearch_r1.models.qwen3vl import rope_positions
+        from videosearch_r1.models.qwen3vl import fast_video_inputs, rope_positions
 
-        inp = self.emb.prepare_videos([clip])
+        inp = fast_video_inputs(self.emb.processor, [self.emb.video_prompt()], [clip], self.store)
+        if inp is None:  # a clip the processor would resize: its own (CPU) path
+            inp = self.emb.prepare_videos([clip])
+        inp = {k: (v if k == "pixel_values_videos" else v.cpu()) for k, v in inp.items()}
         self.items[video_id] = {
             "input_ids": inp["input_ids"][0], "mm_token_type_ids": inp["mm_token_type_ids"][0],
-            "pixel_values_videos": inp["pixel_values_videos"].to(torch.float16),
+            "pixel_values_videos": inp["pixel_values_videos"].to(self.store, torch.float16),
             "video_grid_thw": inp["video_grid_thw"][0], "position_ids": rope_positions(self.emb.model, inp)[:, 0]}
 
     def __contains__(self, video_id: str) -> bool:

@@ -148,7 +148,7 @@ def task_scores(policy, rows, clip_fn, batch_size: int = 8, key: str = "task") -
     sums: dict[str, list[float]] = {}
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
-        batch = collate(policy, chunk, [clip_fn(r.video) for r in chunk])
+        batch = collate(policy, chunk, [clip_fn(r.video) for r in chunk], device=dev)
         inputs = {k: v.to(dev) for k, v in batch.inputs.items()}
         if "pixel_values_videos" in inputs:
             inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)

@@ -200,7 +200,8 @@ def _schedule(cfg, n_queries: int, processes: int, rank: int) -> tuple:
     g = cfg.grpo
     order = common.DataOrder(n_queries, common.per_process(g.queries_per_step, processes, "grpo.queries_per_step"),
                              g.seed, processes, rank)
-    stage_tc = dataclasses.replace(cfg.train, lr=g.lr, lr_sqr=g.lr_sqr, grad_accum=1)
+    stage_tc = dataclasses.replace(cfg.train, lr=g.lr, lr_sqr=g.lr_sqr, grad_accum=1,
+                                   schedule=g.schedule or cfg.train.schedule)
     return order, stage_tc, common.total_steps(stage_tc, order)
 
 
@@ -260,7 +261,8 @@ def run_key(cfg, queries: list, processes: int, total: int, init_weights: str) -
     return {"queries_sha1": h.hexdigest(), "queries": len(queries), "queries_per_step": g.queries_per_step,
             "group_size": g.group_size, "seed": g.seed, "train_seed": cfg.train.seed, "processes": processes,
             "total_steps": total, "init_weights": init_weights, "lr": g.lr, "lr_sqr": g.lr_sqr,
-            "grpo": digest(section(cfg, "grpo", drop=("engine_url",))),  # rewards, sampling, KL, objective
+            # rewards, sampling, KL, objective (an unset stage schedule adds nothing: older runs keep their key)
+            "grpo": digest(section(cfg, "grpo", drop=("engine_url",) + (() if g.schedule else ("schedule",)))),
             "agent": digest(section(cfg, "agent", drop=("device", "profile_depths"))),
             "train": common.settings_key(cfg.train)}
 

@@ -176,7 +176,7 @@ def _section_knobs(section) -> tuple[float, float]:
 
 def _micro_step(acc, module, policy, rows, clips, tc, lam, tau, embedder, vv, state):
     """Forward + backward of one micro-batch; returns its stats (or None if every row was skipped)."""
-    batch = collate(policy, rows, clips, max_tokens=tc.max_tokens)
+    batch = collate(policy, rows, clips, max_tokens=tc.max_tokens, device=acc.device)
     for rid, why in batch.skipped:
         state.skip(rid, why, "too_long")
     if not batch.rows:
@@ -367,31 +367,31 @@ def _nonfinite_step(state, ids, grad_norm, tc) -> None:
 
 
 class _Prefetcher:
-    """Warms the clip cache with the rows of the step after the current one (one background thread;
-    failures are left for the main path, which counts them)."""
+    """Warms the clip cache with the videos of the step after the current one, decoded by `workers` threads
+    (PyAV decodes outside the GIL; one thread left a small model's first epoch waiting on decode); failures
+    are left for the main path, which counts them."""
 
-    def __init__(self, rows, order, clip_fn, accum: int):
+    def __init__(self, rows, order, clip_fn, accum: int, workers: int = 4):
         from concurrent.futures import ThreadPoolExecutor
 
         self.rows, self.order, self.clip_fn, self.accum = rows, order, clip_fn, accum
-        self.pool = ThreadPoolExecutor(max_workers=1)
-        self.pending = None
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers))
+        self.pending: list = []
 
     def after(self, state) -> None:
-        if self.pending is not None and not self.pending.done():
+        if any(not f.done() for f in self.pending):
             return
         peek = common.TrainState(epoch=state.epoch, cursor=state.cursor)
         for _ in range(self.accum):  # skip this step's micro-batches
             self.order.next(peek)
-        ids = [self.rows[i].video for _ in range(self.accum) for i in self.order.next(peek)]
-        self.pending = self.pool.submit(self._load, ids)
+        ids = dict.fromkeys(self.rows[i].video for _ in range(self.accum) for i in self.order.next(peek))
+        self.pending = [self.pool.submit(self._load, v) for v in ids]
 
-    def _load(self, ids) -> None:
-        for v in ids:
-            try:
-                self.clip_fn(v)
-            except Exception:  # noqa: BLE001
-                pass
+    def _load(self, video: str) -> None:
+        try:
+            self.clip_fn(video)
+        except Exception:  # noqa: BLE001
+            pass
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
