@@ -109,17 +109,17 @@ def test_bad_grpo_settings_name_the_field():
         check_grpo_config(W.world().cfg("grpo.latent_objective=ppo").grpo)
 
 
-def test_grpo_schedule_replaces_train_schedule_and_is_in_the_run_key():
-    from videosearch_r1.train.common import lr_factor
-    from videosearch_r1.train.grpo import _schedule, run_key
+def test_grpo_schedule_replaces_train_schedule_in_the_steps_and_the_run_key(tmp_path):
+    """grpo.schedule sets the lr the steps run at (train's linear decay would halve it by step 2 of 2)."""
+    from videosearch_r1.train.grpo import run_key, stage_train
 
-    base = W.world().cfg("train.schedule=cosine", "train.warmup=0", "train.steps=10")
-    flat = W.world().cfg("train.schedule=cosine", "train.warmup=0", "train.steps=10", "grpo.schedule=constant")
-    _, tc_base, total = _schedule(base, 8, 1, 0)
-    _, tc_flat, _ = _schedule(flat, 8, 1, 0)
-    assert tc_base.schedule == "cosine" and tc_flat.schedule == "constant"
-    assert lr_factor(9, total, tc_flat) == 1.0 and lr_factor(9, total, tc_base) < 0.5
-    assert run_key(base, [], 1, total, "w")["grpo"] != run_key(flat, [], 1, total, "w")["grpo"]
+    cheap = ("grpo.latent_objective=none", "grpo.kl_beta=0.0", "grpo.max_new_tokens=4", "agent.max_turns=1",
+             "train.warmup=0", "train.schedule=linear")
+    run_grpo(_cfg(tmp_path, *cheap, "grpo.schedule=constant"), "synth", engine=W.engine(), policy=_policy(False))
+    assert [x["lr"] for x in _lines(tmp_path)] == [1e-3, 1e-3]  # grpo.lr, flat
+    linear, flat = W.world().cfg(*cheap), W.world().cfg(*cheap, "grpo.schedule=constant")
+    assert stage_train(linear).schedule == "linear" and stage_train(flat).schedule == "constant"
+    assert run_key(linear, [], 1, 2, "w")["grpo"] != run_key(flat, [], 1, 2, "w")["grpo"]
 
 
 def test_bf16_rollout_copy_is_its_own_model_and_follows_the_weights():

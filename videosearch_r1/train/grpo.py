@@ -200,9 +200,15 @@ def _schedule(cfg, n_queries: int, processes: int, rank: int) -> tuple:
     g = cfg.grpo
     order = common.DataOrder(n_queries, common.per_process(g.queries_per_step, processes, "grpo.queries_per_step"),
                              g.seed, processes, rank)
-    stage_tc = dataclasses.replace(cfg.train, lr=g.lr, lr_sqr=g.lr_sqr, grad_accum=1,
-                                   schedule=g.schedule or cfg.train.schedule)
+    stage_tc = stage_train(cfg)
     return order, stage_tc, common.total_steps(stage_tc, order)
+
+
+def stage_train(cfg):
+    """The `train` settings of this stage: grpo.lr / lr_sqr / schedule over train's, one micro-step a step."""
+    g = cfg.grpo
+    return dataclasses.replace(cfg.train, lr=g.lr, lr_sqr=g.lr_sqr, grad_accum=1,
+                               schedule=g.schedule or cfg.train.schedule)
 
 
 def start_key(checkpoint) -> dict | None:
@@ -442,7 +448,7 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
 
 def train_step(run: Run, state) -> dict | None:
     """One whole step: rollout, rewards, update; its metrics line (None when nothing was generated)."""
-    factor = common.lr_factor(state.step, run.total, run.cfg.train)
+    factor = common.lr_factor(state.step, run.total, stage_train(run.cfg))
     common.set_lr(run.opt, factor)
     t0 = time.perf_counter()
     trajs, clips = rollout_step(run, state)
