@@ -122,6 +122,17 @@ def test_grpo_schedule_replaces_train_schedule_in_the_steps_and_the_run_key(tmp_
     assert run_key(linear, [], 1, 2, "w")["grpo"] != run_key(flat, [], 1, 2, "w")["grpo"]
 
 
+def test_a_nonfinite_grpo_update_names_the_parts_it_came_from(tmp_path):
+    cheap = ("grpo.latent_objective=none", "grpo.kl_beta=0.0", "grpo.max_new_tokens=4", "agent.max_turns=1",
+             "train.max_nonfinite_steps=5")
+    pol = _policy(False)
+    pol.model.model.visual.merger.linear_fc1.weight.register_hook(lambda g: g * float("nan"))
+    run_grpo(_cfg(tmp_path, *cheap), "synth", engine=W.engine(), policy=pol)
+    lines = _lines(tmp_path)
+    assert [x["nonfinite_updates"] for x in lines] == [1, 1]
+    assert all(x["nonfinite_parts"] == {"merger": 1} for x in lines)  # the poisoned part alone, before clipping
+
+
 def test_bf16_rollout_copy_is_its_own_model_and_follows_the_weights():
     from videosearch_r1.models.qwen3vl import prepare_model
 

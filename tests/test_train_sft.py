@@ -297,7 +297,7 @@ def test_a_step_with_nan_gradients_is_not_applied_and_counted(tmp_path, sft_rows
     pol.model.model.language_model.layers[0].mlp.down_proj.weight.register_hook(poison_first)
     s = train_policy(cfg, pol, rows[:2], tmp_path / "once", _clip_fn(), section=cfg.sft)
     assert s["complete"] and s["skipped"].get("nonfinite_step") == 1, s["skipped"]
-    assert "non-finite" in s["skipped_rows"][0][1]
+    assert "non-finite" in s["skipped_rows"][0][1] and "(in llm)" in s["skipped_rows"][0][1]
     trained = Policy.from_pretrained(str(tmp_path / "once" / "final"))
     assert all(torch.isfinite(p).all() for p in trained.model.parameters())
 

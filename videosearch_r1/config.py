@@ -253,6 +253,7 @@ class TrainConfig:
     max_tokens: int = 0  # rows longer than this (prompt + target tokens) are counted skips (0: no limit)
     on_oom: str = "error"  # a CUDA OOM in a step: "error" (names the rows) | "skip" (counted in the summary)
     max_nonfinite_steps: int = 3  # NaN/inf gradients: the step is skipped (counted); this many in a row is an error
+    detect_anomaly: bool = False  # debugging NaN gradients: torch.autograd anomaly mode names the op (slow)
     fast_step: bool = True  # rope_positions + batched vision attention + linear patch embed (False: HF path)
     rollout_compile: bool = False  # SQR latent steps under grad torch.compile'd on CUDA (agent/sqr_grad.py); off until measured on a GPU
     clip_cache: int = 256  # decoded clips kept in memory (LRU)

@@ -119,6 +119,21 @@ def part_of(name: str) -> str:
     return "llm"
 
 
+def grad_norms_by_part(policy) -> dict[str, torch.Tensor]:
+    """{part: norm of its gradients}, taken BEFORE clipping (a NaN total norm makes clipping scale every
+    gradient by NaN): queued on the device, read only when a step's norm is non-finite, to name the parts
+    it came from (the vision tower is reached only through the token forward; SQR also through the latents)."""
+    grads: dict[str, list] = {}
+    for name, p in named_policy_parameters(policy):
+        if p.grad is not None:
+            grads.setdefault(part_of(name), []).append(p.grad)
+    return {k: torch.nn.utils.get_total_norm(v) for k, v in grads.items()}
+
+
+def nonfinite_parts(norms: dict[str, torch.Tensor]) -> list[str]:
+    return sorted(k for k, n in norms.items() if not bool(torch.isfinite(n)))
+
+
 def named_policy_parameters(policy):
     yield from ((f"model.{n}", p) for n, p in policy.model.named_parameters())
     yield from ((f"sqr.{n}", p) for n, p in policy.sqr.named_parameters())
@@ -375,7 +390,8 @@ def check_run_key(ckpt: Path, key: dict, ignore: tuple[str, ...] = ()) -> None:
 
 # train fields that change neither the data order nor the arithmetic (logging, bookkeeping, equal code paths)
 NOT_IN_KEY = ("init_checkpoint", "output", "log_every", "checkpoint_every", "keep_checkpoints", "on_oom",
-              "max_nonfinite_steps", "fast_step", "clip_cache", "grad_checkpointing", "rollout_compile")
+              "max_nonfinite_steps", "fast_step", "clip_cache", "grad_checkpointing", "rollout_compile",
+              "detect_anomaly")
 
 
 def settings_key(tc) -> str:

@@ -380,7 +380,7 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
     g, acc, policy = run.cfg.grpo, run.acc, run.policy
     kn = knobs(g)
     bad = policy.placeholder_ids  # never generated; a turn made elsewhere holding one is dropped (counted)
-    nonfinite = 0
+    nonfinite, bad_parts = 0, {}
     turns = [ts for t in trajs for ts in t.turns if not bad.intersection(ts.completion_ids)]
     dropped = sum(len(t.turns) for t in trajs) - len(turns)
     latent_on = kn.latent_objective != "none" and kn.latent_weight > 0
@@ -421,11 +421,14 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
                 sums[k] = sums.get(k, 0.0) + float(v)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
         clip = run.cfg.train.clip_grad  # the total norm always (inf max_norm = measure only): NaN/inf is caught
+        part_norms = common.grad_norms_by_part(policy)
         grad_norm = float(acc.clip_grad_norm_(run.module.parameters(), clip if clip > 0 else math.inf))
         if math.isfinite(grad_norm):
             run.opt.step()
         else:  # not applied: one such update would poison every weight (counted by train_step)
             nonfinite += 1
+            for part in common.nonfinite_parts(part_norms):  # where it came from, in the metrics
+                bad_parts[part] = bad_parts.get(part, 0) + 1
         run.opt.zero_grad(set_to_none=True)
     t2 = time.perf_counter()
     latent_keys = ("latent_infonce", "latent_gaussian")
@@ -439,7 +442,8 @@ def update_step(run: Run, trajs: list, clips: dict, adv: torch.Tensor) -> dict:
            "clip_frac": sums.get("clip_frac", 0.0) / n_tok, "grad_norm": grad_norm, "turns": int(den["turns"]),
            "completion_tokens": int(den["tokens"]), "forward_tokens": int(counts["forward_tokens"]),
            "refined_turns": int(den["refined"]), "logprob_s": round(t1 - t0, 4), "update_s": round(t2 - t1, 4),
-           "dropped_placeholder_turns": int(counts["dropped"]), "nonfinite_updates": nonfinite}
+           "dropped_placeholder_turns": int(counts["dropped"]), "nonfinite_updates": nonfinite,
+           **({"nonfinite_parts": bad_parts} if bad_parts else {})}
     for k in latent_keys:
         if present[k]:
             out[k] = sums[k] / it / max(1, den["refined"])
@@ -503,7 +507,8 @@ def run_grpo(cfg, dataset: str, checkpoint: str = "", stop_after: int | None = N
     done_here = 0
     while state.step < run.total and (stop_after is None or done_here < stop_after):
         t0 = time.perf_counter()
-        stats = train_step(run, state)
+        with torch.autograd.set_detect_anomaly(tc.detect_anomaly):  # train.detect_anomaly: the op of a NaN
+            stats = train_step(run, state)
         state.step += 1
         done_here += 1
         if stats is not None and acc.is_main_process and state.step % max(1, tc.log_every) == 0:

@@ -267,8 +267,9 @@ def train_policy(cfg, policy, rows: list[TrainRow], out_dir, clip_fn, embedder=N
     prefetch = _Prefetcher(rows, order, cached_clip, max(1, tc.grad_accum))
     while state.step < total and (stop_after is None or done_here < stop_after):
         prefetch.after(state)  # decode the NEXT step's clips in a thread while this step computes
-        stats = _optimizer_step(acc, module, policy, opt, rows, order, cached_clip, tc, lam, tau, embedder, vv,
-                                state, total)
+        with torch.autograd.set_detect_anomaly(tc.detect_anomaly):  # train.detect_anomaly: the op of a NaN
+            stats = _optimizer_step(acc, module, policy, opt, rows, order, cached_clip, tc, lam, tau, embedder, vv,
+                                    state, total)
         state.step += 1
         done_here += 1
         tokens_since += stats["tokens"] if stats is not None else 0
@@ -331,12 +332,13 @@ def _optimizer_step(acc, module, policy, opt, rows, order, clip_fn, tc, lam, tau
     grad_norm = None
     if micro:
         # the total norm (all-reduced gradients: every rank decides alike); inf max_norm = measure only
+        part_norms = common.grad_norms_by_part(policy)  # before clipping: read only if the total is non-finite
         grad_norm = float(acc.clip_grad_norm_(module.parameters(), tc.clip_grad if tc.clip_grad > 0 else math.inf))
         if math.isfinite(grad_norm):
             opt.step()
             state.nonfinite_run = 0
         else:
-            _nonfinite_step(state, ids, grad_norm, tc)
+            _nonfinite_step(state, ids, f"{grad_norm} (in {', '.join(common.nonfinite_parts(part_norms))})", tc)
     opt.zero_grad(set_to_none=True)
     micro = [s for part in common.gather_objects(acc, micro) for s in part]  # the step over all processes
     if not micro:
