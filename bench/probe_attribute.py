@@ -9,7 +9,8 @@ trained to name the attribute; test accuracy on held-out frames every --eval-eve
     python bench/probe_attribute.py --target shape --scale 1.6           # objects 1.6x the world's radius
 
 Measured 2026-12-01 on the 2-core CPU box (LOG.md): colour 93.8 % after 100 steps of 32; shape at chance
-(12-16 % of 8 classes) after 500 steps at the world's radius and after 400 at 1.6x.
+(12-16 % of 8 classes) after 500 steps at the world's radius and after 400 at 1.6x (random angles, mean pool);
+also at chance after 100 steps upright and with --pool max. ~1.5 s/step on one core: run one probe at a time.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from videosearch_r1.synth.world import COLOURS, SHAPES, SIZES, TEXTURES, WALL_CO
 CLASSES = {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES)}
 
 
-def sample(rng, n: int, target: str, width: int, height: int, scale: float, noise: float = 4.0):
+def sample(rng, n: int, target: str, width: int, height: int, scale: float, rotate: bool, noise: float = 4.0):
     """n samples: uint8 frames [2, H, W, 3] each and the class index of `target`."""
     frames, labels = [], []
     for _ in range(n):
@@ -40,7 +41,7 @@ def sample(rng, n: int, target: str, width: int, height: int, scale: float, nois
         img = render.background(SimpleNamespace(width=width, height=height, wall=wall), rng)
         r = render.RADIUS[size] * height * scale
         cx, cy = rng.uniform(r * 1.5, width - r * 1.5), rng.uniform(r * 1.5, height - r * 1.5)
-        angle = 0.0 if shape in ("circle", "ring") else rng.uniform(0, 2 * math.pi)
+        angle = rng.uniform(0, 2 * math.pi) if rotate and shape not in ("circle", "ring") else 0.0
         render.draw(img, shape, cx, cy, r, angle, np.array(COLOURS[colour], dtype=np.float32))
         img = np.clip(img + rng.normal(0, noise, img.shape), 0, 255).astype(np.uint8)
         frames.append(np.stack([img, img]))
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=192)
     ap.add_argument("--height", type=int, default=128)
     ap.add_argument("--scale", type=float, default=1.0, help="object radius x the world's (render.RADIUS)")
+    ap.add_argument("--rotate", action="store_true", help="random angles (a spin's frames); default upright")
+    ap.add_argument("--pool", choices=["mean", "max"], default="mean", help="over the merged tokens")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -84,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         pix = torch.cat([video_pixels(vp, f, "cpu") for f in frames])
         out = tower(pix, grid_thw=torch.tensor([grid_row] * len(frames)))
         merged = out.pooler_output if getattr(out, "pooler_output", None) is not None else out[0]
-        return head(merged.reshape(len(frames), -1, merged.shape[-1]).mean(1))
+        tokens = merged.reshape(len(frames), -1, merged.shape[-1])
+        return head(tokens.mean(1) if a.pool == "mean" else tokens.amax(1))
 
-    test_x, test_y = sample(rng, a.test, a.target, a.width, a.height, a.scale)
+    test_x, test_y = sample(rng, a.test, a.target, a.width, a.height, a.scale, a.rotate)
     rows, t0 = [], time.time()
     print(f"{'step':>6} {'loss':>7} {'test acc':>9} {'chance':>7} {'s':>6}")
     for step in range(1, a.steps + 1):
-        x, y = sample(rng, a.batch, a.target, a.width, a.height, a.scale)
+        x, y = sample(rng, a.batch, a.target, a.width, a.height, a.scale, a.rotate)
         loss = F.cross_entropy(logits(x), y)
         opt.zero_grad()
         loss.backward()
