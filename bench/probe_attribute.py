@@ -10,7 +10,8 @@ trained to name the attribute; test accuracy on held-out frames every --eval-eve
 
 Measured 2026-12-01 on the 2-core CPU box (LOG.md): colour 93.8 % after 100 steps of 32; shape at chance
 (12-16 % of 8 classes) after 500 steps at the world's radius and after 400 at 1.6x (random angles, mean pool);
-also at chance after 100 steps upright and with --pool max. ~1.5 s/step on one core: run one probe at a time.
+also at chance after 100 steps upright and with --pool max, and after 600 steps at --lr 1.5e-3 (training loss
+flat at ln 8). ~1.5 s/step on one core: run one probe at a time.
 """
 from __future__ import annotations
 
