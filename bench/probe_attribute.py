@@ -11,7 +11,10 @@ trained to name the attribute; test accuracy on held-out frames every --eval-eve
 Measured 2026-12-01 on the 2-core CPU box (LOG.md): colour 93.8 % after 100 steps of 32; shape at chance
 (12-16 % of 8 classes) after 500 steps at the world's radius and after 400 at 1.6x (random angles, mean pool);
 also at chance after 100 steps upright and with --pool max, and after 600 steps at --lr 1.5e-3 (training loss
-flat at ln 8). ~1.5 s/step on one core: run one probe at a time.
+flat at ln 8). The control `--tower patch-mlp --pool max --lr 1e-3` (upright) learns shape: 58.5 % after 600
+steps, still rising; with --pool mean it stays at chance: the shape signal is in a few patches and a mean
+over ~96 patches, mostly wall, hides it. The policy's tower with --pool max --lr 1e-3: 22.2 % after 600 steps,
+learning slowly. ~1.5 s/step on one core: run one probe at a time.
 """
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="object radius x the world's (render.RADIUS)")
     ap.add_argument("--rotate", action="store_true", help="random angles (a spin's frames); default upright")
     ap.add_argument("--pool", choices=["mean", "max"], default="mean", help="over the merged tokens")
+    ap.add_argument("--tower", choices=["vision", "patch-mlp"], default="vision",
+                    help="vision: the policy's tower; patch-mlp: a 2-layer MLP on each raw 16x16x2 patch (control)")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=5e-4)
@@ -79,15 +84,24 @@ def main(argv: list[str] | None = None) -> int:
         path = make_tiny_checkpoint(f"{tmp}/policy", kind="policy", size="small")
         model = Qwen3VLForConditionalGeneration.from_pretrained(path)
         vp = AutoProcessor.from_pretrained(path).video_processor
-    tower = model.model.visual
-    head = torch.nn.Linear(model.config.text_config.hidden_size, len(CLASSES[a.target]))
+    width = model.config.text_config.hidden_size
+    if a.tower == "vision":
+        tower = model.model.visual
+    else:  # the control: no attention, no merge; each patch alone
+        patch = model.config.vision_config
+        tower = torch.nn.Sequential(torch.nn.Linear(3 * patch.temporal_patch_size * patch.patch_size ** 2, width),
+                                    torch.nn.GELU(), torch.nn.Linear(width, width), torch.nn.GELU())
+    head = torch.nn.Linear(width, len(CLASSES[a.target]))
     opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=a.lr)
     grid_row = [1, a.height // 16, a.width // 16]
 
     def logits(frames):
         pix = torch.cat([video_pixels(vp, f, "cpu") for f in frames])
-        out = tower(pix, grid_thw=torch.tensor([grid_row] * len(frames)))
-        merged = out.pooler_output if getattr(out, "pooler_output", None) is not None else out[0]
+        if a.tower == "vision":
+            out = tower(pix, grid_thw=torch.tensor([grid_row] * len(frames)))
+            merged = out.pooler_output if getattr(out, "pooler_output", None) is not None else out[0]
+        else:
+            merged = tower(pix)
         tokens = merged.reshape(len(frames), -1, merged.shape[-1])
         return head(tokens.mean(1) if a.pool == "mean" else tokens.amax(1))
 
