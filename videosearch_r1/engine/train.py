@@ -66,13 +66,16 @@ class ClipCache:
     grid [3], mRoPE positions [3, L]. `collate` left-pads a batch exactly as the processor would.
     On a CUDA embedder the pixels are made and kept on the GPU (qwen3vl.fast_video_inputs, equal to the
     processor's): a step then concatenates there instead of copying ~0.5 GB of pixels per 256 clips from the
-    CPU (the toy world's 1,600 clips at 192x128 take ~3.4 GB)."""
+    CPU (the toy world's 1,600 clips at 192x128 take ~3.4 GB). At most `gpu_share` of the GPU's memory is
+    used so; clips past it are kept on the CPU (a smaller GPU still trains, as before)."""
 
-    def __init__(self, embedder):
+    def __init__(self, embedder, gpu_share: float = 0.25):
         self.emb = embedder
         self.items: dict[str, dict] = {}
         self.pad_id = embedder.tokenizer.pad_token_id
-        self.store = embedder.device if torch.device(embedder.device).type == "cuda" else torch.device("cpu")
+        dev = torch.device(embedder.device)
+        self.store = dev if dev.type == "cuda" else torch.device("cpu")
+        self.room = int(gpu_share * torch.cuda.get_device_properties(dev).total_memory) if dev.type == "cuda" else 0
 
     def add(self, video_id: str, clip) -> None:
         from videosearch_r1.models.qwen3vl import fast_video_inputs, rope_positions
@@ -81,9 +84,14 @@ class ClipCache:
         if inp is None:  # a clip the processor would resize: its own (CPU) path
             inp = self.emb.prepare_videos([clip])
         inp = {k: (v if k == "pixel_values_videos" else v.cpu()) for k, v in inp.items()}
+        pixels = inp["pixel_values_videos"].to(self.store, torch.float16)
+        if pixels.is_cuda:
+            self.room -= pixels.numel() * pixels.element_size()
+            if self.room < 0:  # the GPU's share is used up: this clip and the next ones stay on the CPU
+                pixels, self.store = pixels.cpu(), torch.device("cpu")
         self.items[video_id] = {
             "input_ids": inp["input_ids"][0], "mm_token_type_ids": inp["mm_token_type_ids"][0],
-            "pixel_values_videos": inp["pixel_values_videos"].to(self.store, torch.float16),
+            "pixel_values_videos": pixels,
             "video_grid_thw": inp["video_grid_thw"][0], "position_ids": rope_positions(self.emb.model, inp)[:, 0]}
 
     def __contains__(self, video_id: str) -> bool:
@@ -106,7 +114,7 @@ class ClipCache:
         dev, dt = self.emb.device, self.emb.dtype
         return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "mm_token_type_ids": types.to(dev),
                 "position_ids": pos.to(dev),
-                "pixel_values_videos": torch.cat([it["pixel_values_videos"] for it in items]).to(dev, dt),
+                "pixel_values_videos": torch.cat([it["pixel_values_videos"].to(dev) for it in items]).to(dt),
                 "video_grid_thw": torch.stack([it["video_grid_thw"] for it in items]).to(dev)}
 
 
