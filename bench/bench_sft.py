@@ -20,7 +20,6 @@ frozen ViT forward 2·N·P (+ its attention); "LLM-only vs 800 TF/s" is environm
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -30,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import videosearch_r1  # noqa: E402,F401  (torchvision shim)
 
 import torch  # noqa: E402
+
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 
 REAL = dict(vocab=151936, text=dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                                     head_dim=128, intermediate_size=6144, mrope_section=[24, 20, 20]),
@@ -226,8 +227,7 @@ def main(argv=None) -> int:
     info = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
             "shapes": "smoke" if args.smoke else "qwen3-vl-2b", "rows": rows}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(info, indent=1) + "\n")
+        atomic_write_json(args.out, info)
     return 0
 
 

@@ -20,7 +20,6 @@ variant are checked equal to sqr_old's (same weights and row). Prints a table; -
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -31,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import videosearch_r1  # noqa: E402,F401  (torchvision shim)
 
 import torch  # noqa: E402
+
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 
 import bench_sft as B  # noqa: E402  (the 2B config, the verification row, the training set-up)
 
@@ -173,8 +174,7 @@ def main(argv=None) -> int:
     info = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
             "shapes": "smoke-28-layers" if args.smoke else "qwen3-vl-2b", "n_latents": args.n_latents, "rows": rows}
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(info, indent=1) + "\n")
+        atomic_write_json(args.out, info)
     return 0
 
 

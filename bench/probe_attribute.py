@@ -19,7 +19,6 @@ learning slowly. ~1.5 s/step on one core: run one probe at a time.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 
 from videosearch_r1.synth import render
 from videosearch_r1.synth.world import COLOURS, SHAPES, SIZES, TEXTURES, WALL_COLOURS, Wall
+from videosearch_r1.utils import atomic_write_json
 
 CLASSES = {"shape": list(SHAPES), "colour": list(COLOURS), "size": list(SIZES)}
 
@@ -123,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{step:>6} {rows[-1]['loss']:>7.3f} {100 * rows[-1]['test_acc']:>8.1f}% "
                   f"{100 / len(CLASSES[a.target]):>6.1f}% {rows[-1]['seconds']:>6.0f}", flush=True)
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"args": vars(a), "classes": CLASSES[a.target], "rows": rows}, f, indent=1)
+        atomic_write_json(a.out, {"args": vars(a), "classes": CLASSES[a.target], "rows": rows})
     return 0
 
 
