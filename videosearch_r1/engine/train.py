@@ -112,9 +112,12 @@ class ClipCache:
             mask[i, length - n:] = 1
             pos[:, i, length - n:] = it["position_ids"]
         dev, dt = self.emb.device, self.emb.dtype
+        pix = [it["pixel_values_videos"] for it in items]
+        if len({t.device for t in pix}) > 1:  # some clips past the GPU share: bring those over one by one
+            pix = [t.to(dev) for t in pix]
         return {"input_ids": ids.to(dev), "attention_mask": mask.to(dev), "mm_token_type_ids": types.to(dev),
                 "position_ids": pos.to(dev),
-                "pixel_values_videos": torch.cat([it["pixel_values_videos"].to(dev) for it in items]).to(dt),
+                "pixel_values_videos": torch.cat(pix).to(dev, dt),
                 "video_grid_thw": torch.stack([it["video_grid_thw"] for it in items]).to(dev)}
 
 
