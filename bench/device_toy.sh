@@ -28,7 +28,8 @@ collect() {
 import json, sys, pathlib
 ws, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 keep = {}
-for p in sorted(ws.glob("runs/*/summary.json")) + sorted(ws.glob("runs/*/channel.json")):
+for p in sorted(ws.glob("runs/*/summary.json")) + sorted(ws.glob("runs/*/channel.json")) + \
+        sorted(ws.glob("runs/*/train_summary.json")):
     try:
         keep[str(p.relative_to(ws))] = json.loads(p.read_text())
     except Exception as e:

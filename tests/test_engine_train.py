@@ -63,6 +63,28 @@ def test_short_training_run(tiny_world, capsys):
     assert ckpt.endswith("synth-engine")
 
 
+def test_perception_pretraining_runs_first_and_is_reported(tiny_world, tmp_path, capsys):
+    """engine_train.perception_steps > 0: the tower is pretrained on stills at the clips' frame size before the
+    contrastive steps; the summary keeps the held-out accuracies (before, after, after the engine's steps),
+    and the perception settings are part of what decides the weights (another fingerprint)."""
+    from videosearch_r1.fingerprint import digest
+
+    argv = [f"workspace={tiny_world}", "engine_train.size=tiny", "engine_train.steps=2", "engine_train.batch_size=8",
+            "engine_train.world_families=3", f"engine_train.output={tmp_path / 'eng'}", "run_name=tp",
+            "engine_train.eval_splits=[]", "engine_train.perception_steps=6", "engine_train.perception_frames=64",
+            "engine_train.perception_batch=16", "synth.workers=1"]
+    assert cli.main(["engine", "train", *argv]) == 0
+    out = capsys.readouterr().out
+    assert out.index("perception pretraining 6 steps") < out.index("perception kept after")
+    summary = json.loads((tmp_path / "eng" / "train_summary.json").read_text())
+    p = summary["perception"]
+    assert p["steps"] == 6 and p["frames"] == 64 and p["size"] == [96, 64]
+    for k in ("heldout_before", "heldout_after", "heldout_after_engine"):
+        assert set(p[k]) == {"shape", "colour", "size", "object"} and all(0 <= v <= 100 for v in p[k].values())
+    plain = train_mod.train_key(load_config(None, argv[:-4]))
+    assert digest(train_mod.train_key(load_config(None, argv))) != digest(plain)
+
+
 def test_clip_cache_matches_embedder(tiny_world):
     """Cached processor outputs + per-video mRoPE positions, left-padded, give embed_videos' vectors."""
     from videosearch_r1.data.fig import load_split

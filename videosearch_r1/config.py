@@ -130,6 +130,12 @@ class EngineTrainConfig:
     eval_every: int = 0  # steps between VR@1/VR@10 checks on the val split (0: only at the end)
     eval_splits: tuple[str, ...] = ("val", "test")  # evaluated at the end (those the dataset has)
     world_families: int = 500  # synth: train on a separate world of this many train families (0: the benchmark's)
+    # perception pretraining of the vision tower on labelled stills of the world, before the contrastive steps
+    # (engine/perception.py; synth only): steps (0: none), AdamW lr, stills per step, stills in the pool
+    perception_steps: int = 0
+    perception_lr: float = 1e-3
+    perception_batch: int = 128
+    perception_frames: int = 8192
 
 
 @dataclass

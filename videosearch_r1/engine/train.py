@@ -16,7 +16,10 @@ one test figure is VR@1 23.7 % / VR@10 98.2 % (120 videos, 228 queries).
    with world_families=0 or another dataset, the train split of cfg.dataset
 2. a fresh embedder checkpoint: models.tiny.make_tiny_checkpoint(kind="embedder", size=engine_train.size)
 3. pre-decode every clip once and run the processor once per video (pixels, grid, mRoPE positions
-   cached per video, so a step only pads and concatenates)
+   cached per video, so a step only pads and concatenates); with engine_train.perception_steps > 0, the
+   vision tower is first pretrained on labelled stills of the world at the clips' frame size
+   (engine/perception.py: dense shape / colour / size labels per merged token); the summary keeps its
+   held-out accuracy before, after, and after the contrastive steps
 4. train with a symmetric in-batch InfoNCE over (video, caption) pairs. The caption of a pair is its
    fine query with probability engine_train.fine_caption_prob, else its coarse caption (real engines
    were trained on coarse captions; environment.md §8: coarse-only gives an engine blind to fine words).
@@ -320,13 +323,19 @@ def prepare(cfg, device: str):
     print(f"engine train: {world} train split, {len(pairs)} pairs, {len(sp.videos)} videos; size {tc.size} "
           f"({params / 1e6:.1f} M params) on {device}", flush=True)
     clips, skipped = decode_all(wcfg, world, sp.corpus_ids())
+    perception = None
+    if tc.perception_steps > 0 and clips:
+        from videosearch_r1.engine.perception import pretrain
+
+        height, width = next(iter(clips.values())).frames.shape[1:3]
+        perception = pretrain(wcfg, embedder, device, width, height)
     cache = ClipCache(embedder)
     for vid, clip in progress(list(clips.items()), desc="prepare", unit="video"):
         cache.add(vid, clip)
     pairs = [p for p in pairs if p.video_id in cache]
     if len(pairs) < 2:
         raise ValueError(f"{world}/train: {len(pairs)} usable pairs (skipped videos: {skipped[:5]})")
-    return out, world, embedder, cache, pairs, skipped, params
+    return out, world, embedder, cache, pairs, skipped, params, perception
 
 
 # engine_train fields that do not change the trained weights (where they go, logging, evaluation)
@@ -364,7 +373,7 @@ def train(cfg, log_path: Path | None = None) -> dict:
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))  # noqa
     t_start = time.time()
     key = train_key(cfg)
-    out, world, embedder, cache, pairs, skipped, params = prepare(cfg, device)
+    out, world, embedder, cache, pairs, skipped, params, perception = prepare(cfg, device)
     eval_cache = ClipCache(embedder)  # the benchmark's val clips, for eval_every
     opt, log_scale = make_optimizer(embedder.model, tc, device)
     batcher = Batcher(pairs, tc.batch_size, tc.fine_caption_prob, np.random.default_rng(tc.seed))
@@ -401,6 +410,10 @@ def train(cfg, log_path: Path | None = None) -> dict:
                "train_fingerprint": digest(key),
                "first_loss": log[0]["loss"] if log else None,
                "last_loss": float(np.mean([r["loss"] for r in log[-10:]])) if log else None}
+    if perception is not None:  # what the tower learned from the stills, and what it kept after the steps
+        summary["perception"] = {**perception[0], "heldout_after_engine": perception[1]()}
+        print("engine train: perception kept after the contrastive steps: "
+              + ", ".join(f"{a} {v} %" for a, v in summary["perception"]["heldout_after_engine"].items()), flush=True)
     return finish(cfg, embedder, out, log, summary)
 
 
