@@ -56,6 +56,26 @@ def test_scripted_trajectories_give_the_expected_rewards_and_advantages():
     assert delta == pytest.approx([0.0, 0.6, 0.0, 0.0])
 
 
+def test_verification_reward_does_not_pay_for_giving_up():
+    """A policy that always answers not_matched vs one that always accepts, on a group where the GT is the
+    top-1 half the time: under the per-turn mean giving up scores higher (the drift the GPU run showed);
+    under "all" (the default) accepting does, and only a right answer on every turn scores +1."""
+    yes = MATCH.format(s="2.0", e="6.0")
+    shown = [["v1", "v8", "v9"], ["v8", "v9", "v7"], ["v1", "v8", "v9"], ["v8", "v1", "v9"]]  # GT v1
+    give_up = [[NOT, NOT, NOT]] * 4
+    accept = [[yes], [yes], [yes], [yes]]
+    gt = ["v1"] * 4
+    for mode, giving_up_wins in (("mean", True), ("all", False)):
+        r_give_up = rewards.verification_reward(give_up, shown=shown, gt_video=gt, verification_mode=mode)
+        r_accept = rewards.verification_reward(accept, shown=[s[:1] for s in shown], gt_video=gt,
+                                               verification_mode=mode)
+        assert bool(np.mean(r_give_up) > np.mean(r_accept)) == giving_up_wins, (mode, r_give_up, r_accept)
+    # "all": the one right trajectory (GT never shown, rejected throughout) scores +1, every other -1
+    assert rewards.verification_reward(give_up, shown=shown, gt_video=gt) == [-1.0, 1.0, -1.0, -1.0]
+    with pytest.raises(ValueError, match="verification reward mode"):
+        rewards.verification_reward(accept, shown=[s[:1] for s in shown], gt_video=gt, verification_mode="max")
+
+
 def test_reward_inputs_are_checked():
     completions, cols = _group()
     with pytest.raises(ValueError, match="unknown reward"):

@@ -31,10 +31,20 @@ def test_plan_hands_each_stage_the_previous_checkpoint(tmp_path):
     grpo = argv["GRPO from SFT"]
     assert grpo[grpo.index("--checkpoint") + 1] == str(runs / "toy-sft-train" / "final")
     assert "train.steps=7" in grpo and "train.warmup=2" in grpo and grpo[-1] == "run_name=toy-grpo-train"  # the toy's own names win
-    evals = [a for _, _, a in steps if a[0] == "infer"]
+    split = lambda a: a[a.index("--split") + 1]  # noqa: E731
+    evals = [a for _, _, a in steps if a[0] == "infer" and split(a) == "test"]
     assert [a[-1] for a in evals] == [f"run_name={n}" for n, _, _ in toy.EVAL_RUNS]
     assert names.index("grpo") > max(i for i, s in enumerate(names) if s == "infer")  # GRPO after the others' evals
-    assert len(evals) == 5 and all(a[a.index("--split") + 1] == "test" for a in evals)
+    assert len(evals) == 5
+    # SFT and GRPO are also evaluated on val (where choices are read), right after their test evaluation
+    val = [(title, a) for _, title, a in steps if a[0] == "infer" and split(a) == "val"]
+    assert [a[-1] for _, a in val] == ["run_name=toy-sft-val", "run_name=toy-grpo-val"]
+    assert [a[a.index("--checkpoint") + 1] for _, a in val] == [str(runs / "toy-sft-train" / "final"),
+                                                                 str(runs / "toy-grpo-train" / "final")]
+    titles = [t for _, t, _ in steps]
+    assert titles.index("evaluate toy-sft on val") == titles.index("evaluate toy-sft") + 1
+    assert titles.index("evaluate toy-grpo on val") == titles.index("evaluate toy-grpo") + 1
+    assert "index the val corpus" in titles
     assert all("x.y=1" in a for _, _, a in steps)  # user overrides reach every step
     report = argv["report"]
     assert [p for p in report if p.endswith("predictions.jsonl")] == [
@@ -52,7 +62,7 @@ def test_no_training_run_shares_a_directory_with_an_evaluation(tmp_path, real):
         return {[x for x in a if x.startswith("run_name=")][-1] for _, _, a in steps if a[0] == command}
 
     trained, evaluated = run_names("train"), run_names("infer")
-    assert len(trained) == 3 and len(evaluated) == 5 and not trained & evaluated
+    assert len(trained) == 3 and len(evaluated) == (5 if real else 7) and not trained & evaluated
 
 
 def test_from_step_skips_earlier_steps_and_a_failure_names_the_step(tmp_path, monkeypatch):
@@ -62,5 +72,5 @@ def test_from_step_skips_earlier_steps_and_a_failure_names_the_step(tmp_path, mo
         toy.main(["--profile", "cpu", "--from-step", "grpo", f"workspace={tmp_path}"])
     assert [a[:2] for a in seen][0] == ["train", "grpo"]
     assert not any(a[0] in ("synth", "engine", "index") for a in seen)
-    assert [a[-1] for a in seen if a[0] == "infer"] == ["run_name=toy-grpo"]  # the other evals came before grpo
+    assert [a[-1] for a in seen if a[0] == "infer"] == ["run_name=toy-grpo", "run_name=toy-grpo-val"]  # the others came before
     assert str(Path(toy.profile_config("cpu"))) in seen[0]

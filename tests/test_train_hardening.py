@@ -233,3 +233,28 @@ def test_a_checkpoint_of_an_older_version_is_still_checked(tmp_path):
     with pytest.raises(ValueError, match="another seed"):
         common.check_run_key(tmp_path, {"seed": 2, "rows": 4})
     common.check_run_key(tmp_path, {"seed": 2, "rows": 4}, ignore=("seed",))
+
+
+def test_training_turns_cudnn_attention_off_on_cuda(monkeypatch):
+    """torch 2.11's cuDNN SDPA backward NaNs on left-padded rows (pytorch/pytorch#196678; our GRPO steps): every
+    trainer's accelerator turns that backend off when CUDA is there, and leaves the CPU alone."""
+    import torch
+
+    from videosearch_r1.models.qwen3vl import guard_sdpa_backward
+    from videosearch_r1.train import common
+
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        assert guard_sdpa_backward() is False and torch.backends.cuda.cudnn_sdp_enabled()
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert guard_sdpa_backward() is True and not torch.backends.cuda.cudnn_sdp_enabled()
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the accelerator itself runs on the CPU
+        from videosearch_r1.config import load_config
+
+        common.make_accelerator(load_config(None, []).train)
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # no CUDA: untouched
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)

@@ -332,6 +332,7 @@ class GRPOConfig:
     aggregation: str = "token"  # "token": mean over every loss token of the step | "sequence": per turn, then mean
     scale_rewards: str = "group"  # "group": (r - mean) / std within a group | "none": r - mean
     reward_weights: dict[str, float] = field(default_factory=_grpo_reward_weights)  # train/rewards.py REWARDS
+    verification_reward: str = "all"  # over a trajectory's turns: "all" (+1 only if every turn is right) | "mean"
     retrieval_reward: str = "exp_neg_loss"  # "exp_neg_loss": p of the refined query | "delta": p_after - p_before
     retrieval_tau: float = 0.1  # temperature of the retrieval probability and of the InfoNCE term
     n_negatives: int = 24  # per query: the corpus videos nearest to the original query, GT excluded

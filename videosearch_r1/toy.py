@@ -10,13 +10,15 @@ Steps (each one is a plain `vsr1` subcommand, printed before it runs; each resum
 so rerunning the command after a kill continues where it stopped):
 1. world      vsr1 synth                                  the benchmark world (real mp4s, FIG JSONL)
 2. engine     vsr1 engine train                           the synthetic search engine (its own world)
-3. index      vsr1 index synth --split train|test         FAISS indexes + hard negatives
+3. index      vsr1 index synth --split train|test|val     FAISS indexes + hard negatives
 4. channel    vsr1 engine channel synth                   the soft-token ceiling of this engine (SQR's bound)
 5. base       vsr1 train base                             the base policy = the zero-shot (ZS) baseline
 6. sft-data   vsr1 build sft synth                        top-1 pairs, traces from the timelines, negatives
 7. sft        vsr1 train sft synth --checkpoint BASE      token CE + InfoNCE through the frozen engine
-8. infer      vsr1 infer synth ...                        engine alone, ZS, SFT (SQR), SFT without SQR
+8. infer      vsr1 infer synth ...                        engine alone, ZS, SFT (SQR), SFT without SQR on test;
+                                                          SFT also on val (toy-sft-val: where choices are read)
 9. grpo       vsr1 train grpo synth --checkpoint SFT      multi-turn GRPO with the live engine, then its infer
+                                                          (test, and val: toy-grpo-val)
    (the runs that do not need GRPO are evaluated first: a run stopped during GRPO still has them)
 10. report    vsr1 report RUN ... --out <workspace>/runs/toy-report   one table, result.json, plots
 
@@ -66,6 +68,13 @@ EVAL_RUNS = (
 #    in the same directory would then refuse to resume under)
 
 
+# evaluations on the val split (synthetic toy): where recipe choices are read; test is reported once
+VAL_RUNS = (
+    ("toy-sft-val", "toy-sft-train/final", ["agent.method=sqr"]),
+    ("toy-grpo-val", "toy-grpo-train/final", ["agent.method=sqr"]),
+)
+
+
 def profile_config(profile: str) -> Path:
     """The shipped config file of a profile ("cpu" | "gpu")."""
     if profile not in PROFILES:
@@ -81,6 +90,7 @@ def plan(runs: Path, common: list[str], grpo_steps: int, grpo_warmup: int = 0) -
         ("engine", "train the search engine", ["engine", "train", *common]),
         ("index", "index the train corpus", ["index", "synth", "--split", "train", *common]),
         ("index", "index the test corpus", ["index", "synth", "--split", "test", *common]),
+        ("index", "index the val corpus", ["index", "synth", "--split", "val", *common]),
         ("channel", "soft-token ceiling of the engine", ["engine", "channel", "synth", *common,
                                                           "run_name=toy-channel"]),
         ("base", "pretrain the base policy (ZS)", ["train", "base", *common, "run_name=toy-base"]),
@@ -88,7 +98,14 @@ def plan(runs: Path, common: list[str], grpo_steps: int, grpo_warmup: int = 0) -
         ("sft", "SFT (token CE + InfoNCE)", ["train", "sft", "synth", "--checkpoint",
                                              str(runs / "toy-base" / "policy"), *common, "run_name=toy-sft-train"]),
     ]
-    return steps + tail("synth", "toy", runs, common, grpo_steps, grpo_warmup)
+    steps += tail("synth", "toy", runs, common, grpo_steps, grpo_warmup)
+    for name, policy, extra in VAL_RUNS:  # each right after the same checkpoint's test evaluation
+        test_eval = f"evaluate {name[:-len('-val')]}"
+        at = next(i for i, (_, title, _) in enumerate(steps) if title == test_eval) + 1
+        steps.insert(at, (steps[at - 1][0], f"{test_eval} on val", ["infer", "synth", "--split", "val", "--checkpoint",
+                                                                     str(runs / policy), *common, *extra,
+                                                                     f"run_name={name}"]))
+    return steps
 
 
 def tail(dataset: str, prefix: str, runs: Path, common: list[str], grpo_steps: int,

@@ -370,6 +370,8 @@ def train(cfg, log_path: Path | None = None) -> dict:
     tc, dataset = cfg.engine_train, cfg.dataset
     torch.manual_seed(tc.seed)
     device = resolve_device(tc.device)
+    if device.startswith("cuda"):
+        qwen3vl.guard_sdpa_backward()  # left-padded captions: cuDNN attention backward NaNs (torch 2.11)
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))  # noqa
     t_start = time.time()
     key = train_key(cfg)

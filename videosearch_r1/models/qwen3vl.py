@@ -28,6 +28,8 @@ Quirks handled here (see environment.md §2, §8):
   `video_encoder_outputs` split and rebuild them per video (the visual-token cache, agent/vision_cache.py).
 - `fast_video_inputs`: the processor's batch with the pixels made on the GPU from uint8 frames (its own
   rescale/normalise/patchify + `replace_video_token`), when `resize_target` says no resize happens.
+- Training on CUDA: torch 2.11's cuDNN SDPA backward returns NaN in dQ when a mask is passed, the length is
+  64 mod 128 and a query row is fully masked (left padding; pytorch/pytorch#196678): `guard_sdpa_backward`.
 - The fast step, one call for every use: `prepare_model(model)` (batched vision attention + the patch
   embedding as a matmul) and `model_inputs(model, batch)` (forward kwargs with rope_positions).
 """
@@ -274,6 +276,21 @@ def enable_linear_patch_embed(model) -> int:
 
 
 # ---------------------------------------------------------------------------------- the fast step
+def guard_sdpa_backward() -> bool:
+    """Before training on CUDA: turn the cuDNN SDPA backend off for this process (the flash / memory-efficient
+    kernels serve instead). torch 2.11's cuDNN attention backward returns NaN in dQ on H100/H200 when an
+    attn_mask is passed, the sequence length is 64 mod 128 and a query row's logsumexp is very low, as for a
+    left-padded row (pytorch/pytorch#196678). Measured here (LOG.md, 2026-12-01): about a third of the GRPO
+    steps had a non-finite gradient; anomaly mode named ScaledDotProductCudnnAttentionBackward0; with the
+    backend off, 0 of 40 steps. Returns whether it was turned off (False without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return True
+
+
 def prepare_model(model, linear_patch_embed: bool = True) -> dict:
     """The fast step for every use of a Qwen3-VL model (SFT, GRPO, indexing, inference), applied once:
     the vision attention batched per chunk length (`enable_fast_vision_attention`) and the patch

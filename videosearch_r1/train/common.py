@@ -68,7 +68,8 @@ def soft_scale(cfg, embedder=None) -> float:
 
 def make_accelerator(tc):
     """An accelerate Accelerator for the `train` section (mixed precision; unused params allowed under DDP,
-    since rows without <REFINE> leave the SQR modules out of a step)."""
+    since rows without <REFINE> leave the SQR modules out of a step); cuDNN attention off on CUDA
+    (qwen3vl.guard_sdpa_backward)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, DistributedType
 
@@ -77,6 +78,9 @@ def make_accelerator(tc):
         mp = "bf16" if torch.cuda.is_available() else "no"
     if mp not in ("no", "bf16", "fp16"):
         raise ValueError(f"train.mixed_precision must be auto, no, bf16 or fp16; got {tc.mixed_precision!r}")
+    from videosearch_r1.models.qwen3vl import guard_sdpa_backward
+
+    guard_sdpa_backward()  # cuDNN attention backward NaNs on left-padded rows (torch 2.11; models/qwen3vl.py)
     acc = Accelerator(mixed_precision=mp, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     if acc.distributed_type == DistributedType.DEEPSPEED:  # its engine accumulates and steps on its own count
         raise ValueError("DeepSpeed launches are not supported: the trainers accumulate gradients themselves (GRPO "

@@ -51,7 +51,7 @@ from videosearch_r1.train.grpo_loss import ADV_SCALES, AGGREGATIONS, group_advan
 from videosearch_r1.train.grpo_rollout import RetrievalScorer, reward_columns, rollout
 from videosearch_r1.train.grpo_step import (LATENT_OBJECTIVES, GRPOModule, Knobs, batch_logprobs, collate_turns,
                                             micro_loss)
-from videosearch_r1.train.rewards import RETRIEVAL_MODES, check_weights, score
+from videosearch_r1.train.rewards import RETRIEVAL_MODES, VERIFICATION_MODES, check_weights, score
 from videosearch_r1.train.trainer import _nonfinite_step
 
 
@@ -67,6 +67,7 @@ def check_grpo_config(g) -> None:
     for name, value, allowed in (("aggregation", g.aggregation, AGGREGATIONS),
                                  ("scale_rewards", g.scale_rewards, ADV_SCALES),
                                  ("retrieval_reward", g.retrieval_reward, RETRIEVAL_MODES),
+                                 ("verification_reward", g.verification_reward, VERIFICATION_MODES),
                                  ("latent_objective", g.latent_objective, LATENT_OBJECTIVES)):
         if value not in allowed:
             raise ValueError(f"grpo.{name} must be one of {allowed}, got {value!r}")
@@ -363,7 +364,8 @@ def rewards_step(run: Run, trajs: list) -> tuple[torch.Tensor, dict]:
     """Advantages [N] and the reward stats (reward/<name> means) of a rollout batch."""
     g = run.cfg.grpo
     completions, cols = reward_columns(trajs, run.loop.durations)
-    total, parts = score(g.reward_weights, completions, mode=g.retrieval_reward, **cols)
+    total, parts = score(g.reward_weights, completions, mode=g.retrieval_reward,
+                         verification_mode=g.verification_reward, **cols)
     adv = group_advantages(torch.tensor(total, dtype=torch.float32), g.group_size, g.scale_rewards)  # per group
     every = common.gather_objects(run.acc, (list(total), {k: list(v) for k, v in parts.items()}))
     total = [x for t, _ in every for x in t]  # the stats cover all processes' groups

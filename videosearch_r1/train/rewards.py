@@ -18,8 +18,13 @@ keyword lists of the same length (unknown ones are ignored, so every function ta
 Every output is parsed by the one parser (agent/prompts.parse_output), so rewards, inference and
 evaluation read outputs alike (reference §9.12). The functions, each logged as `reward/<name>`:
 - format:       mean over turns of 1.0 when the output follows the grammar, else 0.0;
-- verification: mean over turns of +1 when the answer is right (matched iff the shown video is the GT),
-                -1 when it is wrong or unparseable (the reference's r_answer_binary, per turn);
+- verification: per turn +1 when the answer is right (matched iff the shown video is the GT), -1 when it is
+                wrong or unparseable (the reference's r_answer_binary); over a trajectory's turns the minimum
+                (mode "all", the default: +1 only when every turn was right) or the mean (mode "mean").
+                The mean pays for giving up: once the GT is rejected every later video is wrong, and
+                rejecting those is "right", so always answering not_matched scores about +0.3 where GT was
+                top-1 (-1, +1, +1) and beats a policy that accepts (measured: GRPO under the mean drifted
+                to max_turns, LOG.md 2026-12-01). Under "all" only a correct verifier scores +1;
 - iou:          temporal IoU of the last turn's span with the GT when that turn answered matched on
                 the GT video (the loop stops there), else 0;
 - retrieval:    the quality of the refined query: mean over refinement turns of p_after =
@@ -62,15 +67,24 @@ def format_reward(completions: list[list[str]], **kwargs) -> list[float]:
     return out
 
 
-def verification_reward(completions: list[list[str]], shown: list[list[str]], gt_video: list[str],
-                        **kwargs) -> list[float]:
-    """Mean over turns of +1 (matched iff the shown video is the GT) / -1 (wrong or unparseable).
+VERIFICATION_MODES = ("all", "mean")
 
-    >>> verification_reward([["<think>a</think> <answer>not_matched</answer> <REFINE>",
-    ...                       "<think>b</think> <answer>matched</answer> <start>1.0</start> <end>2.0</end> <REFINE>"]],
-    ...                     shown=[["v1", "v2"]], gt_video=["v2"])
-    [1.0]
+
+def verification_reward(completions: list[list[str]], shown: list[list[str]], gt_video: list[str],
+                        verification_mode: str = "all", **kwargs) -> list[float]:
+    """Per turn +1 (matched iff the shown video is the GT) / -1 (wrong or unparseable); over the turns the
+    minimum (verification_mode "all") or the mean ("mean").
+
+    >>> no = "<think>a</think> <answer>not_matched</answer> <REFINE>"
+    >>> yes = "<think>b</think> <answer>matched</answer> <start>1.0</start> <end>2.0</end> <REFINE>"
+    >>> verification_reward([[no, yes], [no, no, no]], shown=[["v1", "v2"], ["v2", "v1", "v3"]], gt_video=["v2", "v2"])
+    [1.0, -1.0]
+    >>> verification_reward([[no, no, no]], shown=[["v2", "v1", "v3"]], gt_video=["v2"], verification_mode="mean")
+    [0.3333333333333333]
     """
+    if verification_mode not in VERIFICATION_MODES:
+        raise ValueError(f"verification reward mode must be one of {VERIFICATION_MODES}, got {verification_mode!r}")
+    agg = min if verification_mode == "all" else (lambda x: float(np.mean(x)))
     out = []
     for c, vids, gt in zip(completions, shown, gt_video, strict=True):
         turns = _turns(c)
@@ -78,7 +92,7 @@ def verification_reward(completions: list[list[str]], shown: list[list[str]], gt
             raise ValueError(f"{len(turns)} outputs but {len(vids)} shown videos in one trajectory")
         scores = [1.0 if parse_output(t).answer == ("matched" if v == gt else "not_matched") else -1.0
                   for t, v in zip(turns, vids)]
-        out.append(float(np.mean(scores)) if scores else -1.0)
+        out.append(float(agg(scores)) if scores else -1.0)
     return out
 
 
