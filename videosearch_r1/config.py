@@ -296,6 +296,7 @@ class SFTConfig:
     balance: bool = True  # add pairs (GT shown / hard negative shown) towards matched_share
     matched_share: float = 0.5  # target share of matched rows when balancing
     max_queries: int = 0  # training queries used (0: all)
+    trace_style: str = "restate"  # synthetic traces: "restate" (seen, the query restated alike, verdict) | "plain"
     teacher: str = ""  # real datasets: teacher VLM for reasoning traces ("none": template traces)
     teacher_batch_size: int = 8
     teacher_max_new_tokens: int = 256

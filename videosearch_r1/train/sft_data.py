@@ -55,6 +55,7 @@ class SFTDataSummary:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first skipped items, one line each
     traces: str = ""  # "synth-timeline" | "teacher:<id>" | "template"
+    trace_style: str = ""  # synth-timeline traces: sft.trace_style ("restate" | "plain")
     teacher_cache: str = ""  # the teacher cache used and whether it was reused, new or rebuilt (and why)
     same_description: int = 0  # not-matched pairs whose shown video also fits the query's wording
 
@@ -64,10 +65,11 @@ class SFTDataSummary:
             self.examples.append(f"{what}: {reason}" + (f" ({detail})" if detail else ""))
 
     def format(self) -> str:
+        style = f" ({self.trace_style})" if self.trace_style else ""
         lines = [f"sft rows {self.dataset}: {self.rows} rows ({self.matched} matched, {self.not_matched} not matched) "
                  f"from {self.queries} queries; engine top-1 correct for {self.top1_correct}; balancing added "
                  f"{self.added_matched} matched + {self.added_not_matched} not-matched pairs; "
-                 f"{self.negatives_per_row:.1f} negatives/row; traces: {self.traces}; skipped "
+                 f"{self.negatives_per_row:.1f} negatives/row; traces: {self.traces}{style}; skipped "
                  f"{sum(self.skipped.values())} {self.skipped or ''} -> {self.out}"]
         if self.teacher_cache:
             lines.append(f"  teacher cache: {self.teacher_cache}")
@@ -159,10 +161,21 @@ def negatives_for(q, shown: str, hard: dict, corpus: list[str], n: int, rng, ind
 
 
 # ----------------------------------------------------------------------------- synthetic traces
-class SynthTraces:
-    """Reasoning from the world's timelines: what the shown video contains, and how it differs."""
+TRACE_STYLES = ("restate", "plain")
 
-    def __init__(self, world_path: Path):
+
+class SynthTraces:
+    """Reasoning from the world's timelines: what the shown video contains, and how it differs.
+    style "restate" (sft.trace_style, the default since 2026-12-01) puts, between what is seen and the verdict,
+    the query restated in the same words and order ("I see a small yellow diamond ... The query asks for a
+    small orange diamond ..."), so the verdict compares two aligned sentences; "plain" (before) goes from what
+    is seen straight to the verdict, and the fourth GPU run's SFT policy then wrote a correct description
+    ("a small yellow diamond") followed by "as the query asks" for a query about an orange one (LOG.md)."""
+
+    def __init__(self, world_path: Path, style: str = "restate"):
+        if style not in TRACE_STYLES:
+            raise ValueError(f"sft.trace_style must be one of {TRACE_STYLES}, got {style!r}")
+        self.style_name = style
         if not world_path.is_file():
             raise FileNotFoundError(f"{world_path} missing: rebuild the world with `vsr1 synth`")
         data = json.loads(world_path.read_text())
@@ -193,6 +206,19 @@ class SynthTraces:
         return (f"I see {article(f'{thing.size} {thing.colour} {thing.shape}')}{beside} in front of "
                 f"{article(wall_phrase(wall))}." + (f" It {acts}." if acts else ""))
 
+    def restate(self, thing, colour: str, wall, comp, segs, k: int, context: str) -> str:
+        """The query in the words and order of `describe` (empty for style "plain"): the object with its
+        colour at the queried moment, its companion, the wall, then the queried event and its context."""
+        from videosearch_r1.synth.world import article, phrase, wall_phrase
+
+        if self.style_name == "plain":
+            return ""
+        beside = f" next to {article(f'{comp.colour} {comp.shape}')}" if comp else ""
+        ctx = (f", after it {phrase(segs[k - 1])}" if context == "after" and k >= 1 else
+               f", and then it {phrase(segs[k + 1])}" if context == "then" and k + 1 < len(segs) else "")
+        return (f" The query asks for {article(f'{thing.size} {colour} {thing.shape}')}{beside} in front of "
+                f"{article(wall_phrase(wall))} that {phrase(segs[k])}{ctx}.")
+
     @staticmethod
     def focus(segs, target: str, context: str, limit: int = 4) -> list[int]:
         """Indices of the events a query about `target` (with its "after"/"then" context) is about: each
@@ -216,11 +242,13 @@ class SynthTraces:
             raise KeyError(f"query {q.qid} is not in world.json (world and annotations out of sync)")
         gt_thing, gt_wall, gt_comp, gt_segs = self._spec(q.video_id)
         seg = gt_segs[qs["segment"]]
+        want_colour = colour_at(gt_thing, gt_segs, qs["segment"])
+        asks = self.restate(gt_thing, want_colour, gt_wall, gt_comp, gt_segs, qs["segment"], qs["context"])
         if label == "matched":
             k = qs["segment"]
             keep = [k - 1] * (qs["context"] == "after" and k >= 1) + [k] + [k + 1] * (qs["context"] == "then")
             seen = self.describe(shown, [i for i in keep if 0 <= i < len(gt_segs)])
-            return f"{seen} From {seg.start:.1f} to {seg.end:.1f} s it {phrase(seg)}, as the query asks.", False
+            return f"{seen}{asks} From {seg.start:.1f} to {seg.end:.1f} s it {phrase(seg)}, as the query asks.", False
         style = Style(**self.style[(g["split"], g["family"])])
         thing, wall, comp, segs = self._spec(shown)
         fits = any(fine_desc(style, thing, wall, comp, segs, i, qs["context"]) == q.fig_desc
@@ -229,7 +257,6 @@ class SynthTraces:
         same = [i for i, s in enumerate(segs) if phrase(s) == phrase(seg)]
         near = same or [i for i, s in enumerate(segs) if kind_of(s.action) == kind_of(seg.action)]
         seen = self.describe(shown, self.focus(segs, phrase(seg), qs["context"]) or near[:2] or [0])
-        want_colour = colour_at(gt_thing, gt_segs, qs["segment"])
         have_colour = colour_at(thing, segs, near[0]) if near else thing.colour
         diffs = []
         if gt_thing.size != thing.size:
@@ -254,7 +281,7 @@ class SynthTraces:
             diffs.append(f"it {phrase(seg)}, but does not {phrase(gt_segs[qs['segment'] + 1])} next")
         if not diffs:
             diffs.append("its details do not add up to the queried moment")
-        return f"{seen} It does not match the query: {'; '.join(diffs)}.", fits
+        return f"{seen}{asks} It does not match the query: {'; '.join(diffs)}.", fits
 
 
 def template_trace(q, label: str) -> str:
@@ -430,7 +457,8 @@ def build_sft_rows(cfg, dataset: str, engine=None) -> tuple[list[TrainRow], SFTD
     if s.teacher and s.teacher != "none":
         teacher, summary.traces = teacher_traces(cfg, dataset, pairs, summary), f"teacher:{s.teacher}"
     elif dataset == "synth":
-        synth, summary.traces = SynthTraces(cfg.dataset_root(dataset) / "world.json"), "synth-timeline"
+        synth = SynthTraces(cfg.dataset_root(dataset) / "world.json", cfg.sft.trace_style)
+        summary.traces, summary.trace_style = "synth-timeline", cfg.sft.trace_style
     elif s.teacher == "none":
         summary.traces = "template"
     else:
