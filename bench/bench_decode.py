@@ -18,7 +18,6 @@ import argparse
 import importlib
 import importlib.util
 import io
-import json
 import os
 import platform
 import sys
@@ -32,6 +31,7 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 from videosearch_r1.config import VideoConfig  # noqa: E402
 from videosearch_r1.video import FrameStore, decode  # noqa: E402
 
@@ -144,7 +144,9 @@ def seek_each_keyframe(path: Path, key_pts: list[int]) -> None:
 
 
 def convert(frames, reuse: bool) -> None:
-    r = vdecode.VideoReformatter()
+    from av.video.reformatter import VideoReformatter  # what decode.py converts frames with
+
+    r = VideoReformatter()
     for f in frames:
         if reuse:
             r.reformat(f, width=576, height=320, format="rgb24", interpolation="BICUBIC").to_ndarray()
@@ -277,5 +279,5 @@ out = dict(bench="bench_decode", date=time.strftime("%Y-%m-%d"), machine=platfor
            cpus=os.cpu_count(), quick=args.quick, repeats=R, av=av.__version__, ffmpeg=av.ffmpeg_version_info,
            loadavg_start=load0, loadavg_end=os.getloadavg(), micro=micro, decode=decode_rows, store=store_rows,
            wall_s=time.time() - t0)
-Path(args.out).write_text(json.dumps(out, indent=1))
+atomic_write_json(args.out, out)
 print(f"\nwrote {args.out} ({time.time() - t0:.0f} s)")

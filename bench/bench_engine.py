@@ -31,6 +31,7 @@ except ImportError:
     pass
 
 import torch
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 
 # Qwen3-VL-Embedding-2B shapes (environment.md §7) and a tiny twin for --smoke.
 REAL = dict(vocab=151936, text=dict(hidden_size=2048, num_hidden_layers=28, num_attention_heads=16,
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         fl = f"{r['floor_ms']:9.3f}" if "floor_ms" in r else " " * 9
         print(f"{r['bench']:24s} {r['batch']:6d} {r['ms']:10.3f} {fl} {r['qps']:12.1f}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"env": env, "search": search_info, "rows": rows}, indent=2) + "\n")
+        atomic_write_json(args.out, {"env": env, "search": search_info, "rows": rows})
         print(f"wrote {args.out}")
     return 0
 

@@ -23,7 +23,6 @@ Timings: best of R passes (wall and CPU time of this process, all threads), "aft
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -52,6 +51,7 @@ except ImportError:
         sys.modules[name] = types.ModuleType(name)
     sys.modules["av.video.reformatter"].VideoReformatter = None
 
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 from videosearch_r1.config import VideoConfig  # noqa: E402
 from videosearch_r1.video.decode import Clip, VideoInfo  # noqa: E402
 from videosearch_r1.video.framestore import FrameStore  # noqa: E402
@@ -312,5 +312,5 @@ out = dict(bench="bench_framestore", date=time.strftime("%Y-%m-%d"), machine=pla
            clips=C, frames=T, height=H, width=W, quality=args.quality, repeats=R, workers=workers, smoke=args.smoke,
            npy_mib=npy_mib, store_mib=store_mib, pillow_split=split, ratio=npy_mib / store_mib, psnr=psnr, loadavg_start=load0,
            loadavg_end=os.getloadavg(), rows=rows, wall_s=time.time() - t0)
-Path(args.out).write_text(json.dumps(out, indent=1))
+atomic_write_json(args.out, out)
 print(f"\nwrote {args.out} ({time.time() - t0:.0f} s)")

@@ -29,7 +29,6 @@ rollout copy) and the run's peak (`peak_gib`). A CUDA OOM is reported with the p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch  # noqa: E402
 
 import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
 from bench_agent import build_policy, video_inputs  # noqa: E402  (2B config, canonical-layout random inputs)
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 
 
 def sync(device: str) -> None:
@@ -292,7 +292,7 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         meta = {k: v for k, v in vars(args).items() if k != "out"}
         meta["gpu"] = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-        Path(args.out).write_text(json.dumps({"args": meta, "results": results}, indent=1) + "\n")
+        atomic_write_json(args.out, {"args": meta, "results": results})
     return 0
 
 

@@ -21,7 +21,6 @@ Prints a table and writes JSON to bench/results/bench_library_<tag>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import statistics
@@ -35,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import videosearch_r1  # noqa: E402,F401  (torchvision shim)
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 
 
 def _embedder_2b(cfg, device: str, smoke: bool = False):
@@ -190,7 +190,7 @@ def main() -> int:
         res["search"].append(bench_store("milvus", args.milvus_n, args.search_dim, args.per_file))
     out = Path(__file__).parent / "results" / f"bench_library_{args.tag}{'_smoke' if args.smoke else ''}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    atomic_write_json(out, res)
     print(f"-> {out}")
     return 0
 

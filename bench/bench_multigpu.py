@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import videosearch_r1  # noqa: E402,F401  (torchvision shim before transformers)
+from videosearch_r1.utils import atomic_write_json  # noqa: E402
 
 
 def _free_port() -> int:
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         meta = {k: v for k, v in vars(args).items() if k != "out"}
         meta["gpu"] = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-        Path(args.out).write_text(json.dumps({"args": meta, "results": rows}, indent=1) + "\n")
+        atomic_write_json(args.out, {"args": meta, "results": rows})
     return 0
 
 
