@@ -1,0 +1,163 @@
+"""Can the policy's language model learn the verification verdict from the SFT traces, given what is seen?
+A learnability probe of the comparison alone (not a speed bench): the synthetic world's timelines (no video),
+per training query a matched pair (the GT) and a not-matched one (a sibling of the GT's family half the time,
+another family's video otherwise); the text "Query: <fine query>" then the SFT trace of the pair
+(train/sft_data.SynthTraces: "I see ... [The query asks for ...] <verdict>"), token CE on the trace with the
+`small` policy's language model from scratch. Held-out: the verdict's first token ("From" = matched, "It" of
+"It does not match") predicted after the teacher-forced trace up to it, on the world's val + test queries
+(chance 50 %). So it measures comparing a perfect description with the query, per trace style.
+
+    python bench/probe_verdict.py --style restate --steps 600 --out probe_verdict_restate.json
+    python bench/probe_verdict.py --style plain --steps 600 --out probe_verdict_plain.json
+
+Measured 2026-12-01 on the 2-core CPU box: see LOG.md (session 5).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+import videosearch_r1  # noqa: F401  (torchvision shim before transformers)
+from videosearch_r1.utils import atomic_write_json
+
+VERDICT = {"matched": " From ", "not_matched": " It does not match"}
+
+
+def pairs(world, split_names: set[str], rng: random.Random) -> list[tuple]:
+    """(query, shown video id, label) per query of the splits: its GT, and a sibling or another family's video."""
+    fams = [f for f in world.families if f.split in split_names]
+    every = [v.video_id for f in fams for v in f.videos]
+    out = []
+    for f in fams:
+        for v in f.videos:
+            for q in v.queries:
+                qn = SimpleNamespace(video_id=v.video_id, fig_desc=q.fig_desc, qid=f"{v.video_id}:{q.segment}")
+                out.append((qn, v.video_id, "matched"))
+                sibs = [s.video_id for s in f.videos if s.video_id != v.video_id]
+                other = rng.choice(sibs) if sibs and rng.random() < 0.5 else rng.choice(
+                    [x for x in every if not x.startswith(v.video_id.rsplit("v", 1)[0])] or every)
+                out.append((qn, other, "not_matched"))
+    return out
+
+
+def encode(tok, traces, rows) -> list[dict]:
+    """Token ids of "Query: q\\n" + trace, the loss mask (trace tokens) and the verdict position."""
+    out = []
+    for (q, shown, label) in rows:
+        think, _ = traces.trace(q, shown, label)
+        at = think.find(VERDICT[label])
+        if at < 0:
+            continue
+        prompt = f"Query: {q.fig_desc}\nTrace:"
+        pre = tok.encode(prompt, add_special_tokens=False)
+        upto = tok.encode(prompt + " " + think[:at].strip(), add_special_tokens=False)
+        ids = tok.encode(prompt + " " + think, add_special_tokens=False)
+        if ids[:len(upto)] != upto:  # the verdict must start on a token boundary
+            continue
+        pos = len(upto)
+        while pos < len(ids) and not tok.decode([ids[pos]]).strip():  # the tiny tokenizer's lone space token
+            pos += 1
+        out.append({"ids": ids, "start": len(pre), "verdict_pos": pos, "verdict_id": ids[pos], "label": label})
+    return out
+
+
+def batch(items, pad_id: int):
+    n = max(len(x["ids"]) for x in items)
+    ids = torch.full((len(items), n), pad_id)
+    mask = torch.zeros((len(items), n), dtype=torch.long)
+    labels = torch.full((len(items), n), -100)
+    for i, x in enumerate(items):
+        t = torch.tensor(x["ids"])
+        ids[i, :len(t)], mask[i, :len(t)] = t, 1
+        labels[i, x["start"]:len(t)] = t[x["start"]:]
+    return ids, mask, labels
+
+
+def main(argv: list[str] | None = None) -> int:
+    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+
+    from videosearch_r1.config import load_config
+    from videosearch_r1.models.tiny import make_tiny_checkpoint
+    from videosearch_r1.synth.world import resolve, sample_world, world_json
+    from videosearch_r1.train.sft_data import TRACE_STYLES, SynthTraces
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--style", choices=TRACE_STYLES, default="restate")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--families", type=int, default=300, help="train families of the default world (toy_gpu: 300)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="")
+    a = ap.parse_args(argv)
+    torch.manual_seed(a.seed)
+    rng = random.Random(a.seed)
+    cfg = load_config(None, [f"synth.families.train={a.families}"])
+    world = sample_world(resolve(cfg.synth))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "world.json").write_text(__import__("json").dumps(world_json(world)))
+        traces = SynthTraces(Path(tmp) / "world.json", a.style)
+        ckpt = make_tiny_checkpoint(f"{tmp}/policy", kind="policy", size="small",
+                                    extra_texts=[v.caption for f in world.families for v in f.videos])
+        model = Qwen3VLForConditionalGeneration.from_pretrained(ckpt)
+        tok = AutoTokenizer.from_pretrained(ckpt)
+    train = encode(tok, traces, pairs(world, {"train"}, rng))
+    held = encode(tok, traces, pairs(world, {"val", "test"}, rng))
+    print(f"probe verdict ({a.style}): {len(train)} train rows, {len(held)} held-out rows, "
+          f"mean length {sum(len(x['ids']) for x in train) / len(train):.0f} tokens", flush=True)
+    opt = torch.optim.AdamW(model.model.language_model.parameters(), lr=a.lr, weight_decay=0.01)
+    pad = tok.pad_token_id
+
+    verdict_ids = {lab: {x["verdict_id"] for x in train if x["label"] == lab} for lab in VERDICT}
+    if any(len(v) != 1 for v in verdict_ids.values()) or verdict_ids["matched"] == verdict_ids["not_matched"]:
+        raise SystemExit(f"the verdicts do not start with one distinct token each: {verdict_ids}")
+    m_id, n_id = verdict_ids["matched"].pop(), verdict_ids["not_matched"].pop()
+
+    @torch.no_grad()
+    def verdict_acc(items) -> float:
+        model.eval()
+        hits = 0
+        for s in range(0, len(items), 64):
+            chunk = items[s:s + 64]
+            ids, mask, _ = batch(chunk, pad)
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            for i, x in enumerate(chunk):
+                lg = logits[i, x["verdict_pos"] - 1]
+                pred = "matched" if lg[m_id] > lg[n_id] else "not_matched"
+                hits += pred == x["label"]
+        model.train()
+        return 100.0 * hits / len(items)
+
+    rows, t0 = [], time.time()
+    print(f"{'step':>6} {'loss':>7} {'train verdict':>14} {'held-out verdict':>17} {'s':>6}")
+    for step in range(1, a.steps + 1):
+        chunk = rng.sample(train, a.batch)
+        ids, mask, labels = batch(chunk, pad)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % a.eval_every == 0 or step == a.steps:
+            rows.append({"step": step, "loss": round(float(loss.detach()), 4),
+                         "train_verdict": round(verdict_acc(train[:400]), 1), "heldout_verdict": round(verdict_acc(held), 1),
+                         "seconds": round(time.time() - t0, 1)})
+            r = rows[-1]
+            print(f"{step:>6} {r['loss']:>7.3f} {r['train_verdict']:>13.1f}% {r['heldout_verdict']:>16.1f}% "
+                  f"{r['seconds']:>6.0f}", flush=True)
+    if a.out:
+        atomic_write_json(a.out, {"args": vars(a), "train_rows": len(train), "heldout_rows": len(held), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
