@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from videosearch_r1.train.sft_data import TRACE_STYLES, SynthTraces
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--style", choices=TRACE_STYLES, default="restate")
+    ap.add_argument("--style", choices=TRACE_STYLES, default="restate")  # restate | checklist | plain
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)

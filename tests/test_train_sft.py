@@ -251,6 +251,16 @@ def test_restated_traces_put_the_query_between_what_is_seen_and_the_verdict():
         asked = think[think.index("The query asks for ") + len("The query asks for "):].split(" in front of")[0]
         if label == "matched":
             assert seen == asked  # the GT's own object phrase, said twice
+    # checklist: each detail seen / asked with same or differs, then the event; a match has no "differs"
+    for label, shown in (("matched", q.video_id), ("not_matched", other)):
+        think, _ = SynthTraces(path, "checklist").trace(q, shown, label)
+        check = think[think.index(" Check: "):]
+        assert check.count(": same") + check.count(": differs") == 3  # object, beside, wall
+        if label == "matched":
+            assert ": differs" not in check and ": seen." in check and "as the query asks" in check
+        else:
+            assert ": differs" in check or ": not seen." in check
+            assert "It does not match the query" in check
     with pytest.raises(ValueError, match="trace_style"):
         SynthTraces(path, "verbose")
 

@@ -131,7 +131,8 @@ class EngineTrainConfig:
     eval_splits: tuple[str, ...] = ("val", "test")  # evaluated at the end (those the dataset has)
     world_families: int = 500  # synth: train on a separate world of this many train families (0: the benchmark's)
     # perception pretraining of the vision tower on labelled stills of the world, before the contrastive steps
-    # (engine/perception.py; synth only): steps (0: none), AdamW lr, stills per step, stills in the pool
+    # (engine/perception.py; the stills are the synthetic world's, whatever the dataset): steps (0: none), AdamW lr,
+    # stills per step, stills in the pool
     perception_steps: int = 0
     perception_lr: float = 1e-3
     perception_batch: int = 128
@@ -296,7 +297,8 @@ class SFTConfig:
     balance: bool = True  # add pairs (GT shown / hard negative shown) towards matched_share
     matched_share: float = 0.5  # target share of matched rows when balancing
     max_queries: int = 0  # training queries used (0: all)
-    trace_style: str = "restate"  # synthetic traces: "restate" (seen, the query restated alike, verdict) | "plain"
+    trace_style: str = "restate"  # synthetic traces: "restate" (seen, the query restated alike, verdict) | "checklist"
+    # (seen, each detail seen / asked: same or differs, verdict) | "plain" (seen, verdict)
     teacher: str = ""  # real datasets: teacher VLM for reasoning traces ("none": template traces)
     teacher_batch_size: int = 8
     teacher_max_new_tokens: int = 256

@@ -83,10 +83,10 @@ class ClipCache:
     def add(self, video_id: str, clip) -> None:
         from videosearch_r1.models.qwen3vl import fast_video_inputs, rope_positions
 
-        inp = fast_video_inputs(self.emb.processor, [self.emb.video_prompt()], [clip], self.store)
+        inp = fast_video_inputs(self.emb.processor, [self.emb.video_prompt()], [clip], self.store, text_device="cpu")
         if inp is None:  # a clip the processor would resize: its own (CPU) path
             inp = self.emb.prepare_videos([clip])
-        inp = {k: (v if k == "pixel_values_videos" else v.cpu()) for k, v in inp.items()}
+            inp = {k: (v if k == "pixel_values_videos" else v.cpu()) for k, v in inp.items()}
         pixels = inp["pixel_values_videos"].to(self.store, torch.float16)
         if pixels.is_cuda:
             self.room -= pixels.numel() * pixels.element_size()

@@ -408,12 +408,13 @@ def video_pixels(video_processor, frames, device):
     return patches[0]
 
 
-def fast_video_inputs(processor, texts: list[str], clips, device) -> dict | None:
+def fast_video_inputs(processor, texts: list[str], clips, device, text_device=None) -> dict | None:
     """The processor's batch for `texts` (each with one bare <|video_pad|> per clip, in order) and pre-sized
     clips, with the video pixels made on `device` from the uint8 frames (the CPU processor spends ~1 s per
     64-frame 448x448 clip), once per distinct frames array (repeats are copies of its rows). Same ids, mask,
     token types, grids and pixel values as `processor(...)` (tests/test_prefill.py). None when a clip would be
-    resized (the caller then runs the processor)."""
+    resized (the caller then runs the processor). The ids, mask, token types and grids go to `text_device`
+    (default: `device`; "cpu" for a caller that slices them on the CPU: no round trip through the GPU)."""
     import torch
 
     vp = processor.video_processor
@@ -449,8 +450,9 @@ def fast_video_inputs(processor, texts: list[str], clips, device) -> dict | None
         if id(f) not in made:
             made[id(f)] = video_pixels(vp, f, device)
     pixels = torch.cat([made[id(f)] for f in kw["videos"]]) if clips else None
-    out = {"input_ids": ids.to(device), "attention_mask": tok["attention_mask"].to(device),
-           "mm_token_type_ids": types.to(device), "video_grid_thw": grid.to(device)}
+    td = device if text_device is None else text_device
+    out = {"input_ids": ids.to(td), "attention_mask": tok["attention_mask"].to(td),
+           "mm_token_type_ids": types.to(td), "video_grid_thw": grid.to(td)}
     if pixels is not None:
         out["pixel_values_videos"] = pixels
     return out

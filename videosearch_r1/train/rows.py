@@ -173,10 +173,10 @@ def _encode(proc, prompts: list[str], clips: list, device) -> dict:
     bulk of a small model's step) unless a clip needs resizing (then the processor, on the CPU)."""
     from videosearch_r1.models.qwen3vl import fast_video_inputs, video_kwargs
 
-    fast = fast_video_inputs(proc, prompts, clips, device) if clips and device is not None else None
+    fast = fast_video_inputs(proc, prompts, clips, device, text_device="cpu") if clips and device is not None else None
     if fast is None:
         return proc(text=prompts, **video_kwargs(clips), padding=True, padding_side="left", return_tensors="pt")
-    return {k: (v if k == "pixel_values_videos" else v.cpu()) for k, v in fast.items()}
+    return fast
 
 
 def collate(policy, rows: list[TrainRow], clips: list, max_tokens: int = 0, device=None) -> Batch:

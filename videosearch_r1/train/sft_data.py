@@ -161,7 +161,7 @@ def negatives_for(q, shown: str, hard: dict, corpus: list[str], n: int, rng, ind
 
 
 # ----------------------------------------------------------------------------- synthetic traces
-TRACE_STYLES = ("restate", "plain")
+TRACE_STYLES = ("restate", "checklist", "plain")
 
 
 class SynthTraces:
@@ -206,18 +206,29 @@ class SynthTraces:
         return (f"I see {article(f'{thing.size} {thing.colour} {thing.shape}')}{beside} in front of "
                 f"{article(wall_phrase(wall))}." + (f" It {acts}." if acts else ""))
 
-    def restate(self, thing, colour: str, wall, comp, segs, k: int, context: str) -> str:
-        """The query in the words and order of `describe` (empty for style "plain"): the object with its
-        colour at the queried moment, its companion, the wall, then the queried event and its context."""
+    def bridge(self, gt, want_colour: str, shown, have_colour: str, event_problem: str | None, k: int,
+               context: str) -> str:
+        """What goes between what is seen and the verdict (sft.trace_style): "plain" nothing; "restate" the
+        query in the words and order of `describe` (object with its colour at the queried moment, companion,
+        wall, the queried event and its context); "checklist" each detail seen next to the one asked for,
+        with same / differs, and whether the queried event is seen. gt / shown: _spec tuples."""
         from videosearch_r1.synth.world import article, phrase, wall_phrase
 
         if self.style_name == "plain":
             return ""
-        beside = f" next to {article(f'{comp.colour} {comp.shape}')}" if comp else ""
+        (thing, wall, comp, segs), (s_thing, s_wall, s_comp, _) = gt, shown
         ctx = (f", after it {phrase(segs[k - 1])}" if context == "after" and k >= 1 else
                f", and then it {phrase(segs[k + 1])}" if context == "then" and k + 1 < len(segs) else "")
-        return (f" The query asks for {article(f'{thing.size} {colour} {thing.shape}')}{beside} in front of "
-                f"{article(wall_phrase(wall))} that {phrase(segs[k])}{ctx}.")
+        if self.style_name == "restate":
+            beside = f" next to {article(f'{comp.colour} {comp.shape}')}" if comp else ""
+            return (f" The query asks for {article(f'{thing.size} {want_colour} {thing.shape}')}{beside} in "
+                    f"front of {article(wall_phrase(wall))} that {phrase(segs[k])}{ctx}.")
+        pairs = [("object", f"{s_thing.size} {have_colour} {s_thing.shape}", f"{thing.size} {want_colour} {thing.shape}"),
+                 ("beside", f"{s_comp.colour} {s_comp.shape}" if s_comp else "nothing",
+                  f"{comp.colour} {comp.shape}" if comp else "nothing"),
+                 ("wall", wall_phrase(s_wall), wall_phrase(wall))]
+        checks = "; ".join(f"{name} {a} / {b}: {'same' if a == b else 'differs'}" for name, a, b in pairs)
+        return f" Check: {checks}; event {phrase(segs[k])}{ctx}: {'not seen' if event_problem else 'seen'}."
 
     @staticmethod
     def focus(segs, target: str, context: str, limit: int = 4) -> list[int]:
@@ -232,6 +243,22 @@ class SynthTraces:
                     + ([i + 1] if context == "then" and i + 1 < len(segs) else [])
         return sorted(set(keep))[:limit]
 
+    @staticmethod
+    def event_problem(segs, gt_segs, same: list[int], k: int, context: str) -> str | None:
+        """How the shown timeline `segs` misses the queried event gt_segs[k] with its context (None: it
+        does not); `same`: the indices of segs with the queried event's phrase."""
+        from videosearch_r1.synth.world import phrase
+
+        seg = gt_segs[k]
+        if not same:
+            return f"it never {phrase(seg)}"
+        if context == "after" and not any(i >= 1 and phrase(segs[i - 1]) == phrase(gt_segs[k - 1]) for i in same):
+            return f"it {phrase(seg)}, but not after it {phrase(gt_segs[k - 1])}"
+        if context == "then" and not any(i + 1 < len(segs) and phrase(segs[i + 1]) == phrase(gt_segs[k + 1])
+                                         for i in same):
+            return f"it {phrase(seg)}, but does not {phrase(gt_segs[k + 1])} next"
+        return None
+
     def trace(self, q, shown: str, label: str) -> tuple[str, bool]:
         """(reasoning, whether the shown video also fits the query's wording)."""
         from videosearch_r1.synth.world import Style, article, colour_at, fine_desc, kind_of, phrase, wall_phrase
@@ -243,11 +270,12 @@ class SynthTraces:
         gt_thing, gt_wall, gt_comp, gt_segs = self._spec(q.video_id)
         seg = gt_segs[qs["segment"]]
         want_colour = colour_at(gt_thing, gt_segs, qs["segment"])
-        asks = self.restate(gt_thing, want_colour, gt_wall, gt_comp, gt_segs, qs["segment"], qs["context"])
+        gt = (gt_thing, gt_wall, gt_comp, gt_segs)
         if label == "matched":
             k = qs["segment"]
             keep = [k - 1] * (qs["context"] == "after" and k >= 1) + [k] + [k + 1] * (qs["context"] == "then")
             seen = self.describe(shown, [i for i in keep if 0 <= i < len(gt_segs)])
+            asks = self.bridge(gt, want_colour, self._spec(shown), want_colour, None, k, qs["context"])
             return f"{seen}{asks} From {seg.start:.1f} to {seg.end:.1f} s it {phrase(seg)}, as the query asks.", False
         style = Style(**self.style[(g["split"], g["family"])])
         thing, wall, comp, segs = self._spec(shown)
@@ -258,6 +286,8 @@ class SynthTraces:
         near = same or [i for i, s in enumerate(segs) if kind_of(s.action) == kind_of(seg.action)]
         seen = self.describe(shown, self.focus(segs, phrase(seg), qs["context"]) or near[:2] or [0])
         have_colour = colour_at(thing, segs, near[0]) if near else thing.colour
+        event = self.event_problem(segs, gt_segs, same, qs["segment"], qs["context"])
+        asks = self.bridge(gt, want_colour, (thing, wall, comp, segs), have_colour, event, qs["segment"], qs["context"])
         diffs = []
         if gt_thing.size != thing.size:
             diffs.append(f"it is {thing.size}, not {gt_thing.size}")
@@ -271,14 +301,8 @@ class SynthTraces:
             have = article(f"{comp.colour} {comp.shape}") if comp else "no second object"
             want = article(f"{gt_comp.colour} {gt_comp.shape}") if gt_comp else "none"
             diffs.append(f"beside it there is {have}, not {want}")
-        if not same:
-            diffs.append(f"it never {phrase(seg)}")
-        elif qs["context"] == "after" and not any(i >= 1 and phrase(segs[i - 1]) == phrase(gt_segs[qs["segment"] - 1])
-                                                  for i in same):
-            diffs.append(f"it {phrase(seg)}, but not after it {phrase(gt_segs[qs['segment'] - 1])}")
-        elif qs["context"] == "then" and not any(i + 1 < len(segs) and phrase(segs[i + 1]) == phrase(gt_segs[qs["segment"] + 1])
-                                                 for i in same):
-            diffs.append(f"it {phrase(seg)}, but does not {phrase(gt_segs[qs['segment'] + 1])} next")
+        if event:
+            diffs.append(event)
         if not diffs:
             diffs.append("its details do not add up to the queried moment")
         return f"{seen}{asks} It does not match the query: {'; '.join(diffs)}.", fits
