@@ -3,9 +3,10 @@ A learnability probe of the comparison alone (not a speed bench): the synthetic 
 per training query a matched pair (the GT) and a not-matched one (a sibling of the GT's family half the time,
 another family's video otherwise); the text "Query: <fine query>" then the SFT trace of the pair
 (train/sft_data.SynthTraces: "I see ... [The query asks for ...] <verdict>"), token CE on the trace with the
-`small` policy's language model from scratch. Held-out: the verdict's first token ("From" = matched, "It" of
-"It does not match") predicted after the teacher-forced trace up to it, on the world's val + test queries
-(chance 50 %). So it measures comparing a perfect description with the query, per trace style.
+`small` policy's language model from scratch. Held-out, on the world's val + test queries: the share of rows
+whose decisions are all right, teacher-forced: the verdict's first token ("From" = matched, "It" of "It does
+not match"; chance 50 %), or for the checklist style every "same" / "differs" and "seen" / "not seen" (the
+verdict after them only reads them). So it measures comparing a perfect description with the query.
 
     python bench/probe_verdict.py --style restate --steps 600 --out probe_verdict_restate.json
     python bench/probe_verdict.py --style plain --steps 600 --out probe_verdict_plain.json
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 import tempfile
 import time
@@ -29,6 +31,8 @@ import videosearch_r1  # noqa: F401  (torchvision shim before transformers)
 from videosearch_r1.utils import atomic_write_json
 
 VERDICT = {"matched": " From ", "not_matched": " It does not match"}
+# the checklist's judgements: each is a decision of its own (the verdict after them only reads them)
+CHOICES = [(re.compile(r": (same|differs)[;.]"), ("same", "differs")), (re.compile(r": (seen|not seen)\."), ("seen", "not"))]
 
 
 def pairs(world, split_names: set[str], rng: random.Random) -> list[tuple]:
@@ -48,24 +52,48 @@ def pairs(world, split_names: set[str], rng: random.Random) -> list[tuple]:
     return out
 
 
+def _position(tok, text: str, at: int, ids: list[int]) -> int | None:
+    """The index in `ids` (the tokens of `text`) of the first non-space token from character `at` on."""
+    upto = tok.encode(text[:at].rstrip(), add_special_tokens=False)
+    if ids[:len(upto)] != upto:  # not on a token boundary
+        return None
+    pos = len(upto)
+    while pos < len(ids) and not tok.decode([ids[pos]]).strip():  # the tiny tokenizer's lone space token
+        pos += 1
+    return pos if pos < len(ids) else None
+
+
 def encode(tok, traces, rows) -> list[dict]:
-    """Token ids of "Query: q\\n" + trace, the loss mask (trace tokens) and the verdict position."""
+    """Token ids of "Query: q\\n" + trace, the loss start (trace tokens) and the decisions: [(position, right
+    token, wrong token)]: the verdict's first token, or for the checklist every same / differs and seen / not
+    seen (the verdict then only reads them)."""
+    def head(word: str) -> int:  # the first non-space token of " word" (as it follows ": " in a trace)
+        return next(i for i in tok.encode(" " + word, add_special_tokens=False) if tok.decode([i]).strip())
+
+    first = {w: head(w) for _, pair in CHOICES for w in pair}
     out = []
     for (q, shown, label) in rows:
         think, _ = traces.trace(q, shown, label)
-        at = think.find(VERDICT[label])
-        if at < 0:
-            continue
-        prompt = f"Query: {q.fig_desc}\nTrace:"
-        pre = tok.encode(prompt, add_special_tokens=False)
-        upto = tok.encode(prompt + " " + think[:at].strip(), add_special_tokens=False)
-        ids = tok.encode(prompt + " " + think, add_special_tokens=False)
-        if ids[:len(upto)] != upto:  # the verdict must start on a token boundary
-            continue
-        pos = len(upto)
-        while pos < len(ids) and not tok.decode([ids[pos]]).strip():  # the tiny tokenizer's lone space token
-            pos += 1
-        out.append({"ids": ids, "start": len(pre), "verdict_pos": pos, "verdict_id": ids[pos], "label": label})
+        text = f"Query: {q.fig_desc}\nTrace: {think}"
+        ids = tok.encode(text, add_special_tokens=False)
+        start = len(tok.encode(f"Query: {q.fig_desc}\nTrace:", add_special_tokens=False))
+        decisions = []
+        if traces.style_name == "checklist":
+            for rx, pair in CHOICES:
+                for m in rx.finditer(text):
+                    pos = _position(tok, text, m.start(1), ids)
+                    word = m.group(1).split()[0]
+                    other = pair[1] if word == pair[0] else pair[0]
+                    if pos is not None:
+                        decisions.append((pos, first[word], first[other]))
+        else:
+            at = text.find(VERDICT[label])
+            pos = _position(tok, text, at, ids) if at >= 0 else None
+            if pos is not None:
+                other = VERDICT["not_matched" if label == "matched" else "matched"].split()[0]
+                decisions.append((pos, ids[pos], head(other)))
+        if decisions:
+            out.append({"ids": ids, "start": start, "decisions": decisions, "label": label})
     return out
 
 
@@ -117,13 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.model.language_model.parameters(), lr=a.lr, weight_decay=0.01)
     pad = tok.pad_token_id
 
-    verdict_ids = {lab: {x["verdict_id"] for x in train if x["label"] == lab} for lab in VERDICT}
-    if any(len(v) != 1 for v in verdict_ids.values()) or verdict_ids["matched"] == verdict_ids["not_matched"]:
-        raise SystemExit(f"the verdicts do not start with one distinct token each: {verdict_ids}")
-    m_id, n_id = verdict_ids["matched"].pop(), verdict_ids["not_matched"].pop()
+    if any(right == wrong for x in train for _, right, wrong in x["decisions"]):
+        raise SystemExit("a decision's two answers share their first token")
 
     @torch.no_grad()
     def verdict_acc(items) -> float:
+        """Share of rows whose every decision prefers the right token to the wrong one (teacher-forced)."""
         model.eval()
         hits = 0
         for s in range(0, len(items), 64):
@@ -131,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             ids, mask, _ = batch(chunk, pad)
             logits = model(input_ids=ids, attention_mask=mask).logits
             for i, x in enumerate(chunk):
-                lg = logits[i, x["verdict_pos"] - 1]
-                pred = "matched" if lg[m_id] > lg[n_id] else "not_matched"
-                hits += pred == x["label"]
+                hits += all(logits[i, p - 1, right] > logits[i, p - 1, wrong] for p, right, wrong in x["decisions"])
         model.train()
         return 100.0 * hits / len(items)
 
