@@ -265,6 +265,17 @@ def test_restated_traces_put_the_query_between_what_is_seen_and_the_verdict():
         SynthTraces(path, "verbose")
 
 
+def test_build_sft_counts_targets_longer_than_a_turn(sft_rows):
+    """A target the agent could not finish within agent.max_new_tokens is counted and warned about."""
+    from videosearch_r1.train.sft_data import build_sft_rows
+
+    rows, summary = sft_rows
+    assert summary.over_turn_budget == 0 and summary.turn_budget == 256  # the default budget fits every target
+    short, s2 = build_sft_rows(W.world().cfg("sft.n_negatives=4", "agent.max_new_tokens=40"), "synth")
+    assert 0 < s2.over_turn_budget <= len(short) and s2.turn_budget == 40
+    assert "longer than agent.max_new_tokens (40)" in s2.format()
+
+
 def test_build_sft_balanced_rows_with_counted_skips(sft_rows):
     import numpy as np
 

@@ -58,6 +58,8 @@ class SFTDataSummary:
     trace_style: str = ""  # synth-timeline traces: sft.trace_style ("restate" | "plain")
     teacher_cache: str = ""  # the teacher cache used and whether it was reused, new or rebuilt (and why)
     same_description: int = 0  # not-matched pairs whose shown video also fits the query's wording
+    over_turn_budget: int = 0  # targets longer than agent.max_new_tokens (engine tokenizer): cut at inference
+    turn_budget: int = 0  # that agent.max_new_tokens
 
     def skip(self, what: str, reason: str, detail: str = "") -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -73,6 +75,10 @@ class SFTDataSummary:
                  f"{sum(self.skipped.values())} {self.skipped or ''} -> {self.out}"]
         if self.teacher_cache:
             lines.append(f"  teacher cache: {self.teacher_cache}")
+        if self.over_turn_budget:
+            lines.append(f"  WARNING: {self.over_turn_budget} of {self.rows} targets are longer than agent.max_new_tokens "
+                         f"({self.turn_budget}): the policy would be cut off mid-answer at inference and in GRPO "
+                         "rollouts; raise agent.max_new_tokens and grpo.max_new_tokens")
         lines += [f"  {e}" for e in self.examples]
         if self.same_description:
             lines.append(f"  {self.same_description} not-matched pairs show a video that also fits the query text")
@@ -515,6 +521,11 @@ def build_sft_rows(cfg, dataset: str, engine=None) -> tuple[list[TrainRow], SFTD
     summary.matched = sum(1 for r in rows if r.meta["label"] == "matched")
     summary.not_matched = summary.rows - summary.matched
     summary.negatives_per_row = float(np.mean([len(r.negatives) for r in rows])) if rows else 0.0
+    tok = getattr(getattr(engine, "embedder", None), "tokenizer", None)  # the policy's, for the synthetic world
+    if tok is not None:  # (a real policy's Qwen tokenizer is the embedder's)
+        summary.turn_budget = cfg.agent.max_new_tokens
+        summary.over_turn_budget = sum(len(tok.encode(r.target, add_special_tokens=False)) > summary.turn_budget
+                                       for r in rows)
     return rows, summary
 
 
