@@ -55,7 +55,7 @@ class SFTDataSummary:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count
     examples: list[str] = field(default_factory=list)  # first skipped items, one line each
     traces: str = ""  # "synth-timeline" | "teacher:<id>" | "template"
-    trace_style: str = ""  # synth-timeline traces: sft.trace_style ("restate" | "plain")
+    trace_style: str = ""  # synth-timeline traces: sft.trace_style (TRACE_STYLES)
     teacher_cache: str = ""  # the teacher cache used and whether it was reused, new or rebuilt (and why)
     same_description: int = 0  # not-matched pairs whose shown video also fits the query's wording
     over_turn_budget: int = 0  # targets longer than agent.max_new_tokens (engine tokenizer): cut at inference
@@ -176,7 +176,9 @@ class SynthTraces:
     the query restated in the same words and order ("I see a small yellow diamond ... The query asks for a
     small orange diamond ..."), so the verdict compares two aligned sentences; "plain" (before) goes from what
     is seen straight to the verdict, and the fourth GPU run's SFT policy then wrote a correct description
-    ("a small yellow diamond") followed by "as the query asks" for a query about an orange one (LOG.md)."""
+    ("a small yellow diamond") followed by "as the query asks" for a query about an orange one (LOG.md);
+    "checklist" lists each detail seen next to the one asked for, with same / differs, then whether the
+    queried event is seen (the comparison made local; the gpu toy profile's choice, bench/probe_verdict.py)."""
 
     def __init__(self, world_path: Path, style: str = "restate"):
         if style not in TRACE_STYLES:
