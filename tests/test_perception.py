@@ -92,3 +92,12 @@ def test_pretraining_learns_colour_and_reports_before_after(tiny_embedder):
     after = dict(tiny_embedder.model.visual.named_parameters())
     blocks = [n for n in before_weights if n.startswith("blocks.")]
     assert blocks and all(not torch.equal(before_weights[n], after[n]) for n in blocks)  # the tower's blocks train
+
+
+def test_bad_perception_settings_are_named(tiny_embedder):
+    from videosearch_r1.config import load_config
+    from videosearch_r1.engine.perception import pretrain
+
+    cfg = load_config(None, ["engine_train.perception_steps=5", "engine_train.perception_frames=0"])
+    with pytest.raises(ValueError, match="engine_train.perception_frames must be >= 1"):
+        pretrain(cfg, tiny_embedder, "cpu", 96, 64)

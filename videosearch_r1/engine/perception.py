@@ -105,6 +105,11 @@ def pretrain(cfg, embedder, device: str, width: int, height: int):
     from videosearch_r1.utils import progress
 
     tc = cfg.engine_train
+    for name in ("perception_frames", "perception_batch"):
+        if getattr(tc, name) < 1:
+            raise ValueError(f"engine_train.{name} must be >= 1 with perception_steps > 0, got {getattr(tc, name)}")
+    if tc.perception_lr <= 0:
+        raise ValueError(f"engine_train.perception_lr must be > 0, got {tc.perception_lr}")
     model, vp = embedder.model, embedder.processor.video_processor
     cell = vp.patch_size * vp.merge_size
     t0 = time.time()
