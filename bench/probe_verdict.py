@@ -1,9 +1,9 @@
 """Can the policy's language model learn the verification verdict from the SFT traces, given what is seen?
 A learnability probe of the comparison alone (not a speed bench): the synthetic world's timelines (no video),
-per training query a matched pair (the GT) and a not-matched one (a sibling of the GT's family half the time,
+a world of its own (seed synth.seed + --world-seed-offset), per training query a matched pair (the GT) and a not-matched one (a sibling of the GT's family half the time,
 another family's video otherwise); the text "Query: <fine query>" then the SFT trace of the pair
 (train/sft_data.SynthTraces: "I see ... [The query asks for ...] <verdict>"), token CE on the trace with the
-`small` policy's language model from scratch. Held-out, on the world's val + test queries: the share of rows
+`small` policy's language model from scratch. Held-out, on that world's val + test queries: the share of rows
 whose decisions are all right, teacher-forced: the verdict's first token ("From" = matched, "It" of "It does
 not match"; chance 50 %), or for the checklist style every "same" / "differs" and "seen" / "not seen" (the
 verdict after them only reads them). So it measures comparing a perfect description with the query.
@@ -125,11 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--families", type=int, default=300, help="train families of the default world (toy_gpu: 300)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--world-seed-offset", type=int, default=31337,
+                    help="the probe's world seed = synth.seed + this (0: the benchmark's own world, as measured on "
+                         "2026-12-01, whose held-out pairs were its val + test timelines)")
     ap.add_argument("--out", default="")
     a = ap.parse_args(argv)
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     cfg = load_config(None, [f"synth.families.train={a.families}"])
+    cfg.synth.seed += a.world_seed_offset  # a world of its own: the held-out pairs are never the benchmark's
     world = sample_world(resolve(cfg.synth))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "world.json").write_text(__import__("json").dumps(world_json(world)))

@@ -83,6 +83,7 @@ def test_perception_pretraining_runs_first_and_is_reported(tiny_world, tmp_path,
         assert set(p[k]) == {"shape", "colour", "size", "object"} and all(0 <= v <= 100 for v in p[k].values())
     plain = train_mod.train_key(load_config(None, argv[:-4]))
     assert digest(train_mod.train_key(load_config(None, argv))) != digest(plain)
+    assert not any(k.startswith("perception") for k in plain["engine_train"])  # off: engines keep their old key
 
 
 def test_clip_cache_matches_embedder(tiny_world):

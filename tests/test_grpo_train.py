@@ -122,6 +122,18 @@ def test_grpo_schedule_replaces_train_schedule_in_the_steps_and_the_run_key(tmp_
     assert run_key(linear, [], 1, 2, "w")["grpo"] != run_key(flat, [], 1, 2, "w")["grpo"]
 
 
+def test_verification_reward_in_the_run_key_only_when_it_is_not_the_old_mean():
+    """Runs from before grpo.verification_reward existed (per-turn mean) keep their key and resume with
+    verification_reward=mean; the new default is another objective, so another key."""
+    from videosearch_r1.fingerprint import digest, section
+    from videosearch_r1.train.grpo import run_key
+
+    mean, every = W.world().cfg("grpo.verification_reward=mean"), W.world().cfg()
+    old = digest({k: v for k, v in section(mean, "grpo", drop=("engine_url", "schedule")).items()
+                  if k != "verification_reward"})  # the key as it was computed before the field
+    assert run_key(mean, [], 1, 2, "w")["grpo"] == old != run_key(every, [], 1, 2, "w")["grpo"]
+
+
 def test_a_nonfinite_grpo_update_names_the_parts_it_came_from(tmp_path):
     cheap = ("grpo.latent_objective=none", "grpo.kl_beta=0.0", "grpo.max_new_tokens=4", "agent.max_turns=1",
              "train.max_nonfinite_steps=5")

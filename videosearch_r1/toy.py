@@ -68,11 +68,9 @@ EVAL_RUNS = (
 #    in the same directory would then refuse to resume under)
 
 
-# evaluations on the val split (synthetic toy): where recipe choices are read; test is reported once
-VAL_RUNS = (
-    ("toy-sft-val", "toy-sft-train/final", ["agent.method=sqr"]),
-    ("toy-grpo-val", "toy-grpo-train/final", ["agent.method=sqr"]),
-)
+# EVAL_RUNS also run on the val split (synthetic toy; as <name>-val): where recipe choices are read, test is
+# reported once
+VAL_OF = ("toy-sft", "toy-grpo")
 
 
 def profile_config(profile: str) -> Path:
@@ -99,12 +97,10 @@ def plan(runs: Path, common: list[str], grpo_steps: int, grpo_warmup: int = 0) -
                                              str(runs / "toy-base" / "policy"), *common, "run_name=toy-sft-train"]),
     ]
     steps += tail("synth", "toy", runs, common, grpo_steps, grpo_warmup)
-    for name, policy, extra in VAL_RUNS:  # each right after the same checkpoint's test evaluation
-        test_eval = f"evaluate {name[:-len('-val')]}"
-        at = next(i for i, (_, title, _) in enumerate(steps) if title == test_eval) + 1
-        steps.insert(at, (steps[at - 1][0], f"{test_eval} on val", ["infer", "synth", "--split", "val", "--checkpoint",
-                                                                     str(runs / policy), *common, *extra,
-                                                                     f"run_name={name}"]))
+    for i in [i for i, (_, title, _) in enumerate(steps) if title in {f"evaluate {n}" for n in VAL_OF}][::-1]:
+        step, title, argv = steps[i]  # right after its test evaluation: the same command on val, its own run
+        val = [("val" if a == "test" and argv[j - 1] == "--split" else a) for j, a in enumerate(argv)]
+        steps.insert(i + 1, (step, f"{title} on val", val[:-1] + [f"{argv[-1]}-val"]))
     return steps
 
 

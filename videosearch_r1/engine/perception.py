@@ -39,14 +39,13 @@ NO_OBJECT_WEIGHT = 0.1
 def stills_pixels(video_processor, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(pixel_values_videos, video_grid_thw) for stills [B, H, W, 3] uint8 (on any device), each a clip of
     temporal_patch_size identical frames: the rows video_pixels would make for each, concatenated."""
+    from videosearch_r1.models.qwen3vl import clips_pixels
+
     vp = video_processor
     b, h, w = frames.shape[:3]
-    x = frames.permute(0, 3, 1, 2)[:, None].expand(b, vp.temporal_patch_size, 3, h, w).contiguous()
-    x = vp.rescale_and_normalize(x, vp.do_rescale, vp.rescale_factor, vp.do_normalize, vp.image_mean, vp.image_std)
-    patches = vp.patchify(x, patch_size=vp.patch_size, merge_size=vp.merge_size,
-                          temporal_patch_size=vp.temporal_patch_size)[0]
+    pix = clips_pixels(vp, frames[:, None].expand(b, vp.temporal_patch_size, h, w, 3))
     grid = torch.tensor([[1, h // vp.patch_size, w // vp.patch_size]] * b, device=frames.device)
-    return patches.reshape(-1, patches.shape[-1]), grid
+    return pix, grid
 
 
 def merged_tokens(model, video_processor, frames: torch.Tensor) -> torch.Tensor:

@@ -340,6 +340,7 @@ def prepare(cfg, device: str):
 
 # engine_train fields that do not change the trained weights (where they go, logging, evaluation)
 _KEY_DROP = ("output", "log_every", "eval_every", "eval_splits")
+_PERCEPTION = ("perception_steps", "perception_lr", "perception_batch", "perception_frames")
 
 
 def train_key(cfg) -> dict:
@@ -349,7 +350,8 @@ def train_key(cfg) -> dict:
     content of cfg.dataset's train annotation file."""
     from videosearch_r1 import fingerprint as fp
 
-    key = {"engine_train": fp.section(cfg, "engine_train", drop=_KEY_DROP),
+    off = () if cfg.engine_train.perception_steps > 0 else _PERCEPTION  # no pretraining: engines keep their key
+    key = {"engine_train": fp.section(cfg, "engine_train", drop=_KEY_DROP + off),
            "engine": {"instruction": cfg.engine.instruction, "max_query_tokens": cfg.engine.max_query_tokens},
            "dataset": cfg.dataset, "video": asdict(cfg.video_cfg(cfg.dataset))}
     if cfg.dataset == "synth" and cfg.engine_train.world_families > 0:

@@ -399,13 +399,19 @@ def video_pixels(video_processor, frames, device):
     and patchify (the resize is skipped: callers check resize_target is the clip's own size)."""
     import torch
 
-    vp = video_processor
     x = torch.from_numpy(np.ascontiguousarray(frames)).to(device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).contiguous()[None]  # [1, T, 3, H, W] uint8
+    return clips_pixels(video_processor, x[None])
+
+
+def clips_pixels(video_processor, clips):
+    """`pixel_values_videos` rows of B equal-shape clips [B, T, H, W, 3] uint8 (a tensor, on any device),
+    concatenated in order: what video_pixels gives for each, made in one call."""
+    vp = video_processor
+    x = clips.permute(0, 1, 4, 2, 3).contiguous()  # [B, T, 3, H, W]
     x = vp.rescale_and_normalize(x, vp.do_rescale, vp.rescale_factor, vp.do_normalize, vp.image_mean, vp.image_std)
     patches = vp.patchify(x, patch_size=vp.patch_size, merge_size=vp.merge_size,
                           temporal_patch_size=vp.temporal_patch_size)[0]
-    return patches[0]
+    return patches.reshape(-1, patches.shape[-1])
 
 
 def fast_video_inputs(processor, texts: list[str], clips, device, text_device=None) -> dict | None:

@@ -268,8 +268,10 @@ def run_key(cfg, queries: list, processes: int, total: int, init_weights: str) -
     return {"queries_sha1": h.hexdigest(), "queries": len(queries), "queries_per_step": g.queries_per_step,
             "group_size": g.group_size, "seed": g.seed, "train_seed": cfg.train.seed, "processes": processes,
             "total_steps": total, "init_weights": init_weights, "lr": g.lr, "lr_sqr": g.lr_sqr,
-            # rewards, sampling, KL, objective (an unset stage schedule adds nothing: older runs keep their key)
-            "grpo": digest(section(cfg, "grpo", drop=("engine_url",) + (() if g.schedule else ("schedule",)))),
+            # rewards, sampling, KL, objective (an unset stage schedule and the per-turn mean verification reward,
+            # what runs had before those settings existed, add nothing: older runs keep their key)
+            "grpo": digest(section(cfg, "grpo", drop=("engine_url",) + (() if g.schedule else ("schedule",))
+                                   + (("verification_reward",) if g.verification_reward == "mean" else ()))),
             "agent": digest(section(cfg, "agent", drop=("device", "profile_depths"))),
             "train": common.settings_key(cfg.train)}
 
