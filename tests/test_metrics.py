@@ -74,6 +74,48 @@ def test_paper_metrics_hand_computed():
     assert m["text_tokens_per_query"] == pytest.approx((50 + 20 + 60 + 6 * 10) / 9)
     assert m["latent_tokens_per_query"] == pytest.approx(24 / 9)
     assert m["stop_reasons"] == {"(missing)": 1, "malformed": 1, "matched": 7, "max_turns": 1}
+    # turn 1: q1 q3 reject another video, q2 accepts one; q4-q6 q8 q10 accept the GT, q7 is unparseable on it
+    assert m["verdicts"]["turn1"] == {"gt_shown": 6, "gt_accepted": 5, "wrong_shown": 3, "wrong_rejected": 2,
+                                      "gt_accept_rate": pytest.approx(500 / 6),
+                                      "wrong_reject_rate": pytest.approx(200 / 3)}
+    # all turns: + q1 turn 2 (GT accepted), q3 turn 2 (GT rejected); the two sides' correct turns are VER/turn's 8
+    assert m["verdicts"]["all_turns"] == {"gt_shown": 8, "gt_accepted": 6, "wrong_shown": 3, "wrong_rejected": 2,
+                                          "gt_accept_rate": 75.0, "wrong_reject_rate": pytest.approx(200 / 3)}
+
+
+def test_paper_metrics_verdicts_scripted_turns():
+    """Turns with no video are skipped, unparseable answers are shown but neither accepted nor rejected,
+    None preds add nothing."""
+    cases = [
+        (P("a", "g", "matched", (0, 1), [(None, "not_matched"), ("x", None), ("g", "matched")]), GT("g", 0, 1)),
+        (P("b", "y", "not_matched", None, [("h", "not_matched"), ("y", "not_matched")]), GT("h", 0, 1)),
+        (None, GT("k", 0, 1)),
+        (P("d", "m", "yes", None, [("z", "matched"), ("m", "yes")], "malformed"), GT("m", 0, 1)),
+        (P("e", None, None, None, [], "no_turns"), GT("e", 0, 1)),
+        (P("f", "f", "matched", (0, 1), [("f", "matched")]), GT("f", 0, 1)),
+        (P("g", "t", "not_matched", None, [("w", "not_matched"), ("u", "not_matched"), ("t", "not_matched")]),
+         GT("q", 0, 1)),
+        (P("h", "r", "matched", (0, 1), [("r", "matched")]), GT("r", 0, 1)),
+    ]
+    preds, gts = zip(*cases)
+    v = paper_metrics(preds, gts)["verdicts"]
+    # turn 1: a shows no video; GT shown by b (rejected), f h (accepted); wrong by d (accepted), g (rejected)
+    assert v["turn1"] == {"gt_shown": 3, "gt_accepted": 2, "wrong_shown": 2, "wrong_rejected": 1,
+                          "gt_accept_rate": pytest.approx(200 / 3), "wrong_reject_rate": 50.0}
+    # all turns: GT a f h accepted, b rejected, d unparseable; wrong a (unparseable), b, g x3 rejected, d accepted
+    assert v["all_turns"] == {"gt_shown": 5, "gt_accepted": 3, "wrong_shown": 6, "wrong_rejected": 4,
+                              "gt_accept_rate": 60.0, "wrong_reject_rate": pytest.approx(200 / 3)}
+
+
+def test_paper_metrics_verdict_rates_none_when_nothing_shown():
+    zero = {"gt_shown": 0, "gt_accepted": 0, "wrong_shown": 0, "wrong_rejected": 0,
+            "gt_accept_rate": None, "wrong_reject_rate": None}
+    for preds in ([None, None], [P("1", None, None, None, [(None, "matched")], "malformed"), None]):
+        v = paper_metrics(preds, [GT("a", 0, 1), GT("b", 0, 1)])["verdicts"]
+        assert v == {"turn1": zero, "all_turns": zero}
+    # only the GT shown: the wrong side's rate is None, the GT side's a number
+    v = paper_metrics([P("1", "a", "not_matched", None, [("a", "not_matched")])], [GT("a", 0, 1)])["verdicts"]
+    assert v["all_turns"]["gt_accept_rate"] == 0.0 and v["all_turns"]["wrong_reject_rate"] is None
 
 
 def test_paper_metrics_empty_and_all_missing():
@@ -132,6 +174,24 @@ def test_evaluate_rows_with_ground_truth_counts_everything():
     for needle in ("row 3: duplicate_qid", "row 4: unknown_qid", "row 5: bad_json", "row 6: missing_field: 'final'",
                    "row 1: gt_video 'WRONG'"):
         assert needle in msgs
+
+
+def test_format_table_prints_the_verdict_sides():
+    rows = [row("1"),                                                    # GT accepted
+            row("2", video="v2", answer="not_matched", span=None),       # wrong video rejected
+            row("3", video="v3", answer="matched", span=(0, 1)),         # wrong video accepted
+            row("4", video="v1", answer="maybe", span=None)]             # GT shown, unparseable
+    r = evaluate_rows(rows, None, (0.5,), (1,))
+    assert r["paper"]["verdicts"]["turn1"]["gt_shown"] == 2 and r["paper"]["verdicts"]["turn1"]["wrong_shown"] == 2
+    lines = format_table(r).splitlines()
+    assert "  turn 1: GT accepted 1/2 (50.0 %), wrong rejected 1/2 (50.0 %)" in lines
+    assert "  all turns: GT accepted 1/2 (50.0 %), wrong rejected 1/2 (50.0 %)" in lines
+    only_gt = format_table(evaluate_rows([row("1")], None, (0.5,), (1,))).splitlines()
+    assert "  turn 1: GT accepted 1/1 (100.0 %), wrong rejected 0/0" in only_gt
+    none_shown = evaluate_rows([row("1", video=None, answer=None, span=None)], None, (0.5,), (1,))
+    assert "GT accepted" not in format_table(none_shown)
+    del r["paper"]["verdicts"]  # a result written before verdicts existed
+    assert "GT accepted" not in format_table(r) and "VER/turn" in format_table(r)
 
 
 def test_evaluate_rows_without_ground_truth_never_shrinks_the_denominator():

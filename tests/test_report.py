@@ -169,6 +169,27 @@ def test_report_names_query_sets_warns_and_restricts_to_common(tmp_path, capsys)
     assert "query set: the runs have 8 queries (hash" in capsys.readouterr().out
 
 
+def test_report_table_shows_turn1_verdict_sides(tmp_path, capsys):
+    from videosearch_r1.agent.report import analyse, format_table, load_run
+
+    # turn 1: q0 rejects x (wrong rejected), q1 accepts v1 (GT accepted), q2 accepts x (wrong not rejected)
+    a = _write_run(tmp_path, "a", [_row(0, n_turns=2), _row(1), _row(2, hit=False)])
+    assert report_main([str(a), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    head, _, row = text.splitlines()[:3]
+    assert head.split()[head.split().index("VER") + 1] == "acc/rej(t1)"
+    assert row.split()[head.split().index("VER") + 2] == "100.0/50.0"  # the label "sqr (a)" is two words
+    res = json.loads((tmp_path / "rep" / "result.json").read_text())
+    # all turns: + q0's turn 2 (v0 accepted)
+    assert res["runs"][0]["paper"]["verdicts"]["all_turns"] == {
+        "gt_shown": 2, "gt_accepted": 2, "wrong_shown": 2, "wrong_rejected": 1,
+        "gt_accept_rate": 100.0, "wrong_reject_rate": 50.0}
+    run = analyse(load_run(a), (0.5,), (1,))
+    del run["paper"]["verdicts"]  # a result from before verdicts existed
+    old_row = format_table([run]).splitlines()[2].split()
+    assert old_row[old_row.index("sqr") + 8] == "-"  # run(2 words) n qset complete R1@0.5 mIoU VER -> next cell
+
+
 def test_report_plots_are_readable_with_one_turn_or_one_run(tmp_path):
     """One run of one turn: bars on a 0-based axis, not one point on a 0.96-1.04 axis; several turns:
     integer ticks 1..T; all-zero rates: still a 0-5 % axis."""

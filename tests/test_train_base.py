@@ -51,11 +51,49 @@ def test_rows_cover_every_task_with_answers_from_the_timeline(tiny_rows):
             others = [fine_desc(style, v.thing, v.wall, v.companion, v.segments, j, "none")
                       for j in range(len(v.segments)) if j != r.meta["segment"]]
             assert r.query.split('"')[1] not in others  # the description names one moment only
-        else:
+        elif task == "attribute":
             assert r.meta["attribute"] in ("colour", "shape", "size")
             want = {"shape": v.thing.shape, "size": v.thing.size}.get(r.meta["attribute"])
             if want is not None:
                 assert r.target == want
+        else:
+            _check_confirm(r, v)
+
+
+def _check_confirm(r, v):
+    """A confirm row: the answer states the truth at its time; Yes iff the question states it too; a No
+    names the asked phrase that is wrong, which differs from the truth in exactly the detail changed."""
+    from videosearch_r1.synth.world import wall_phrase
+    from videosearch_r1.train.base_data import steady_attributes
+
+    a = steady_attributes(v, r.meta["time"])
+    assert a is not None
+    truth = f"{a['size']} {a['colour']} {a['shape']} in front of an? {re.escape(wall_phrase(v.wall))}"
+    m = re.fullmatch(rf"Is the main object at {r.meta['time']:.1f} s an? (\w+) (\w+) (\w+) in front of an? (.+)\?", r.query)
+    assert m, r.query
+    asked = dict(zip(("size", "colour", "shape", "wall"), m.groups()))
+    truth_d = {**a, "wall": wall_phrase(v.wall)}
+    changed = [k for k in asked if asked[k] != truth_d[k]]
+    if r.meta["answer"] == "yes":
+        assert changed == [] and r.meta["detail"] == "none"
+        assert re.fullmatch(rf"Yes: it is an? {truth}\.", r.target), r.target
+    else:
+        assert changed == [r.meta["detail"]], (r.query, r.target)
+        wrong = asked["wall"] if changed == ["wall"] else f"{asked['size']} {asked['colour']} {asked['shape']}"
+        assert re.fullmatch(rf"No: it is an? {truth}, not an? {re.escape(wrong)}\.", r.target), r.target
+
+
+def test_confirm_questions_are_balanced_and_change_every_detail():
+    """Half the confirm rows are true; the false ones change each of size / colour / shape / wall."""
+    from collections import Counter
+
+    cfg = load_config(None, ["synth.preset=tiny", "base.tasks.confirm=8"])
+    world = sample_world(resolve(SynthConfig(preset="tiny", seed=5)))
+    rows, _ = task_rows(world, cfg.base, cfg.video_cfg("synth"), "synth")
+    rows = [r for r in rows if r.meta["task"] == "confirm"]
+    answers = Counter(r.meta["answer"] for r in rows)
+    assert len(rows) >= 40 and abs(answers["yes"] - answers["no"]) <= 0.25 * len(rows), answers
+    assert {r.meta["detail"] for r in rows if r.meta["answer"] == "no"} == {"size", "colour", "shape", "wall"}
 
 
 def test_colour_answers_are_on_screen(tiny_rows):
@@ -101,23 +139,27 @@ def test_a_short_base_run_lowers_the_loss_and_exports_a_zs_checkpoint(tmp_path, 
     world = sample_world(resolve(load_config(None, ["synth.preset=tiny"]).synth))
     bad = next(v.video_id for f in world.families if f.split == "val" for v in f.videos)  # the first held-out one
     args = ["train", "base", f"workspace={w.workspace}", "synth.preset=tiny", "base.world_families=1",
-            "base.tasks.caption=0", "base.tasks.attribute=0", "base.tasks.ground=1", "base.batch_size=6",
-            "base.steps=6", "base.lr=3e-3", "base.lr_vision=3e-3", "base.warmup=0", "base.eval_videos=3",
+            "base.tasks.caption=0", "base.tasks.attribute=0", "base.tasks.ground=1", "base.tasks.confirm=1",
+            "base.batch_size=6", "base.steps=6", "base.lr=3e-3", "base.lr_vision=3e-3", "base.warmup=0", "base.eval_videos=3",
             "train.schedule=constant", f"datasets.synth.root={W.damaged_root(tmp_path, truncate={bad})}",
             f"train.output={tmp_path / 'run'}"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     assert "ZS policy" in out and "held-out rows skipped" in out
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert s["complete"] and s["rows"]["rows"] == {"describe": 3, "ground": 3}
+    assert s["complete"] and s["rows"]["rows"] == {"describe": 3, "ground": 3, "confirm": 3}
     losses = s["losses"]
     assert len(losses) == 6 and all(b < a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.85 * losses[0], losses
     assert s["policy_mb"] < 10 and not (tmp_path / "run" / "policy" / "trainer_state.pt").exists()
-    assert set(s["heldout_after"]) == {"describe", "ground"}
+    assert set(s["heldout_after"]) == {"describe", "ground", "confirm"}
+    confirm = s["heldout_confirm"]  # by answer; "first" = the yes / no decision right
+    assert set(confirm) <= {"yes", "no"} and sum(r["rows"] for r in confirm.values()) == s["heldout_after"]["confirm"]["rows"]
+    assert all(0 <= r["first"] <= 100 for r in confirm.values()) and "first token" in out
     skipped = s["heldout_skipped"]
     assert skipped["video_unreadable"] >= 1 and [e.split(":")[0] for e in skipped["examples"]] == [bad], skipped
-    assert sum(r["rows"] for r in s["heldout_after"].values()) + skipped["video_unreadable"] == 6  # 3 videos x 2
+    # 3 videos x (1 describe + 1 ground + 4 confirm: base.HELDOUT_ROWS)
+    assert sum(r["rows"] for r in s["heldout_after"].values()) + skipped["video_unreadable"] == 18
     # what `vsr1 infer synth --checkpoint DIR` does, with no other flag
     cfg = w.cfg(f"agent.checkpoint={s['policy']}")
     pol = load_policy(cfg, load_engine(cfg, "synth", "test"))
@@ -143,5 +185,6 @@ def test_heldout_scores_split_attribute_rows_by_the_detail_asked():
     by_task = task_scores(policy, attr + ground, clip, batch_size=4)
     by_detail = task_scores(policy, attr, clip, batch_size=4, key="attribute")
     assert set(by_task) == {"attribute", "ground"} and by_task["attribute"]["rows"] == 6
+    assert all(r["first"] >= r["exact"] for r in by_task.values())  # a row all right has its first token right
     assert set(by_detail) == {"colour", "shape", "size"} and sum(r["rows"] for r in by_detail.values()) == 6
     assert all(0 <= r["token_acc"] <= 100 and r["ce"] > 0 for r in by_detail.values())

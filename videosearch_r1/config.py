@@ -269,13 +269,15 @@ class TrainConfig:
 @dataclass
 class BaseConfig:
     """`vsr1 train base`: the synthetic world's base policy, pretrained on generic video tasks of a separate
-    world (describe / caption / ground / attribute; never verify or refine). Its own steps, lrs and batch
-    replace train.steps / lr / lr_merger / lr_vision / batch_size / warmup for this stage (the vision tower trains)."""
+    world (describe / caption / ground / attribute / confirm: train/base_data.py; never verify or refine).
+    Its own steps, lrs and batch replace train.steps / lr / lr_merger / lr_vision / batch_size / warmup for
+    this stage (the vision tower trains)."""
 
     world_families: int = 300  # train families of the pretraining world (seed synth.seed + 104729, same preset)
     init: str = "engine"  # "engine": backbone copied from the trained engine (engine.model) | "scratch"
     size: str = "tiny"  # tiny-model size for init="scratch" ("small" on a GPU)
-    tasks: dict[str, int] = field(default_factory=lambda: dict(describe=1, caption=2, ground=2, attribute=3))  # per video
+    tasks: dict[str, int] = field(  # rows per video of each task
+        default_factory=lambda: dict(describe=1, caption=2, ground=2, attribute=3, confirm=2))
     steps: int = 0  # optimizer steps (0: train.epochs passes over the rows)
     lr: float = 3e-4  # language model + mergers
     lr_vision: float = 1e-4  # vision tower

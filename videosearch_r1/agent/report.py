@@ -168,16 +168,22 @@ def _f(x, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _verdict_cell(paper: dict) -> str:
+    """Turn 1: % of GT-video turns accepted / % of wrong-video turns rejected; "-" without `verdicts`."""
+    v = (paper.get("verdicts") or {}).get("turn1")
+    return f"{_f(v['gt_accept_rate'])}/{_f(v['wrong_reject_rate'])}" if v else "-"
+
+
 def format_table(runs: list[dict], notes: list[str] = ()) -> str:
     ious = list(runs[0]["paper"]["vcmr_r1"]) if runs else []
     head = ["run", "n", "qset", "complete"] + [f"R1@{t}" for t in ious] + [
-        "mIoU", "VER", "VR@1", "VR@1(t1)", "turns", "text tok", "latent tok", "refine tok"]
+        "mIoU", "VER", "acc/rej(t1)", "VR@1", "VR@1(t1)", "turns", "text tok", "latent tok", "refine tok"]
     body = []
     for r in runs:
         p, tk, qs = r["paper"], r["tokens"], r["query_set"]
         done = {True: "yes", False: "NO", None: "?"}[qs["complete"]]
         body.append([r["label"], str(r["n"]), qs["hash"], done] + [_f(p["vcmr_r1"][t]) for t in ious]
-                    + [_f(p["miou"]), _f(p["ver_acc"]), _f(p["vr_r1"]), _f(p["vr_r1_turn1"]),
+                    + [_f(p["miou"]), _f(p["ver_acc"]), _verdict_cell(p), _f(p["vr_r1"]), _f(p["vr_r1_turn1"]),
                        _f(p["mean_turns"], 2), _f(p["text_tokens_per_query"]), _f(p["latent_tokens_per_query"]),
                        _f(tk["refine_tokens_per_refinement"])])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
@@ -188,6 +194,7 @@ def format_table(runs: list[dict], notes: list[str] = ()) -> str:
         c = r["counts"]
         lines.append(f"{r['label']}: stop {stops}; unscorable rows {c['unscorable']} {c['unscorable_by_reason'] or ''}")
     lines.append("rates in %; R1@t = VCMR R@1 at IoU t (matched final answer on the GT video); "
+                 "acc/rej(t1) = turn 1: GT video accepted / wrong video rejected; "
                  "refine tok = tokens per refinement (SQR latents / HQR rewrite); qset = hash of the sorted qids")
     return "\n".join(lines + list(notes))
 

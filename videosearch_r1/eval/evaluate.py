@@ -210,6 +210,10 @@ def _f(x, digits=1) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _side(num: int, den: int, rate) -> str:
+    return f"{num}/{den} ({_f(rate)} %)" if den else f"{num}/{den}"
+
+
 def format_table(result: dict) -> str:
     """A plain-text table of an evaluate_rows result (rates in %)."""
     p, c = result["paper"], result["counts"]
@@ -221,6 +225,12 @@ def format_table(result: dict) -> str:
     lines.append("  " + "  ".join(f"R1@{t} {_f(v)}" for t, v in p["vcmr_r1"].items()) + f"  mIoU {_f(p['miou'])}")
     lines.append(f"  VER {_f(p['ver_acc'])}  VER/turn {_f(p['ver_acc_per_turn'])} ({p['turns_verified']} turns)"
                  f"  VR@1 {_f(p['vr_r1'])}  VR@1(turn1) {_f(p['vr_r1_turn1'])}")
+    verdicts = p.get("verdicts") or {}  # absent in results written before it existed
+    for name, key in (("turn 1", "turn1"), ("all turns", "all_turns")):
+        v = verdicts.get(key)
+        if v and v["gt_shown"] + v["wrong_shown"]:
+            lines.append(f"  {name}: GT accepted {_side(v['gt_accepted'], v['gt_shown'], v['gt_accept_rate'])}, "
+                         f"wrong rejected {_side(v['wrong_rejected'], v['wrong_shown'], v['wrong_reject_rate'])}")
     lines.append(f"  turns/query {_f(p['mean_turns'], 2)}  text tok/query {_f(p['text_tokens_per_query'])}"
                  f"  latent tok/query {_f(p['latent_tokens_per_query'])}")
     lines.append("  stop: " + "  ".join(f"{k} {v}" for k, v in p["stop_reasons"].items()))

@@ -1,7 +1,7 @@
 """Metrics as pure functions on typed records (definitions: docs/metrics.md; tests: tests/test_metrics.py).
 
     temporal_iou((1.0, 4.0), (2.0, 5.0))          # 0.5
-    paper_metrics(preds, gts, (0.3, 0.5, 0.7))    # VCMR R@1, VER, VR@1, tokens, stop reasons
+    paper_metrics(preds, gts, (0.3, 0.5, 0.7))    # VCMR R@1, VER (+ its two sides), VR@1, tokens, stops
     tvr_metrics(ranked, gts, (0.5, 0.7), (1, 5, 10, 100))
 
 `preds` / `ranked` are aligned with `gts`, one entry per query in the denominator; None marks a query
@@ -93,18 +93,43 @@ def _key(t: float) -> str:
     return f"{t:g}"
 
 
+VERDICT_COUNTS = ("gt_shown", "gt_accepted", "wrong_shown", "wrong_rejected")
+
+
+def verdict_counts(turns: Sequence[Turn], gt_video: str) -> Counter:
+    """The verdict's confusion over `turns`: GT video shown / accepted (`matched`), a wrong video shown /
+    rejected (`not_matched`). A turn with no video is skipped; an unparseable answer is shown, neither."""
+    c: Counter = Counter()
+    for tr in turns:
+        if tr.video is None:
+            continue
+        side = "gt" if tr.video == gt_video else "wrong"
+        c[f"{side}_shown"] += 1
+        c["gt_accepted"] += side == "gt" and tr.answer == MATCHED
+        c["wrong_rejected"] += side == "wrong" and tr.answer == NOT_MATCHED
+    return c
+
+
+def _verdicts(c: Counter) -> dict:
+    return {**{k: c[k] for k in VERDICT_COUNTS}, "gt_accept_rate": _pct(c["gt_accepted"], c["gt_shown"]),
+            "wrong_reject_rate": _pct(c["wrong_rejected"], c["wrong_shown"])}
+
+
 # ----------------------------------------------------------------------------- paper view
 def paper_metrics(preds: Sequence[Optional[Pred]], gts: Sequence[Optional[GT]],
                   iou_thresholds: Sequence[float] = (0.3, 0.5, 0.7)) -> dict:
-    """VCMR R@1 at each IoU, mIoU, VER (final and per turn), VR@1 (final, turn 1), tokens, turns, stops.
+    """VCMR R@1 at each IoU, mIoU, VER (final and per turn), VR@1 (final, turn 1), tokens, turns, stops,
+    and `verdicts`: the verdict's confusion (verdict_counts) at turn 1 and over all turns.
 
-    Rates over n = len(gts) queries (None preds are misses). Per-turn VER is over all executed turns
-    of scored queries; tokens and mean turns are per scored query.
+    Rates over n = len(gts) queries (None preds are misses). Per-turn VER and `verdicts` are over the
+    executed turns of scored queries; tokens and mean turns are per scored query.
     """
     n = len(gts)
     hits = Counter()
     iou_sum = ver = vr = vr1 = turn_ok = n_turns = text = latent = 0
     stops: Counter = Counter()
+    v_first: Counter = Counter()
+    v_all: Counter = Counter()
     scored = [(p, g) for p, g in zip(preds, gts, strict=True) if p is not None]
     for p, g in scored:
         iou = grounded_iou(p, g)
@@ -116,6 +141,8 @@ def paper_metrics(preds: Sequence[Optional[Pred]], gts: Sequence[Optional[GT]],
         vr1 += bool(p.turns) and p.turns[0].video == g.video
         turn_ok += sum(verification_correct(tr.video, tr.answer, g.video) for tr in p.turns)
         n_turns += len(p.turns)
+        v_first.update(verdict_counts(p.turns[:1], g.video))
+        v_all.update(verdict_counts(p.turns, g.video))
         text += p.text_tokens
         latent += p.latent_tokens
         stops[p.stop_reason] += 1
@@ -129,6 +156,7 @@ def paper_metrics(preds: Sequence[Optional[Pred]], gts: Sequence[Optional[GT]],
         "ver_acc": _pct(ver, n),
         "ver_acc_per_turn": _pct(turn_ok, n_turns),
         "turns_verified": n_turns,
+        "verdicts": {"turn1": _verdicts(v_first), "all_turns": _verdicts(v_all)},
         "vr_r1": _pct(vr, n),
         "vr_r1_turn1": _pct(vr1, n),
         "mean_turns": n_turns / m if m else None,

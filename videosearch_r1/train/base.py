@@ -135,7 +135,9 @@ def heldout_clips(rows, clip_fn) -> tuple[list, dict, dict]:
 @torch.no_grad()
 def task_scores(policy, rows, clip_fn, batch_size: int = 8, key: str = "task") -> dict:
     """Teacher-forced answer tokens per row.meta[key] (the task; key="attribute": colour / shape / size of the
-    attribute rows): mean CE, share of tokens the policy predicts (argmax), share of rows all right (exact)."""
+    attribute rows; key="answer": yes / no of the confirm rows): mean CE, share of tokens the policy predicts
+    (argmax), share of rows all right (exact), share of rows whose first answer token is right (first: the
+    confirm rows' decision, "Yes" or "No")."""
     from videosearch_r1.models.qwen3vl import model_inputs
     from videosearch_r1.train.rows import collate
     from videosearch_r1.utils import progress
@@ -158,17 +160,22 @@ def task_scores(policy, rows, clip_fn, batch_size: int = 8, key: str = "task") -
             sel = target[j] != -100
             ce = torch.nn.functional.cross_entropy(logits[j][sel], target[j][sel], reduction="sum")
             hit = (logits[j][sel].argmax(-1) == target[j][sel]).sum()
-            s = sums.setdefault(str(r.meta.get(key, "?")), [0.0, 0.0, 0, 0, 0])  # ce, hits, tokens, exact, rows
-            s[0] += float(ce)
+            s = sums.setdefault(str(r.meta.get(key, "?")), [0.0, 0.0, 0, 0, 0, 0])  # ce, hits, tokens, exact,
+            s[0] += float(ce)                                                            # rows, first right
             s[1] += float(hit)
             s[2] += int(sel.sum())
             s[3] += int(hit == sel.sum())
             s[4] += 1
+            s[5] += int(sel.any() and bool(logits[j][sel][0].argmax() == target[j][sel][0]))
         bar.update(len(chunk))
     bar.close()
     model.train(was_training)
     return {t: {"ce": s[0] / max(1, s[2]), "token_acc": 100 * s[1] / max(1, s[2]), "exact": 100 * s[3] / max(1, s[4]),
-                "rows": s[4]} for t, s in sorted(sums.items())}
+                "first": 100 * s[5] / max(1, s[4]), "rows": s[4]} for t, s in sorted(sums.items())}
+
+
+HELDOUT_ROWS = {"confirm": 4}  # held-out rows per video of a task (1 for the others): the yes / no decision
+                               # needs more rows than 1 per video to be read
 
 
 def eval_rows(cfg) -> list:
@@ -183,7 +190,7 @@ def eval_rows(cfg) -> list:
     rows, counts = [], {"rows": {}, "unavailable": {}}
     videos = [(v, f.style) for f in world.families if f.split == "val" for v in f.videos][:n]
     for v, style in videos:
-        one_each = {t: 1 for t, k in cfg.base.tasks.items() if k > 0}
+        one_each = {t: HELDOUT_ROWS.get(t, 1) for t, k in cfg.base.tasks.items() if k > 0}
         rows += video_rows(v, style, one_each, cfg.video_cfg(DATASET), DATASET, cfg.base.seed + 1, counts)
     return rows
 
@@ -236,6 +243,9 @@ def run_base(cfg, stop_after: int | None = None) -> dict:
         attr = [r for r in held if r.meta.get("task") == "attribute"]
         if attr:  # which detail the policy cannot see: the perception gate before SFT (docs/results.md)
             summary["heldout_attributes"] = task_scores(trained, attr, bench_clip, key="attribute")
+        confirm = [r for r in held if r.meta.get("task") == "confirm"]
+        if confirm:  # does it read the detail asked and set it against what it sees: "first" = the yes / no
+            summary["heldout_confirm"] = task_scores(trained, confirm, bench_clip, key="answer")
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -262,10 +272,11 @@ def format_summary(s: dict) -> str:
              f"{s['last']['loss'] if s.get('last') else float('nan'):.3f}; skipped {s['skipped'] or 'none'}"]
     if s.get("policy"):
         lines.append(f"  ZS policy: {s['policy']} ({s['policy_mb']} MB)")
-    for name in ("heldout_before", "heldout_after", "heldout_attributes"):
+    for name in ("heldout_before", "heldout_after", "heldout_attributes", "heldout_confirm"):
         for task, r in (s.get(name) or {}).items():
+            first = f"  first token {r['first']:.1f} %" if "first" in r else ""
             lines.append(f"  {name:15} {task:10} answer CE {r['ce']:.3f}  token acc {r['token_acc']:.1f} %  "
-                         f"exact {r['exact']:.1f} % ({r['rows']} rows)")
+                         f"exact {r['exact']:.1f} %{first} ({r['rows']} rows)")
     if s.get("heldout_skipped"):
         sk = s["heldout_skipped"]
         lines.append(f"  held-out rows skipped: {sk['video_unreadable']} (unreadable videos: "

@@ -15,6 +15,13 @@ Tasks (kind="task": the instruction is the row's "query", prompts.build_task_mes
   attribute  "What colour / shape / size is the main object at 7.0 s?" -> "red" / "triangle" / "small"
              asked at a sampled frame time where the object is fully in view and its colour, size and
              position are steady for +-1 s (render.object_state), so the answer is on screen
+  confirm    "Is the main object at 7.0 s a small pink triangle in front of a blue striped wall?"
+             -> "Yes: it is a small pink triangle in front of a blue striped wall." or, half the time, with
+             one detail (size / colour / shape / wall) changed in the question: "No: it is a small red
+             triangle in front of a blue striped wall, not a small pink triangle." Generic yes/no VQA about
+             one frame (what an instruction-tuned VLM has seen), not the agent's verification of a query: it
+             makes the policy read a detail out of its prompt and set it against what it sees, which the
+             other tasks never ask (the fifth GPU run's checklist traces copied the seen detail instead)
 Each video gives base.tasks[task] rows of each task (drawn without repeats where it can; a task with
 no valid item in a video is counted in `counts["unavailable"]`). Row ids: "<video>:<task>:<k>".
 Deterministic: the rng of a video is seeded by (base.seed, its id).
@@ -31,12 +38,13 @@ import numpy as np
 from videosearch_r1.agent.prompts import format_seconds
 from videosearch_r1.train.rows import TrainRow
 
-TASKS = ("describe", "caption", "ground", "attribute")
+TASKS = ("describe", "caption", "ground", "attribute", "confirm")  # new tasks go last (row draws)
 BASE_WORLD = "synth-base"
 BASE_WORLD_SEED_OFFSET = 104729  # never the benchmark's seed, nor the engine world's (+7919)
 DESCRIBE = "Describe what happens in the video, with the time of each event."
 ATTRIBUTES = ("colour", "shape", "size")
 STEADY = 1.0  # seconds either side of an attribute question's time where nothing may change
+CONFIRM_DETAILS = ("size", "colour", "shape", "wall")  # what a "No" question changes (one of them)
 
 
 # ----------------------------------------------------------------------------- the pretraining world
@@ -108,14 +116,39 @@ def steady_attributes(v, t: float) -> dict | None:
     return {"colour": names.pop(), "shape": v.thing.shape, "size": v.thing.size}
 
 
+def confirm_item(attrs: dict, wall, at: str, change: str | None, rng: np.random.Generator) -> tuple[str, str, dict]:
+    """One yes/no question about the object at time `at` (attrs: steady_attributes) and the wall; `change`
+    (one of CONFIRM_DETAILS) is the detail the question gets wrong, None for a true question."""
+    from videosearch_r1.synth.world import COLOURS, SHAPES, SIZES, TEXTURES, WALL_COLOURS, Wall, wall_phrase
+
+    def other(values, current):
+        return str(rng.choice([x for x in values if x != current]))
+
+    asked, asked_wall = dict(attrs), wall
+    if change == "wall":
+        asked_wall = (Wall(other(WALL_COLOURS, wall.colour), wall.texture) if rng.random() < 0.5
+                      else Wall(wall.colour, other(TEXTURES, wall.texture)))
+    elif change is not None:
+        asked[change] = other({"size": SIZES, "colour": COLOURS, "shape": SHAPES}[change], attrs[change])
+    obj = _a(f"{attrs['size']} {attrs['colour']} {attrs['shape']}")
+    obj_q = _a(f"{asked['size']} {asked['colour']} {asked['shape']}")
+    wall_t, wall_q = _a(wall_phrase(wall)), _a(wall_phrase(asked_wall))
+    question = f"Is the main object at {at} s {obj_q} in front of {wall_q}?"
+    seen = f"it is {obj} in front of {wall_t}"
+    if change is None:
+        return question, f"Yes: {seen}.", {"answer": "yes", "detail": "none"}
+    return question, f"No: {seen}, not {wall_q if change == 'wall' else obj_q}.", {"answer": "no", "detail": change}
+
+
 # ----------------------------------------------------------------------------- rows of one video
 def _rng(seed: int, video_id: str) -> np.random.Generator:
     h = int.from_bytes(hashlib.sha1(video_id.encode()).digest()[:8], "little")
     return np.random.default_rng([seed, h])
 
 
-def _items(task: str, v, style, frame_times: np.ndarray) -> list[tuple[str, str, dict]]:
-    """Every (instruction, target, meta) a task can ask about video v."""
+def _items(task: str, v, style, frame_times: np.ndarray, rng: np.random.Generator) -> list[tuple[str, str, dict]]:
+    """Every (instruction, target, meta) a task can ask about video v (confirm: a true and a false question
+    per steady frame time, the false one's changed detail drawn from rng)."""
     from videosearch_r1.synth.world import fine_desc, unique_in_video
 
     segs = v.segments
@@ -143,6 +176,16 @@ def _items(task: str, v, style, frame_times: np.ndarray) -> list[tuple[str, str,
                 out.append((f"What {a} is the main object at {format_seconds(round(float(t), 1))} s?",
                             attrs[a], {"attribute": a, "time": round(float(t), 1)}))
         return out
+    if task == "confirm":
+        out = []
+        for t in frame_times:
+            attrs = steady_attributes(v, float(t))
+            if attrs is None:
+                continue
+            for change in (None, str(rng.choice(CONFIRM_DETAILS))):
+                q, target, meta = confirm_item(attrs, v.wall, format_seconds(round(float(t), 1)), change, rng)
+                out.append((q, target, {**meta, "time": round(float(t), 1)}))
+        return out
     raise ValueError(f"base.tasks: unknown task {task!r}; known: {TASKS}")
 
 
@@ -157,7 +200,7 @@ def video_rows(v, style, tasks: dict[str, int], vcfg, dataset: str, seed: int, c
         n = int(tasks.get(task, 0))
         if n <= 0:
             continue
-        items = _items(task, v, style, frame_times)
+        items = _items(task, v, style, frame_times, rng)
         if not items:
             counts["unavailable"][task] = counts["unavailable"].get(task, 0) + n
             continue
