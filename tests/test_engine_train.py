@@ -86,6 +86,42 @@ def test_perception_pretraining_runs_first_and_is_reported(tiny_world, tmp_path,
     assert not any(k.startswith("perception") for k in plain["engine_train"])  # off: engines keep their old key
 
 
+def test_a_killed_run_resumes_to_the_same_engine(tiny_world, tmp_path, capsys):
+    """Killed after step 3 (snapshots every 2 steps, after perception pretraining), the same command continues
+    after step 2, skips the perception stage, and ends with the losses, weights and perception figures of an
+    unbroken run; the resume state is then gone. Another config drops a stale state instead of using it."""
+    from safetensors.torch import load_file
+
+    common = [f"workspace={tiny_world}", "engine_train.size=tiny", "engine_train.steps=5", "engine_train.batch_size=8",
+              "engine_train.world_families=3", "engine_train.eval_splits=[]", "engine_train.perception_steps=3",
+              "engine_train.perception_frames=32", "engine_train.perception_batch=8", "synth.workers=1",
+              "engine_train.save_every=2"]
+    whole = load_config(None, common + [f"engine_train.output={tmp_path / 'whole'}"])
+    broken = load_config(None, common + [f"engine_train.output={tmp_path / 'broken'}"])
+    ref = train_mod.train(whole)
+    state = tmp_path / ".broken.resume"
+    assert train_mod.train(broken, stop_after=3) is None and not (tmp_path / "broken").exists()
+    assert sorted(p.name for p in state.iterdir()) == ["key.json", "perception.pt", "step.pt"]
+    capsys.readouterr()
+    got = train_mod.train(broken)
+    out = capsys.readouterr().out
+    assert "perception pretraining restored" in out and "resumed after step 2/5" in out
+    assert "perception pretraining 3 steps" not in out
+    assert got["resumed_after_step"] == 2 and ref["resumed_after_step"] == 0
+    log = lambda d: [json.loads(x)["loss"] for x in (d / "train_log.jsonl").read_text().splitlines()]  # noqa
+    assert log(tmp_path / "broken") == log(tmp_path / "whole") and len(log(tmp_path / "whole")) == 5
+    assert got["perception"]["heldout_after_engine"] == ref["perception"]["heldout_after_engine"]
+    a, b = (load_file(str(next((tmp_path / d).glob("*.safetensors")))) for d in ("whole", "broken"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not state.exists() and not (tmp_path / ".whole.resume").exists()
+    # a stale state of another config is dropped, not resumed from
+    assert train_mod.train(broken, stop_after=2) is None and (state / "step.pt").exists()
+    other = load_config(None, common + [f"engine_train.output={tmp_path / 'broken'}", "engine_train.lr=5e-4"])
+    capsys.readouterr()
+    assert train_mod.train(other)["resumed_after_step"] == 0
+    assert "resumed" not in capsys.readouterr().out and not state.exists()
+
+
 def test_clip_cache_matches_embedder(tiny_world):
     """Cached processor outputs + per-video mRoPE positions, left-padded, give embed_videos' vectors."""
     from videosearch_r1.data.fig import load_split

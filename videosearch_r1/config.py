@@ -129,6 +129,7 @@ class EngineTrainConfig:
     log_every: int = 10
     eval_every: int = 0  # steps between VR@1/VR@10 checks on the val split (0: only at the end)
     eval_splits: tuple[str, ...] = ("val", "test")  # evaluated at the end (those the dataset has)
+    save_every: int = 50  # steps between resume snapshots (engine/resume.py; 0: none, a killed run starts over)
     world_families: int = 500  # synth: train on a separate world of this many train families (0: the benchmark's)
     # perception pretraining of the vision tower on labelled stills of the world, before the contrastive steps
     # (engine/perception.py; the stills are the synthetic world's, whatever the dataset): steps (0: none), AdamW lr,

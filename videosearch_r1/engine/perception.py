@@ -97,9 +97,8 @@ def accuracy(model, vp, heads, frames: torch.Tensor, labels: torch.Tensor, batch
 
 
 def pretrain(cfg, embedder, device: str, width: int, height: int):
-    """Steps 1-3 of the module doc on embedder.model's tower, in place; returns (summary, check): check() is
-    the held-out accuracy of the same heads on the tower as it is when called (after the contrastive steps:
-    how much of the perception the engine kept)."""
+    """Steps 1-3 of the module doc on embedder.model's tower, in place; returns (summary, Check): check() is
+    the held-out accuracy of the same heads on the tower as it is when called."""
     from videosearch_r1.synth.stills import render_stills
     from videosearch_r1.utils import progress
 
@@ -158,14 +157,32 @@ def pretrain(cfg, embedder, device: str, width: int, height: int):
     summary = {"steps": steps, "frames": len(frames), "heldout": len(test_x), "size": [width, height],
                "render_seconds": round(render_s, 1), "seconds": round(time.time() - t0, 1),
                "heldout_before": before, "heldout_after": after, "log": log}
-    def check() -> dict:
-        training = model.training
-        model.eval()
-        try:
-            return accuracy(model, vp, heads, test_x, test_y)
-        finally:
-            model.train(training)
-
     print(f"engine train: perception pretraining {steps} steps in {summary['seconds']} s: held-out accuracy "
           + ", ".join(f"{a} {before[a]} -> {after[a]} %" for a in after), flush=True)
-    return summary, check
+    return summary, Check(model, vp, heads, test_x, test_y)
+
+
+class Check:
+    """check(): the held-out accuracy of the pretraining's heads on the tower as it is when called (after the
+    contrastive steps: how much of the perception the engine kept). state() / from_state(): what a resumed
+    `vsr1 engine train` needs to make the same check (engine/resume.py)."""
+
+    def __init__(self, model, vp, heads, test_x: torch.Tensor, test_y: torch.Tensor):
+        self.model, self.vp, self.heads, self.test_x, self.test_y = model, vp, heads, test_x, test_y
+
+    def __call__(self) -> dict:
+        training = self.model.training
+        self.model.eval()
+        try:
+            return accuracy(self.model, self.vp, self.heads, self.test_x, self.test_y)
+        finally:
+            self.model.train(training)
+
+    def state(self) -> dict:
+        return {"heads": self.heads.state_dict(), "test_x": self.test_x.cpu(), "test_y": self.test_y.cpu()}
+
+    @classmethod
+    def from_state(cls, model, vp, state: dict, device: str) -> "Check":
+        heads = make_heads(model.config.text_config.hidden_size, device)
+        heads.load_state_dict(state["heads"])
+        return cls(model, vp, heads, state["test_x"].to(device), state["test_y"].to(device))

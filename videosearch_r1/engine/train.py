@@ -32,6 +32,8 @@ one test figure is VR@1 23.7 % / VR@10 98.2 % (120 videos, 228 queries).
    quickstart` retrains when the config's differ)
 6. evaluate the saved checkpoint through the real Embedder path on cfg.dataset's val/test splits: fine-query
    VR@1 / VR@10 over each split's corpus (exact ranks); queries whose video failed to decode count as misses.
+A killed run, started again with the same config, continues from its last snapshot (perception result, then
+every engine_train.save_every steps; engine/resume.py) and ends with the weights an unbroken run gives.
 """
 from __future__ import annotations
 
@@ -305,12 +307,17 @@ def training_world(cfg):
     return wcfg, ENGINE_WORLD
 
 
-def prepare(cfg, device: str):
-    """Steps 1-3: the training world's pairs, a fresh embedder, every training clip decoded + processed once."""
+def output_path(cfg) -> Path:
+    return Path(cfg.engine_train.output or cfg.engine_model()).expanduser()
+
+
+def prepare(cfg, device: str, resume):
+    """Steps 1-3: the training world's pairs, a fresh embedder, every training clip decoded + processed once
+    (perception pretraining, or its result from `resume`: engine/resume.py)."""
     from videosearch_r1.utils import progress
 
     tc = cfg.engine_train
-    out = Path(tc.output or cfg.engine_model()).expanduser()
+    out = output_path(cfg)
     wcfg, world = training_world(cfg)
     sp, pairs = load_pairs(wcfg, world)
     work = out.parent / f".{out.name}.work{os.getpid()}"
@@ -325,10 +332,7 @@ def prepare(cfg, device: str):
     clips, skipped = decode_all(wcfg, world, sp.corpus_ids())
     perception = None
     if tc.perception_steps > 0 and clips:
-        from videosearch_r1.engine.perception import pretrain
-
-        height, width = next(iter(clips.values())).frames.shape[1:3]
-        perception = pretrain(wcfg, embedder, device, width, height)
+        perception = perceive(wcfg, embedder, device, next(iter(clips.values())).frames.shape[1:3], resume)
     cache = ClipCache(embedder)
     for vid, clip in progress(list(clips.items()), desc="prepare", unit="video"):
         cache.add(vid, clip)
@@ -338,8 +342,24 @@ def prepare(cfg, device: str):
     return out, world, embedder, cache, pairs, skipped, params, perception
 
 
-# engine_train fields that do not change the trained weights (where they go, logging, evaluation)
-_KEY_DROP = ("output", "log_every", "eval_every", "eval_splits")
+def perceive(cfg, embedder, device: str, frame_hw: tuple[int, int], resume):
+    """Perception pretraining (engine/perception.py) at the clips' frame size, or its saved result."""
+    from videosearch_r1.engine.perception import Check, pretrain
+
+    saved = resume.load("perception")
+    if saved is not None:
+        embedder.model.visual.load_state_dict(saved["visual"])
+        print(f"engine train: perception pretraining restored from {resume.dir}", flush=True)
+        vp = embedder.processor.video_processor
+        return json.loads(saved["summary"]), Check.from_state(embedder.model, vp, saved["check"], device)
+    summary, check = pretrain(cfg, embedder, device, frame_hw[1], frame_hw[0])
+    resume.save("perception", {"visual": embedder.model.visual.state_dict(), "check": check.state(),
+                               "summary": json.dumps(summary)})
+    return summary, check
+
+
+# engine_train fields that do not change the trained weights (where they go, logging, evaluation, snapshots)
+_KEY_DROP = ("output", "log_every", "eval_every", "eval_splits", "save_every")
 _PERCEPTION = ("perception_steps", "perception_lr", "perception_batch", "perception_frames")
 
 
@@ -363,9 +383,12 @@ def train_key(cfg) -> dict:
     return key
 
 
-def train(cfg, log_path: Path | None = None) -> dict:
+def train(cfg, log_path: Path | None = None, stop_after: int | None = None) -> dict | None:
     """Steps 1-6 of the module doc; returns the summary dict (also written into the checkpoint, with
-    train_key / train_fingerprint: `vsr1 quickstart` retrains when they differ from the config's)."""
+    train_key / train_fingerprint: `vsr1 quickstart` retrains when they differ from the config's). A run
+    killed before the end continues from its last snapshot (engine/resume.py) when started again with the
+    same config. stop_after=k stops after step k without saving the engine (tests: a kill), returning None."""
+    from videosearch_r1.engine.resume import ResumeState, restore_step, step_state
     from videosearch_r1.fingerprint import digest
     from videosearch_r1.utils import append_jsonl, progress, resolve_device
 
@@ -377,29 +400,19 @@ def train(cfg, log_path: Path | None = None) -> dict:
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))  # noqa
     t_start = time.time()
     key = train_key(cfg)
-    out, world, embedder, cache, pairs, skipped, params, perception = prepare(cfg, device)
+    resume = ResumeState(output_path(cfg), digest(key), tc.save_every > 0)
+    out, world, embedder, cache, pairs, skipped, params, perception = prepare(cfg, device, resume)
     eval_cache = ClipCache(embedder)  # the benchmark's val clips, for eval_every
     opt, log_scale = make_optimizer(embedder.model, tc, device)
     batcher = Batcher(pairs, tc.batch_size, tc.fine_caption_prob, np.random.default_rng(tc.seed))
-    log = []
-    bar = progress(range(tc.steps), desc="engine train", unit="step")
+    start, log = 0, []
+    saved = resume.load("step")
+    if saved is not None:
+        start, log = restore_step(saved, embedder.model, opt, log_scale, batcher)
+        print(f"engine train: resumed after step {start}/{tc.steps} from {resume.dir}", flush=True)
+    bar = progress(range(start, tc.steps), desc="engine train", unit="step")
     for step in bar:
-        t0 = time.time()
-        vids, captions, fine = batcher.next()
-        lr = lr_at(step, tc)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with autocast():
-            v = video_vectors(embedder, cache.collate(vids))
-            t = embedder.embed_texts(captions, grad=True)
-        scale = log_scale.exp().clamp(max=100.0)
-        loss = multi_positive_infonce(v, t.float(), batch_positives(vids, captions).to(device), scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(embedder.model.parameters(), 1.0)
-        opt.step()
-        row = {"step": step + 1, "loss": float(loss.detach()), "lr": lr, "temperature": 1.0 / float(scale.detach()),
-               "grad_norm": float(gnorm), "fine_share": float(fine.mean()), "sec": round(time.time() - t0, 4)}
+        row = train_step(embedder, opt, log_scale, batcher, cache, step, tc, autocast, device)
         if tc.eval_every and (step + 1) % tc.eval_every == 0 and "val" in cfg.dataset_cfg(dataset).splits:
             row["val"] = _quick_eval(cfg, dataset, "val", embedder, eval_cache, autocast)
         log.append(row)
@@ -407,18 +420,45 @@ def train(cfg, log_path: Path | None = None) -> dict:
             append_jsonl(log_path, [row])
         if (step + 1) % max(1, tc.log_every) == 0:
             bar.set_postfix(loss=f"{row['loss']:.3f}", T=f"{row['temperature']:.3f}")
+        if tc.save_every > 0 and (step + 1) % tc.save_every == 0 and step + 1 < tc.steps:
+            resume.save("step", step_state(step + 1, embedder.model, opt, log_scale, batcher, log))
+        if stop_after is not None and step + 1 >= stop_after:
+            bar.close()
+            return None
     bar.close()
     summary = {"dataset": dataset, "trained_on": world, "output": str(out), "size": tc.size, "params": params, "device": device,
                "pairs": len(pairs), "skipped_videos": [list(s) for s in skipped],
-               "train_seconds": time.time() - t_start, "config": asdict(tc), "train_key": key,
-               "train_fingerprint": digest(key),
+               "train_seconds": time.time() - t_start, "resumed_after_step": start, "config": asdict(tc),
+               "train_key": key, "train_fingerprint": digest(key),
                "first_loss": log[0]["loss"] if log else None,
                "last_loss": float(np.mean([r["loss"] for r in log[-10:]])) if log else None}
     if perception is not None:  # what the tower learned from the stills, and what it kept after the steps
         summary["perception"] = {**perception[0], "heldout_after_engine": perception[1]()}
         print("engine train: perception kept after the contrastive steps: "
               + ", ".join(f"{a} {v} %" for a, v in summary["perception"]["heldout_after_engine"].items()), flush=True)
-    return finish(cfg, embedder, out, log, summary)
+    summary = finish(cfg, embedder, out, log, summary)
+    resume.clear()
+    return summary
+
+
+def train_step(embedder, opt, log_scale, batcher, cache, step: int, tc, autocast, device: str) -> dict:
+    """One contrastive step (module doc, step 4); returns its log row."""
+    t0 = time.time()
+    vids, captions, fine = batcher.next()
+    lr = lr_at(step, tc)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with autocast():
+        v = video_vectors(embedder, cache.collate(vids))
+        t = embedder.embed_texts(captions, grad=True)
+    scale = log_scale.exp().clamp(max=100.0)
+    loss = multi_positive_infonce(v, t.float(), batch_positives(vids, captions).to(device), scale)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(embedder.model.parameters(), 1.0)
+    opt.step()
+    return {"step": step + 1, "loss": float(loss.detach()), "lr": lr, "temperature": 1.0 / float(scale.detach()),
+            "grad_norm": float(gnorm), "fine_share": float(fine.mean()), "sec": round(time.time() - t0, 4)}
 
 
 def finish(cfg, embedder, out: Path, log: list[dict], summary: dict) -> dict:
