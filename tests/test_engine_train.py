@@ -122,6 +122,22 @@ def test_a_killed_run_resumes_to_the_same_engine(tiny_world, tmp_path, capsys):
     assert "resumed" not in capsys.readouterr().out and not state.exists()
 
 
+def test_the_renderer_version_is_part_of_the_engine_key(monkeypatch):
+    """Changed drawing code (render.RENDER_VERSION) retrains a synthetic engine; a real dataset's engine without
+    perception stills does not depend on it."""
+    from videosearch_r1.fingerprint import digest
+    from videosearch_r1.synth import render
+
+    synth = load_config(None, [])
+    real = load_config(None, ["dataset=charades"])
+    before = digest(train_mod.train_key(synth)), digest(train_mod.train_key(real))
+    monkeypatch.setattr(render, "RENDER_VERSION", render.RENDER_VERSION + 1)
+    assert digest(train_mod.train_key(synth)) != before[0]
+    assert digest(train_mod.train_key(real)) == before[1]
+    assert "render_version" in train_mod.train_key(load_config(None, ["dataset=charades",
+                                                                      "engine_train.perception_steps=5"]))
+
+
 def test_clip_cache_matches_embedder(tiny_world):
     """Cached processor outputs + per-video mRoPE positions, left-padded, give embed_videos' vectors."""
     from videosearch_r1.data.fig import load_split

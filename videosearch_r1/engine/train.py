@@ -367,7 +367,8 @@ def train_key(cfg) -> dict:
     """What decides the weights `train` produces (videosearch_r1/fingerprint.py): engine_train.* but
     _KEY_DROP, the engine prompt (instruction, max_query_tokens), the dataset and its video sampling,
     and the training data: the synth section for a generated engine world (world_families > 0), else the
-    content of cfg.dataset's train annotation file."""
+    content of cfg.dataset's train annotation file; the renderer's version where its pixels are trained on
+    (the synthetic dataset or world, perception stills)."""
     from videosearch_r1 import fingerprint as fp
 
     off = () if cfg.engine_train.perception_steps > 0 else _PERCEPTION  # no pretraining: engines keep their key
@@ -376,7 +377,11 @@ def train_key(cfg) -> dict:
            "dataset": cfg.dataset, "video": asdict(cfg.video_cfg(cfg.dataset))}
     if cfg.dataset == "synth" and cfg.engine_train.world_families > 0:
         key["synth"] = fp.section(cfg, "synth", drop=("workers", "sheet_families"))
-    else:
+    if cfg.dataset == "synth" or cfg.engine_train.perception_steps > 0:  # pixels of our renderer: its version too
+        from videosearch_r1.synth.render import RENDER_VERSION
+
+        key["render_version"] = RENDER_VERSION
+    if "synth" not in key:
         dcfg = cfg.dataset_cfg(cfg.dataset)
         path = cfg.dataset_root(cfg.dataset) / dcfg.annotation_dir / dcfg.splits.get("train", "")
         key["train_file"] = fp.file_digest(path) if path.is_file() else "missing"
