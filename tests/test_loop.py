@@ -241,6 +241,33 @@ def test_ground_truth_never_steers_the_loop():
     assert [t.orig_rank for t in runs[0]] != [t.orig_rank for t in runs[1]]
 
 
+def test_oracle_verifier_decides_by_the_truth_and_keeps_the_policys_verdict():
+    """agent.oracle_verifier: a policy that always answers not_matched (with <REFINE>) stops `matched` on the
+    turn its GT video is shown, its own verdict kept as policy_answer; with zeroshot it walks the original
+    ranking until the GT; the same policy without the oracle never stops matched. No method=engine."""
+    sp, eng = W.split(), W.engine()
+    qs = sp.queries[:4]
+    pol = W.policy()
+    W.scripted(pol, lambda q, v, k: W.NOT_MATCH)
+    trajs = _loop("agent.method=zeroshot", "agent.max_turns=3", "agent.oracle_verifier=true", policy=pol).run(qs)
+    ranked = eng.search(eng.embed_queries([q.text for q in qs]), k=3).ids
+    for q, t, order in zip(qs, trajs, ranked):
+        upto = order.index(q.video_id) + 1 if q.video_id in order else 3
+        assert _videos(t) == order[:upto]
+        assert [tr.answer for tr in t.turns] == ["not_matched"] * (upto - 1) + [
+            "matched" if q.video_id in order else "not_matched"]
+        assert all(tr.policy_answer == "not_matched" for tr in t.turns)
+        assert t.stop_reason == ("matched" if q.video_id in order else "max_turns")
+    assert any(t.stop_reason == "matched" for t in trajs)
+    plain = _loop("agent.method=zeroshot", "agent.max_turns=3", policy=pol).run(qs)
+    assert all(t.stop_reason == "max_turns" and all(tr.policy_answer is None for tr in t.turns) for t in plain)
+    sqr = _loop("agent.method=sqr", "agent.max_turns=3", "agent.oracle_verifier=true", policy=pol).run(qs)
+    assert all(t.turns[-1].answer == ("matched" if t.turns[-1].gt_shown else "not_matched") for t in sqr)
+    assert any(tr.refined for t in sqr for tr in t.turns)  # not_matched turns still refine by SQR
+    with pytest.raises(ValueError, match="oracle_verifier"):
+        _loop("agent.method=engine", "agent.oracle_verifier=true")
+
+
 def test_profile_depths_and_ranked_list():
     sp = W.split()
     pol = W.policy()

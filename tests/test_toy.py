@@ -35,7 +35,11 @@ def test_plan_hands_each_stage_the_previous_checkpoint(tmp_path):
     evals = [a for _, _, a in steps if a[0] == "infer" and split(a) == "test"]
     assert [a[-1] for a in evals] == [f"run_name={n}" for n, _, _ in toy.EVAL_RUNS]
     assert names.index("grpo") > max(i for i, s in enumerate(names) if s == "infer")  # GRPO after the others' evals
-    assert len(evals) == 5
+    assert len(evals) == 8
+    oracle = [a for a in evals if "agent.oracle_verifier=true" in a]  # SFT with / without SQR, GRPO: truth as verifier
+    assert [a[-1] for a in oracle] == ["run_name=toy-sft-nosqr-oracle", "run_name=toy-sft-oracle", "run_name=toy-grpo-oracle"]
+    assert [a[a.index("--checkpoint") + 1] for a in oracle] == [str(runs / "toy-sft-train" / "final")] * 2 + [
+        str(runs / "toy-grpo-train" / "final")]
     # SFT and GRPO are also evaluated on val (where choices are read), right after their test evaluation
     val = [(title, a) for _, title, a in steps if a[0] == "infer" and split(a) == "val"]
     assert [a[-1] for _, a in val] == ["run_name=toy-sft-val", "run_name=toy-grpo-val"]
@@ -62,7 +66,7 @@ def test_no_training_run_shares_a_directory_with_an_evaluation(tmp_path, real):
         return {[x for x in a if x.startswith("run_name=")][-1] for _, _, a in steps if a[0] == command}
 
     trained, evaluated = run_names("train"), run_names("infer")
-    assert len(trained) == 3 and len(evaluated) == (5 if real else 7) and not trained & evaluated
+    assert len(trained) == 3 and len(evaluated) == (8 if real else 10) and not trained & evaluated
 
 
 def test_from_step_skips_earlier_steps_and_a_failure_names_the_step(tmp_path, monkeypatch):
@@ -72,5 +76,6 @@ def test_from_step_skips_earlier_steps_and_a_failure_names_the_step(tmp_path, mo
         toy.main(["--profile", "cpu", "--from-step", "grpo", f"workspace={tmp_path}"])
     assert [a[:2] for a in seen][0] == ["train", "grpo"]
     assert not any(a[0] in ("synth", "engine", "index") for a in seen)
-    assert [a[-1] for a in seen if a[0] == "infer"] == ["run_name=toy-grpo", "run_name=toy-grpo-val"]  # the others came before
+    assert [a[-1] for a in seen if a[0] == "infer"] == ["run_name=toy-grpo", "run_name=toy-grpo-val",
+                                                        "run_name=toy-grpo-oracle"]  # the others came before
     assert str(Path(toy.profile_config("cpu"))) in seen[0]

@@ -224,6 +224,8 @@ class AgentConfig:
     device: str = "auto"  # policy device ("auto": cuda if available)
     dtype: str = "auto"  # policy dtype ("auto": bf16 on GPU, fp32 on CPU)
     profile_depths: tuple[int, ...] = ()  # also log the GT rank after refinement from the first d latents
+    oracle_verifier: bool = False  # diagnostic (needs the GT): every turn's verdict is the truth, the policy's own is
+                                   # kept as policy_answer; retrieval and refinement measured apart from the verifier
 
 
 # --------------------------------------------------------------------------------------- training

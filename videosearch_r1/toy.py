@@ -16,9 +16,11 @@ so rerunning the command after a kill continues where it stopped):
 6. sft-data   vsr1 build sft synth                        top-1 pairs, traces from the timelines, negatives
 7. sft        vsr1 train sft synth --checkpoint BASE      token CE + InfoNCE through the frozen engine
 8. infer      vsr1 infer synth ...                        engine alone, ZS, SFT (SQR), SFT without SQR on test;
-                                                          SFT also on val (toy-sft-val: where choices are read)
+                                                          SFT also on val (toy-sft-val: where choices are read);
+                                                          SFT with and without SQR under the truth as verifier
+                                                          (*-oracle: refinement apart from the verdicts)
 9. grpo       vsr1 train grpo synth --checkpoint SFT      multi-turn GRPO with the live engine, then its infer
-                                                          (test, and val: toy-grpo-val)
+                                                          (test, val: toy-grpo-val, and toy-grpo-oracle)
    (the runs that do not need GRPO are evaluated first: a run stopped during GRPO still has them)
 10. report    vsr1 report RUN ... --out <workspace>/runs/toy-report   one table, result.json, plots
 
@@ -63,7 +65,12 @@ EVAL_RUNS = (
     ("toy-zs", "toy-base/policy", ["agent.method=sqr"]),
     ("toy-sft-nosqr", "toy-sft-train/final", ["agent.method=zeroshot"]),
     ("toy-sft", "toy-sft-train/final", ["agent.method=sqr"]),
+    # *-oracle: the truth as verifier (agent.oracle_verifier), so what refinement finds is read apart from the
+    # policy's verdicts: SQR's refined query vs the original query's next candidate (zeroshot)
+    ("toy-sft-nosqr-oracle", "toy-sft-train/final", ["agent.method=zeroshot", "agent.oracle_verifier=true"]),
+    ("toy-sft-oracle", "toy-sft-train/final", ["agent.method=sqr", "agent.oracle_verifier=true"]),
     ("toy-grpo", "toy-grpo-train/final", ["agent.method=sqr"]),
+    ("toy-grpo-oracle", "toy-grpo-train/final", ["agent.method=sqr", "agent.oracle_verifier=true"]),
 )  # training runs are named apart from these (a trainer rewrites its run's config.yaml, which an evaluation
 #    in the same directory would then refuse to resume under)
 
@@ -116,10 +123,11 @@ def tail(dataset: str, prefix: str, runs: Path, common: list[str], grpo_steps: i
                                       f"train.warmup={grpo_warmup}", f"run_name={run('toy-grpo-train')}"])
     steps = []
     for name, policy, extra in EVAL_RUNS:
-        if name == "toy-grpo":
+        after_grpo = bool(policy) and policy.startswith("toy-grpo-train")
+        if after_grpo and grpo not in steps:
             steps.append(grpo)
         ckpt = ["--checkpoint", str(runs / run(policy))] if policy else []
-        steps.append(("grpo" if name == "toy-grpo" else "infer", f"evaluate {run(name)}",
+        steps.append(("grpo" if after_grpo else "infer", f"evaluate {run(name)}",
                       ["infer", dataset, "--split", "test", *ckpt, *common, *extra, f"run_name={run(name)}"]))
     preds = [str(runs / run(name) / "predictions.jsonl") for name, _, _ in EVAL_RUNS]
     steps.append(("report", "report", ["report", *preds, "--out", str(runs / run("toy-report")), *common]))

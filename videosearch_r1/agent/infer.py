@@ -195,6 +195,7 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     gt_missing = None if index_ids is None else sum(q.video_id not in index_ids for q in queries)
     summary = {
         "dataset": dataset, "split": split_name, "method": cfg.agent.method, "checkpoint": cfg.agent.checkpoint,
+        "oracle_verifier": cfg.agent.oracle_verifier,  # a diagnostic run: verdicts were the truth (VER means nothing)
         "decode": getattr(getattr(policy, "decode_options", None), "name", None),  # this invocation's path
         "run_dir": str(run_dir), "queries": len(queries), "finished": len(rows), "complete": len(rows) == len(queries),
         "gt_not_in_index": gt_missing,  # queries whose GT video the index lacks (always misses); None: unknown

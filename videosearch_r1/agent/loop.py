@@ -26,7 +26,9 @@ Methods (AgentConfig.method):
   video (the whole video), stop "engine_only"; no policy, no video decoding.
 Refinement also runs on the last turn (its rank is logged as the final retrieval rank), so the turns
 of a run with limit T are exactly the first T turns of a run with a larger limit (report.py relies on it).
-Ground truth is read only to log ranks and IoU; no decision uses it. A video that fails to decode
+Ground truth is read only to log ranks and IoU; no decision uses it, except under agent.oracle_verifier (a
+diagnostic: every turn's verdict is the truth, the policy's own kept as policy_answer, so a method's
+retrieval and refinement are measured apart from its verifier). A video that fails to decode
 stops that query with "video_error" (counted in the summary), never the run.
 """
 from __future__ import annotations
@@ -70,6 +72,8 @@ def check_agent_config(acfg: AgentConfig) -> None:
     if acfg.prefill_tokens < 0 or acfg.vision_cache_mb < 0:
         raise ValueError(f"agent.prefill_tokens and agent.vision_cache_mb must be >= 0, got {acfg.prefill_tokens}, "
                          f"{acfg.vision_cache_mb}")
+    if acfg.oracle_verifier and acfg.method == "engine":
+        raise ValueError("agent.oracle_verifier needs a policy's turns; agent.method=engine has none")
     bad = [d for d in acfg.profile_depths if not 1 <= d <= acfg.n_latents]
     if bad:
         raise ValueError(f"agent.profile_depths must lie in 1..n_latents={acfg.n_latents}, got {bad}")
@@ -296,10 +300,12 @@ class AgentLoop:
                 dur = self._duration(tr.video, clip)
                 lo, hi = (0.0, dur) if dur is not None else (0.0, float("inf"))
                 tr.span = [min(max(p.span[0], lo), hi), min(max(p.span[1], lo), hi)]
+            if self.acfg.oracle_verifier:  # the truth decides; the policy's verdict is kept beside it
+                tr.policy_answer, tr.answer = p.answer, ("matched" if tr.gt_shown else "not_matched")
             tr.iou = self._iou(s, tr)
-            if p.answer is None:
+            if tr.answer is None:
                 s.stop("malformed")
-            elif p.answer == "matched":
+            elif tr.answer == "matched":
                 s.stop("matched")
             out.append((s, (i, gen, clip)))
         return out

@@ -49,6 +49,7 @@ class TurnRecord:
     soft_tokens: int = 0  # soft tokens fed to the embedder for the refined query (accumulate > latents)
     rank_after_by_depth: Optional[dict[str, int]] = None
     gt_shown: bool = False  # the shown video is the GT video (logging only)
+    policy_answer: Optional[str] = None  # agent.oracle_verifier: the policy's own verdict (`answer` is the truth)
 
 
 @dataclass
