@@ -166,25 +166,16 @@ def _items(task: str, v, style, frame_times: np.ndarray, rng: np.random.Generato
                 out.append((f'When does this happen: "{desc}"?', span_target(s.start, s.end),
                             {"segment": i, "gt_span": [s.start, s.end]}))
         return out
-    if task == "attribute":
+    if task in ("attribute", "confirm"):  # asked at the frame times where the object is steady
+        steady = [(round(float(t), 1), a) for t in frame_times if (a := steady_attributes(v, float(t))) is not None]
+        if task == "attribute":
+            return [(f"What {a} is the main object at {format_seconds(t)} s?", attrs[a], {"attribute": a, "time": t})
+                    for t, attrs in steady for a in ATTRIBUTES]
         out = []
-        for t in frame_times:
-            attrs = steady_attributes(v, float(t))
-            if attrs is None:
-                continue
-            for a in ATTRIBUTES:
-                out.append((f"What {a} is the main object at {format_seconds(round(float(t), 1))} s?",
-                            attrs[a], {"attribute": a, "time": round(float(t), 1)}))
-        return out
-    if task == "confirm":
-        out = []
-        for t in frame_times:
-            attrs = steady_attributes(v, float(t))
-            if attrs is None:
-                continue
+        for t, attrs in steady:
             for change in (None, str(rng.choice(CONFIRM_DETAILS))):
-                q, target, meta = confirm_item(attrs, v.wall, format_seconds(round(float(t), 1)), change, rng)
-                out.append((q, target, {**meta, "time": round(float(t), 1)}))
+                q, target, meta = confirm_item(attrs, v.wall, format_seconds(t), change, rng)
+                out.append((q, target, {**meta, "time": t}))
         return out
     raise ValueError(f"base.tasks: unknown task {task!r}; known: {TASKS}")
 
