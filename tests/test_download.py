@@ -119,6 +119,11 @@ def test_download_checkpoint_and_prepared_data_then_infer(mirror, tmp_path, caps
     orig = decode(w.workspace / "data" / "synth" / "raw" / "videos" / f"{vid}.mp4", w.cfg().video_cfg("synth"))
     got = store.get(vid)
     assert np.array_equal(got.timestamps, orig.timestamps) and got.frames.shape[1] % 32 == 0
+    # the converted index and one `vsr1 index` embeds share a directory (same engine): each says it replaces the other
+    assert cli.main(["index", "synth", "--split", "test", f"workspace={ws}", engine_model]) == 0
+    assert "was converted from authors' prepared data; replacing it" in capsys.readouterr().err
+    assert cli.main(["download", "data", "synth", "--mirror", str(mirror), *_ws_args(ws), engine_model]) == 0
+    assert "replaced the index embedded from the videos" in capsys.readouterr().out
 
 
 def test_checkpoint_alias_resolves_to_the_download_or_the_hub(mirror, tmp_path, monkeypatch):

@@ -279,6 +279,9 @@ def _embeddings(cfg: Config, name: str, staging: Path, notes: list[str]) -> dict
         if (read_state(dest / "meta.json", None) or {}).get("source_sha256") == digest:
             out[split] = "kept"
             continue
+        if (dest / "shards" / "manifest.json").is_file():  # `vsr1 index` built this engine's index here
+            notes.append(f"embeddings {split}: replaced the index embedded from the videos in {dest} "
+                         "(`vsr1 index` makes it again from its shards)")
         vecs, ids, rows = _read_embeddings(npy, rows_path)
         vecs = vecs[rows]
         if not np.all(np.isfinite(vecs)):

@@ -88,6 +88,15 @@ def _clear_final(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _converted_from(out: Path) -> str | None:
+    """The source of an index converted from prepared data (data/convert.py) in `out`, else None."""
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("source") if isinstance(meta, dict) and meta.get("source_sha256") else None
+
+
 def _prepare_shard_dir(shard_dir: Path, manifest: dict) -> None:
     """Keep finished shards only if they were made by the same engine, video config and corpus; otherwise
     drop them and the index built from them."""
@@ -255,6 +264,10 @@ def build_index(cfg, dataset: str, split: str, embedder=None, max_new_shards: in
     sp = load_split(cfg, dataset, split)
     corpus = sp.corpus_ids()
     out = cfg.index_dir(dataset) / split
+    converted = _converted_from(out)
+    if converted:  # the converter (data/convert.py) wrote this engine's index here: it is being replaced
+        print(f"index: the index in {out} was converted from {converted}; replacing it with one embedded from "
+              "the videos", file=sys.stderr)
     summary = IndexSummary(dataset=dataset, split=split, out_dir=str(out), corpus=len(corpus))
     embedder = embedder if embedder is not None else load_embedder(cfg, dataset)
     manifest = _manifest(cfg, dataset, corpus, embedder)
