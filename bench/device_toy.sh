@@ -36,10 +36,11 @@ for p in sorted(ws.glob("runs/*/summary.json")) + sorted(ws.glob("runs/*/channel
         keep[str(p.relative_to(ws))] = f"unreadable: {e}"
 for p in sorted(ws.glob("runs/*/metrics.jsonl")):
     keep[str(p.relative_to(ws))] = p.read_text().splitlines()[-400:]
-for p in sorted(ws.glob("runs/*/predictions.jsonl")):  # what the policy wrote: the first 12 queries' turns
-    rows = [json.loads(x) for x in p.read_text().splitlines()[:12] if x.strip()]
+for p in sorted(ws.glob("runs/*/predictions.jsonl")):  # what the policy wrote: the first 12 queries' turns,
+    whole = p.parent.name in ("toy-sft", "toy-sft-val")  # every query of SFT's (the verdicts are read from them)
+    rows = [json.loads(x) for x in p.read_text().splitlines()[:None if whole else 12] if x.strip()]
     keep[str(p.relative_to(ws))] = [{"qid": r.get("qid"), "query": r.get("query"), "stop": r.get("stop_reason"),
-                                     "turns": [{k: t.get(k) for k in ("video", "gt_shown", "answer", "span", "parse_error",
+                                     "turns": [{k: t.get(k) for k in ("video", "gt_shown", "answer", "policy_answer", "span", "parse_error",
                                                                        "text_tokens", "latent_tokens", "output")}
                                                for t in r.get("turns", [])]} for r in rows]
 (out / "toy_summaries.json").write_text(json.dumps(keep, indent=1, default=str))
