@@ -190,6 +190,29 @@ def test_report_table_shows_turn1_verdict_sides(tmp_path, capsys):
     assert old_row[old_row.index("sqr") + 8] == "-"  # run(2 words) n qset complete R1@0.5 mIoU VER -> next cell
 
 
+def test_refinement_effect_counts_rank_moves_where_the_gt_was_not_shown(tmp_path, capsys):
+    """Only turns that refined with a wrong video shown count; ranks compared before / after the refinement,
+    in result.json and in a line under the table."""
+    from videosearch_r1.agent.report import refinement_effect
+
+    def turn(before, after, gt_shown=False, refined=True):
+        return {"rank_before": before, "rank_after": after, "gt_shown": gt_shown, "refined": refined}
+
+    rows = [{"turns": [turn(3, 1), turn(1, 1, gt_shown=True)]},  # improved to rank 1; the GT turn does not count
+            {"turns": [turn(2, 2), turn(4, 7)]},  # same, worse
+            {"turns": [turn(5, 5), turn(5, None), turn(6, 2, refined=False)]},  # same; no rank after / no refine
+            {"turns": "torn"}, "not a row"]
+    assert refinement_effect(rows) == {"n": 4, "improved": 1, "same": 2, "worse": 1, "median_before": 3.5,
+                                       "median_after": 3.5, "r1_before": 0.0, "r1_after": 25.0}
+    assert refinement_effect([{"turns": [turn(2, 1, refined=False)]}]) == {"n": 0}
+    real = _rows(3)  # the loop's own rows: scripted SQR refinements on the tiny world
+    a = _write_run(tmp_path, "a", real)
+    assert report_main([str(a), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    res = json.loads((tmp_path / "rep" / "result.json").read_text())["runs"][0]["refinement"]
+    assert res == refinement_effect(real) and res["n"] > 0
+    assert f"refinement where the GT was not shown ({res['n']} turns)" in capsys.readouterr().out
+
+
 def test_report_plots_are_readable_with_one_turn_or_one_run(tmp_path):
     """One run of one turn: bars on a 0-based axis, not one point on a 0.96-1.04 axis; several turns:
     integer ticks 1..T; all-zero rates: still a 0-5 % axis."""

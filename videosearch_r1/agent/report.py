@@ -8,7 +8,8 @@ qids) and whether the run is complete (summary.json next to the file: `complete`
 runs' query sets differ, or a run is incomplete, the table says so; `--common` scores every run on the
 queries common to all runs only (and says so). Written to --out (default: <first run dir>/report):
 - result.json: per run the paper metrics, the TVR view, metrics per turn limit, the soft-token
-  profile and token counts;
+  profile, token counts and what refinement did to the GT's rank where the GT was not shown
+  (refinement_effect; also a line under the table);
 - turns.png: VCMR R@1 (each IoU) and VR@1 vs the turn limit 1..T, computed by truncating the logged
   trajectories (exact: turn t does the same work whatever the limit, see agent/loop.py);
 - soft_tokens.png: R@1 of the turn-1 refined query vs the number of soft tokens d (0 = the original
@@ -68,6 +69,29 @@ def soft_token_profile(rows: list) -> dict:
     for d in depths:
         r1[str(d)] = 100.0 * sum(t["rank_after_by_depth"].get(str(d)) == 1 for t in prof) / len(prof)
     return {"n": len(prof), "r1": r1}
+
+
+def refinement_effect(rows: list) -> dict:
+    """What refinement did where it had something to find: over the turns that refined while the shown video
+    was not the GT (and the GT is indexed), the GT's corpus rank under the vector the turn searched with
+    (rank_before) and under the refined one (rank_after): improved / same / worse, medians, and the share at
+    rank 1 before and after. Independent of the verdicts (a wrong verdict only decides whether a turn refines)."""
+    pairs = [(t["rank_before"], t["rank_after"]) for r in rows if isinstance(r, dict)
+             for t in (r.get("turns") if isinstance(r.get("turns"), list) else [])
+             if isinstance(t, dict) and t.get("refined") and not t.get("gt_shown")
+             and isinstance(t.get("rank_before"), int) and isinstance(t.get("rank_after"), int)]
+    if not pairs:
+        return {"n": 0}
+    n = len(pairs)
+
+    def median(xs: list[int]) -> float:
+        xs = sorted(xs)
+        return float(xs[n // 2]) if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+    return {"n": n, "improved": sum(a < b for b, a in pairs), "same": sum(a == b for b, a in pairs),
+            "worse": sum(a > b for b, a in pairs), "median_before": median([b for b, _ in pairs]),
+            "median_after": median([a for _, a in pairs]), "r1_before": 100.0 * sum(b == 1 for b, _ in pairs) / n,
+            "r1_after": 100.0 * sum(a == 1 for _, a in pairs) / n}
 
 
 def token_stats(rows: list) -> dict:
@@ -132,7 +156,8 @@ def analyse(run: dict, ious, ks) -> dict:
     return {"file": str(path), "label": label, "method": method, "n": result["n"], "query_set": qset,
             "counts": result["counts"], "paper": result["paper"], "tvr": result["tvr"],
             "messages": result["messages"][:20], "per_turn": per_turn(rows, ious, ks),
-            "soft_tokens": soft_token_profile(rows), "tokens": token_stats(rows)}
+            "soft_tokens": soft_token_profile(rows), "tokens": token_stats(rows),
+            "refinement": refinement_effect(rows)}
 
 
 def query_set_notes(loaded: list[dict], common: set[str], restricted: bool) -> list[str]:
@@ -193,6 +218,11 @@ def format_table(runs: list[dict], notes: list[str] = ()) -> str:
         stops = "  ".join(f"{k} {v}" for k, v in r["paper"]["stop_reasons"].items())
         c = r["counts"]
         lines.append(f"{r['label']}: stop {stops}; unscorable rows {c['unscorable']} {c['unscorable_by_reason'] or ''}")
+        e = r.get("refinement") or {}
+        if e.get("n"):
+            lines.append(f"  refinement where the GT was not shown ({e['n']} turns): its corpus rank improved {e['improved']}, "
+                         f"same {e['same']}, worse {e['worse']}; median {e['median_before']:g} -> {e['median_after']:g}; "
+                         f"at rank 1 {e['r1_before']:.1f} % -> {e['r1_after']:.1f} %")
     lines.append("rates in %; R1@t = VCMR R@1 at IoU t (matched final answer on the GT video); "
                  "acc/rej(t1) = turn 1: GT video accepted / wrong video rejected; "
                  "refine tok = tokens per refinement (SQR latents / HQR rewrite); qset = hash of the sorted qids")
