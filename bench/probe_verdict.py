@@ -5,7 +5,7 @@ another family's video otherwise); the text "Query: <fine query>" then the SFT t
 (train/sft_data.SynthTraces: "I see ... [The query asks for ...] <verdict>"), token CE on the trace with the
 `small` policy's language model from scratch. Held-out, on that world's val + test queries: the share of rows
 whose decisions are all right, teacher-forced: the verdict's first token ("From" = matched, "It" of "It does
-not match"; chance 50 %), or for the checklist style every "same" / "differs" and "seen" / "not seen" (the
+not match"; chance 50 %), or for the checklist / query_first styles every "same" / "differs" and "seen" / "not seen" (the
 verdict after them only reads them). So it measures comparing a perfect description with the query.
 
     python bench/probe_verdict.py --style restate --steps 600 --out probe_verdict_restate.json
@@ -32,7 +32,9 @@ from videosearch_r1.utils import atomic_write_json
 
 VERDICT = {"matched": " From ", "not_matched": " It does not match"}
 # the checklist's judgements: each is a decision of its own (the verdict after them only reads them)
-CHOICES = [(re.compile(r": (same|differs)[;.]"), ("same", "differs")), (re.compile(r": (seen|not seen)\."), ("seen", "not"))]
+# (checklist: "object a / b: same;" ... "event X: seen."; query_first: "object same;" ... "event seen.")
+CHOICES = [(re.compile(r"(?:: |object |beside |wall )(same|differs)[;.]"), ("same", "differs")),
+           (re.compile(r"(?:: |event )(seen|not seen)\."), ("seen", "not"))]
 
 
 def pairs(world, split_names: set[str], rng: random.Random) -> list[tuple]:
@@ -78,7 +80,7 @@ def encode(tok, traces, rows) -> list[dict]:
         ids = tok.encode(text, add_special_tokens=False)
         start = len(tok.encode(f"Query: {q.fig_desc}\nTrace:", add_special_tokens=False))
         decisions = []
-        if traces.style_name == "checklist":
+        if traces.style_name in ("checklist", "query_first"):
             for rx, pair in CHOICES:
                 for m in rx.finditer(text):
                     pos = _position(tok, text, m.start(1), ids)
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from videosearch_r1.train.sft_data import TRACE_STYLES, SynthTraces
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--style", choices=TRACE_STYLES, default="restate")  # restate | checklist | plain
+    ap.add_argument("--style", choices=TRACE_STYLES, default="restate")  # restate | checklist | plain | query_first
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -6,6 +6,7 @@ losses, resume after a kill, and `vsr1 build sft`.
 import copy
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
@@ -261,6 +262,17 @@ def test_restated_traces_put_the_query_between_what_is_seen_and_the_verdict():
         else:
             assert ": differs" in check or ": not seen." in check
             assert "It does not match the query" in check
+    # query_first: the query restated before anything is seen, then the decisions alone
+    for label, shown, verdict in (("matched", q.video_id, "as the query asks"),
+                                  ("not_matched", other, "It does not match the query")):
+        think, _ = SynthTraces(path, "query_first").trace(q, shown, label)
+        restate, _ = SynthTraces(path).trace(q, shown, label)
+        asked = restate[restate.index("The query asks for "):restate.index(verdict)].split(" From ")[0].split(" It does")[0]
+        assert think.startswith(asked.strip() + " I see ")  # the same restatement, first
+        check = think[think.index(" Check: ") + len(" Check: "):think.index(verdict)]
+        assert re.fullmatch(r"object (same|differs); beside (same|differs); wall (same|differs); event (seen|not seen)\. ?"
+                            r"(From .*)?", check), check
+        assert ("differs" not in check and "not seen" not in check) == (label == "matched")
     with pytest.raises(ValueError, match="trace_style"):
         SynthTraces(path, "verbose")
 

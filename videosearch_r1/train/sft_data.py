@@ -167,7 +167,7 @@ def negatives_for(q, shown: str, hard: dict, corpus: list[str], n: int, rng, ind
 
 
 # ----------------------------------------------------------------------------- synthetic traces
-TRACE_STYLES = ("restate", "checklist", "plain")
+TRACE_STYLES = ("restate", "checklist", "plain", "query_first")
 
 
 class SynthTraces:
@@ -178,7 +178,11 @@ class SynthTraces:
     is seen straight to the verdict, and the fourth GPU run's SFT policy then wrote a correct description
     ("a small yellow diamond") followed by "as the query asks" for a query about an orange one (LOG.md);
     "checklist" lists each detail seen next to the one asked for, with same / differs, then whether the
-    queried event is seen (the comparison made local; the gpu toy profile's choice, bench/probe_verdict.py)."""
+    queried event is seen (the comparison made local; the gpu toy profile's choice, bench/probe_verdict.py);
+    the fifth GPU run's checklist policy then copied the seen detail into the asked one. "query_first" restates
+    the query BEFORE anything is seen ("The query asks for ... I see ... Check: object same; beside same;
+    wall differs; event seen."), so the asked details can only be read out of the query, and the check holds
+    the decisions alone."""
 
     def __init__(self, world_path: Path, style: str = "restate"):
         if style not in TRACE_STYLES:
@@ -219,24 +223,47 @@ class SynthTraces:
         """What goes between what is seen and the verdict (sft.trace_style): "plain" nothing; "restate" the
         query in the words and order of `describe` (object with its colour at the queried moment, companion,
         wall, the queried event and its context); "checklist" each detail seen next to the one asked for,
-        with same / differs, and whether the queried event is seen. gt / shown: _spec tuples."""
-        from videosearch_r1.synth.world import article, phrase, wall_phrase
+        with same / differs, and whether the queried event is seen; "query_first" the same decisions without
+        the details (the query was restated before what is seen: `lead`). gt / shown: _spec tuples."""
+        from videosearch_r1.synth.world import phrase, wall_phrase
 
         if self.style_name == "plain":
             return ""
         (thing, wall, comp, segs), (s_thing, s_wall, s_comp, _) = gt, shown
-        ctx = (f", after it {phrase(segs[k - 1])}" if context == "after" and k >= 1 else
-               f", and then it {phrase(segs[k + 1])}" if context == "then" and k + 1 < len(segs) else "")
         if self.style_name == "restate":
-            beside = f" next to {article(f'{comp.colour} {comp.shape}')}" if comp else ""
-            return (f" The query asks for {article(f'{thing.size} {want_colour} {thing.shape}')}{beside} in "
-                    f"front of {article(wall_phrase(wall))} that {phrase(segs[k])}{ctx}.")
+            return " " + self.restated(gt, want_colour, k, context)
         pairs = [("object", f"{s_thing.size} {have_colour} {s_thing.shape}", f"{thing.size} {want_colour} {thing.shape}"),
                  ("beside", f"{s_comp.colour} {s_comp.shape}" if s_comp else "nothing",
                   f"{comp.colour} {comp.shape}" if comp else "nothing"),
                  ("wall", wall_phrase(s_wall), wall_phrase(wall))]
+        event = "not seen" if event_problem else "seen"
+        if self.style_name == "query_first":  # both sides were written before: the decisions only
+            return " Check: " + "; ".join(f"{name} {'same' if a == b else 'differs'}" for name, a, b in pairs) \
+                + f"; event {event}."
         checks = "; ".join(f"{name} {a} / {b}: {'same' if a == b else 'differs'}" for name, a, b in pairs)
-        return f" Check: {checks}; event {phrase(segs[k])}{ctx}: {'not seen' if event_problem else 'seen'}."
+        return f" Check: {checks}; event {phrase(segs[k])}{self.context(segs, k, context)}: {event}."
+
+    def restated(self, gt, want_colour: str, k: int, context: str) -> str:
+        """The query in the words and order of `describe`: "The query asks for <object> [next to ..] in front
+        of <wall> that <event>[, context]." (gt: a _spec tuple, k: the queried event)."""
+        from videosearch_r1.synth.world import article, phrase, wall_phrase
+
+        thing, wall, comp, segs = gt
+        beside = f" next to {article(f'{comp.colour} {comp.shape}')}" if comp else ""
+        return (f"The query asks for {article(f'{thing.size} {want_colour} {thing.shape}')}{beside} in "
+                f"front of {article(wall_phrase(wall))} that {phrase(segs[k])}{self.context(segs, k, context)}.")
+
+    @staticmethod
+    def context(segs, k: int, context: str) -> str:
+        """The queried event's context as the query words it: ", after it X" / ", and then it Y" / ""."""
+        from videosearch_r1.synth.world import phrase
+
+        return (f", after it {phrase(segs[k - 1])}" if context == "after" and k >= 1 else
+                f", and then it {phrase(segs[k + 1])}" if context == "then" and k + 1 < len(segs) else "")
+
+    def lead(self, gt, want_colour: str, k: int, context: str) -> str:
+        """What comes before what is seen: the restated query for "query_first", else nothing."""
+        return self.restated(gt, want_colour, k, context) + " " if self.style_name == "query_first" else ""
 
     @staticmethod
     def focus(segs, target: str, context: str, limit: int = 4) -> list[int]:
@@ -284,7 +311,8 @@ class SynthTraces:
             keep = [k - 1] * (qs["context"] == "after" and k >= 1) + [k] + [k + 1] * (qs["context"] == "then")
             seen = self.describe(shown, [i for i in keep if 0 <= i < len(gt_segs)])
             asks = self.bridge(gt, want_colour, self._spec(shown), want_colour, None, k, qs["context"])
-            return f"{seen}{asks} From {seg.start:.1f} to {seg.end:.1f} s it {phrase(seg)}, as the query asks.", False
+            lead = self.lead(gt, want_colour, k, qs["context"])
+            return f"{lead}{seen}{asks} From {seg.start:.1f} to {seg.end:.1f} s it {phrase(seg)}, as the query asks.", False
         style = Style(**self.style[(g["split"], g["family"])])
         thing, wall, comp, segs = self._spec(shown)
         fits = any(fine_desc(style, thing, wall, comp, segs, i, qs["context"]) == q.fig_desc
@@ -313,7 +341,8 @@ class SynthTraces:
             diffs.append(event)
         if not diffs:
             diffs.append("its details do not add up to the queried moment")
-        return f"{seen}{asks} It does not match the query: {'; '.join(diffs)}.", fits
+        lead = self.lead(gt, want_colour, qs["segment"], qs["context"])
+        return f"{lead}{seen}{asks} It does not match the query: {'; '.join(diffs)}.", fits
 
 
 def template_trace(q, label: str) -> str:
