@@ -5,16 +5,35 @@
 #
 #   device run (carry [".wheels"]):  bash bench/device_toy.sh start [SECONDS] [overrides...]
 #   device run (right after):        bash bench/device_toy.sh wait [SECONDS]
+#   same lease, after the toy:       bash bench/device_toy.sh variant SECONDS NAME [overrides...]
+# variant: another SFT recipe from the toy's base policy (e.g. sft.trace_style=query_first): its own SFT rows
+# (sft.rows=<ws>/data/NAME.jsonl), `vsr1 train sft` (run NAME-train) and `vsr1 infer` on val (NAME-val), then on
+# test (NAME-test); logged to <ws>/NAME.log, waited on and collected like the toy (then `wait` again if needed).
 # start: install the carried wheels (bench/device_setup.sh), smoke-run the whole chain with the cpu
 # profile on the GPU (workspace/toy-smoke; SKIP_SMOKE=1 skips it), then start `vsr1 toy --profile gpu`
 # (workspace/toy-gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:?usage: device_toy.sh start|wait [SECONDS] [overrides...]}
+MODE=${1:?usage: device_toy.sh start|wait|variant [SECONDS] [NAME] [overrides...]}
 LIMIT=${2:-540}
 shift $(( $# >= 2 ? 2 : 1 ))
 WS=$PWD/workspace/toy-gpu
 LOG=$WS/toy.log
+if [[ $MODE == variant ]]; then
+  NAME=${1:?variant needs a NAME}; shift
+  LOG=$WS/$NAME.log
+  C=(--config videosearch_r1/configs/toy_gpu.yaml "workspace=$WS" "sft.rows=$WS/data/$NAME.jsonl" "$@")
+  setsid nohup bash -c "set -e; vsr1 build sft synth ${C[*]@Q}
+    vsr1 train sft synth --checkpoint $WS/runs/toy-base/policy ${C[*]@Q} run_name=$NAME-train
+    vsr1 infer synth --split val --checkpoint $WS/runs/$NAME-train/final ${C[*]@Q} run_name=$NAME-val
+    vsr1 infer synth --split test --checkpoint $WS/runs/$NAME-train/final ${C[*]@Q} run_name=$NAME-test" \
+    > "$LOG" 2>&1 < /dev/null &
+  echo $! > "$WS/toy.pid"
+  echo "== variant $NAME in the background: $LOG"
+elif [[ $MODE == wait ]]; then
+  LOG=$(ls -t "$WS"/*.log 2>/dev/null | grep -v smoke | head -1)  # the toy's log, or the latest variant's
+  LOG=${LOG:-$WS/toy.log}
+fi
 T0=$(date +%s)
 
 collect() {
@@ -37,7 +56,8 @@ for p in sorted(ws.glob("runs/*/summary.json")) + sorted(ws.glob("runs/*/channel
 for p in sorted(ws.glob("runs/*/metrics.jsonl")):
     keep[str(p.relative_to(ws))] = p.read_text().splitlines()[-400:]
 for p in sorted(ws.glob("runs/*/predictions.jsonl")):  # what the policy wrote: the first 12 queries' turns,
-    whole = p.parent.name in ("toy-sft", "toy-sft-val")  # every query of SFT's (the verdicts are read from them)
+    whole = p.parent.name in ("toy-sft", "toy-sft-val") or not p.parent.name.startswith("toy-")  # SFT's and the
+    # variants' queries, every one (the verdicts are read from them)
     rows = [json.loads(x) for x in p.read_text().splitlines()[:None if whole else 12] if x.strip()]
     keep[str(p.relative_to(ws))] = [{"qid": r.get("qid"), "query": r.get("query"), "stop": r.get("stop_reason"),
                                      "turns": [{k: t.get(k) for k in ("video", "gt_shown", "answer", "policy_answer", "span", "parse_error",
@@ -66,6 +86,6 @@ fi
 # wait (both modes): until the run ends or LIMIT seconds from this call's start
 while kill -0 "$(cat "$WS/toy.pid" 2>/dev/null)" 2>/dev/null && (( $(date +%s) - T0 < LIMIT )); do sleep 5; done
 collect
-grep -E "^==>|^ +\(|done in|failed|Error|error" "$LOG" | tail -30
+grep -E "^==>|^ +\(|done in|failed|Error|error|^sft rows|^  (VER|turn 1|all turns|R1@)" "$LOG" | tail -30
 tail -c 1500 "$LOG" | tr '\r' '\n' | tail -5
 kill -0 "$(cat "$WS/toy.pid" 2>/dev/null)" 2>/dev/null && echo "STILL RUNNING" || echo "FINISHED"
