@@ -11,7 +11,9 @@ verdict after them only reads them). So it measures comparing a perfect descript
     python bench/probe_verdict.py --style restate --steps 600 --out probe_verdict_restate.json
     python bench/probe_verdict.py --style plain --steps 600 --out probe_verdict_plain.json
 
-Measured 2026-12-01 on the 2-core CPU box: see LOG.md (session 5).
+Measured 2026-12-01 on the 2-core CPU box: LOG.md (session 5: held-out partly the benchmark's test timelines;
+session 6: the clean rerun, bench/results/probe_verdict_{checklist,plain}_cpu_2026-12-01b.json and
+probe_verdict_query_first_cpu_2026-12-01.json).
 """
 from __future__ import annotations
 

@@ -120,6 +120,8 @@ def test_a_killed_run_resumes_to_the_same_engine(tiny_world, tmp_path, capsys):
     capsys.readouterr()
     assert train_mod.train(other)["resumed_after_step"] == 0
     assert "resumed" not in capsys.readouterr().out and not state.exists()
+    with pytest.raises(ValueError, match="engine_train.save_every must be >= 0"):
+        train_mod.train(load_config(None, common + ["engine_train.save_every=-1"]))
 
 
 def test_the_renderer_version_is_part_of_the_engine_key(monkeypatch):

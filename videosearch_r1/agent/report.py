@@ -82,15 +82,12 @@ def refinement_effect(rows: list) -> dict:
              and isinstance(t.get("rank_before"), int) and isinstance(t.get("rank_after"), int)]
     if not pairs:
         return {"n": 0}
+    from statistics import median
+
     n = len(pairs)
-
-    def median(xs: list[int]) -> float:
-        xs = sorted(xs)
-        return float(xs[n // 2]) if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
-
     return {"n": n, "improved": sum(a < b for b, a in pairs), "same": sum(a == b for b, a in pairs),
-            "worse": sum(a > b for b, a in pairs), "median_before": median([b for b, _ in pairs]),
-            "median_after": median([a for _, a in pairs]), "r1_before": 100.0 * sum(b == 1 for b, _ in pairs) / n,
+            "worse": sum(a > b for b, a in pairs), "median_before": float(median(b for b, _ in pairs)),
+            "median_after": float(median(a for _, a in pairs)), "r1_before": 100.0 * sum(b == 1 for b, _ in pairs) / n,
             "r1_after": 100.0 * sum(a == 1 for _, a in pairs) / n}
 
 

@@ -90,10 +90,9 @@ def _clear_final(out: Path) -> None:
 
 def _converted_from(out: Path) -> str | None:
     """The source of an index converted from prepared data (data/convert.py) in `out`, else None."""
-    try:
-        meta = json.loads((out / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
+    from videosearch_r1.data.records import read_state
+
+    meta = read_state(out / "meta.json")
     return meta.get("source") if isinstance(meta, dict) and meta.get("source_sha256") else None
 
 

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from videosearch_r1.data.records import read_state
+from videosearch_r1.utils import atomic_write_json
+
 
 class ResumeState:
     def __init__(self, out: Path, fingerprint: str, enabled: bool):
@@ -28,12 +31,12 @@ class ResumeState:
         self.enabled = enabled
         key = self.dir / "key.json"
         mine = {"train_fingerprint": fingerprint}
-        if not enabled or not key.is_file() or _read_json(key) != mine:
+        if not enabled or read_state(key) != mine:
             shutil.rmtree(self.dir, ignore_errors=True)  # another config's state, or none wanted
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
             if not key.is_file():
-                key.write_text(json.dumps(mine))
+                atomic_write_json(key, mine)
 
     def load(self, name: str) -> dict | None:
         path = self.dir / f"{name}.pt"
@@ -50,13 +53,6 @@ class ResumeState:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def step_state(step: int, model, opt, log_scale, batcher, log: list[dict]) -> dict:

@@ -404,6 +404,8 @@ def train(cfg, log_path: Path | None = None, stop_after: int | None = None) -> d
         qwen3vl.guard_sdpa_backward()  # left-padded captions: cuDNN attention backward NaNs (torch 2.11)
     autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))  # noqa
     t_start = time.time()
+    if tc.save_every < 0:
+        raise ValueError(f"engine_train.save_every must be >= 0 (0: no resume snapshots), got {tc.save_every}")
     key = train_key(cfg)
     resume = ResumeState(output_path(cfg), digest(key), tc.save_every > 0)
     out, world, embedder, cache, pairs, skipped, params, perception = prepare(cfg, device, resume)

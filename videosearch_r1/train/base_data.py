@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 from pathlib import Path
 
@@ -146,9 +147,15 @@ def _rng(seed: int, video_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, h])
 
 
-def _items(task: str, v, style, frame_times: np.ndarray, rng: np.random.Generator) -> list[tuple[str, str, dict]]:
-    """Every (instruction, target, meta) a task can ask about video v (confirm: a true and a false question
-    per steady frame time, the false one's changed detail drawn from rng)."""
+def steady_times(v, frame_times: np.ndarray) -> list[tuple[float, dict]]:
+    """(time rounded to 0.1 s, steady_attributes) at the frame times where the main object is steady."""
+    return [(round(float(t), 1), a) for t in frame_times if (a := steady_attributes(v, float(t))) is not None]
+
+
+def _items(task: str, v, style, steady, rng: np.random.Generator) -> list[tuple[str, str, dict]]:
+    """Every (instruction, target, meta) a task can ask about video v (`steady`: a call giving steady_times,
+    computed once per video; confirm: a true and a false question per steady time, the false one's changed
+    detail drawn from rng)."""
     from videosearch_r1.synth.world import fine_desc, unique_in_video
 
     segs = v.segments
@@ -166,13 +173,12 @@ def _items(task: str, v, style, frame_times: np.ndarray, rng: np.random.Generato
                 out.append((f'When does this happen: "{desc}"?', span_target(s.start, s.end),
                             {"segment": i, "gt_span": [s.start, s.end]}))
         return out
-    if task in ("attribute", "confirm"):  # asked at the frame times where the object is steady
-        steady = [(round(float(t), 1), a) for t in frame_times if (a := steady_attributes(v, float(t))) is not None]
-        if task == "attribute":
-            return [(f"What {a} is the main object at {format_seconds(t)} s?", attrs[a], {"attribute": a, "time": t})
-                    for t, attrs in steady for a in ATTRIBUTES]
+    if task == "attribute":
+        return [(f"What {a} is the main object at {format_seconds(t)} s?", attrs[a], {"attribute": a, "time": t})
+                for t, attrs in steady() for a in ATTRIBUTES]
+    if task == "confirm":
         out = []
-        for t, attrs in steady:
+        for t, attrs in steady():
             for change in (None, str(rng.choice(CONFIRM_DETAILS))):
                 q, target, meta = confirm_item(attrs, v.wall, format_seconds(t), change, rng)
                 out.append((q, target, {**meta, "time": t}))
@@ -185,13 +191,14 @@ def video_rows(v, style, tasks: dict[str, int], vcfg, dataset: str, seed: int, c
     from videosearch_r1.video.decode import sample_times
 
     frame_times = sample_times(v.duration, vcfg.fps, vcfg.max_frames, vcfg.min_frames)
+    steady = functools.cache(lambda: steady_times(v, frame_times))  # attribute and confirm ask at the same times
     rng = _rng(seed, v.video_id)
     rows = []
     for task in TASKS:
         n = int(tasks.get(task, 0))
         if n <= 0:
             continue
-        items = _items(task, v, style, frame_times, rng)
+        items = _items(task, v, style, steady, rng)
         if not items:
             counts["unavailable"][task] = counts["unavailable"].get(task, 0) + n
             continue
