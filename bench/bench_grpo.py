@@ -261,6 +261,10 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="ours,hf")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
+    if args.device.startswith("cuda"):  # as every trainer runs: cuDNN attention off (qwen3vl.guard_sdpa_backward)
+        from videosearch_r1.models.qwen3vl import guard_sdpa_backward
+
+        guard_sdpa_backward()
     if args.smoke:
         args.frames, args.side, args.text_tokens, args.new_tokens, args.queries, args.group = 4, 64, 20, 8, 1, 4
         args.steps = min(args.steps, 2)

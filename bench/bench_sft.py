@@ -211,6 +211,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ckpt", default="1,0", help="grad checkpointing settings to run, e.g. 1,0")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
+    if args.device.startswith("cuda"):  # as every trainer runs: cuDNN attention off (qwen3vl.guard_sdpa_backward)
+        from videosearch_r1.models.qwen3vl import guard_sdpa_backward
+
+        guard_sdpa_backward()
     shapes = SMOKE if args.smoke else REAL
     rows = []
     for ckpt in [bool(int(x)) for x in args.ckpt.split(",")]:
