@@ -211,6 +211,10 @@ def test_refinement_effect_counts_rank_moves_where_the_gt_was_not_shown(tmp_path
     res = json.loads((tmp_path / "rep" / "result.json").read_text())["runs"][0]["refinement"]
     assert res == refinement_effect(real) and res["n"] > 0
     assert f"refinement where the GT was not shown ({res['n']} turns)" in capsys.readouterr().out
+    # a run made under agent.oracle_verifier (its summary.json says so) is labelled as such
+    b = _write_run(tmp_path, "b", real, summary={"complete": True, "queries": len(real), "oracle_verifier": True})
+    assert report_main([str(b), "--out", str(tmp_path / "rep2"), "--no-plots"]) == 0
+    assert "sqr (b) [oracle verifier]" in capsys.readouterr().out
 
 
 def test_report_plots_are_readable_with_one_turn_or_one_run(tmp_path):

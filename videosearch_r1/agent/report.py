@@ -117,16 +117,16 @@ def qset_hash(qids) -> str:
 
 def run_status(path: Path, qids: set[str]) -> dict:
     """Completeness from the run's summary.json (vsr1 infer writes it): complete is True / False, or
-    None when there is no readable summary next to the file."""
+    None when there is no readable summary next to the file; oracle: made under agent.oracle_verifier."""
     summ = path.parent / "summary.json"
     try:
         s = json.loads(summ.read_text())
         expected = s.get("queries")
         expected = expected if isinstance(expected, int) and not isinstance(expected, bool) else None
         complete = s.get("complete") is True and (expected is None or len(qids) >= expected)
-        return {"complete": complete, "expected": expected, "summary": str(summ)}
+        return {"complete": complete, "expected": expected, "summary": str(summ), "oracle": s.get("oracle_verifier") is True}
     except (OSError, ValueError, AttributeError):
-        return {"complete": None, "expected": None, "summary": None}
+        return {"complete": None, "expected": None, "summary": None, "oracle": False}
 
 
 def load_run(path: Path) -> dict:
@@ -146,6 +146,8 @@ def restrict(run: dict, keep: set[str]) -> dict:
 def analyse(run: dict, ious, ks) -> dict:
     path, rows = run["path"], run["rows"]
     label, method = run_label(path, rows)
+    if run.get("oracle"):  # agent.oracle_verifier: its verdicts were the truth, so VER says nothing of the policy
+        label += " [oracle verifier]"
     result = evaluate_rows(rows, iou_thresholds=ious, ks=ks, labels=run["labels"])
     qset = {"queries": len(run["qids"]), "hash": qset_hash(run["qids"]), "unreadable_rows": run["unreadable"],
             "complete": run["complete"], "expected": run["expected"], "summary": run["summary"],
