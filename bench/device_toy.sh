@@ -5,10 +5,12 @@
 #
 #   device run (carry [".wheels"]):  bash bench/device_toy.sh start [SECONDS] [overrides...]
 #   device run (right after):        bash bench/device_toy.sh wait [SECONDS]
-#   same lease, after the toy:       bash bench/device_toy.sh variant SECONDS NAME [overrides...]
-# variant: another SFT recipe from the toy's base policy (e.g. sft.trace_style=query_first): its own SFT rows
-# (sft.rows=<ws>/data/NAME.jsonl), `vsr1 train sft` (run NAME-train) and `vsr1 infer` on val (NAME-val), then on
-# test (NAME-test); logged to <ws>/NAME.log, waited on and collected like the toy (then `wait` again if needed).
+#   same lease, any time after start: bash bench/device_toy.sh variant SECONDS NAME [overrides...]
+# variant: another SFT recipe from the toy's base policy (e.g. sft.trace_style=query_first): it waits for the
+# toy's base (runs/toy-base/summary.json), then builds its own SFT rows (sft.rows=<ws>/data/NAME.jsonl), runs
+# `vsr1 train sft` (run NAME-train) and `vsr1 infer` on val (NAME-val), then on test (NAME-test), beside the toy on
+# the same GPU (the tiny models leave it mostly idle); logged to <ws>/NAME.log. `wait` waits on the toy and every
+# variant (<ws>/*.pid) and collects them all.
 # start: install the carried wheels (bench/device_setup.sh), smoke-run the whole chain with the cpu
 # profile on the GPU (workspace/toy-smoke; SKIP_SMOKE=1 skips it), then start `vsr1 toy --profile gpu`
 # (workspace/toy-gpu).
@@ -23,23 +25,23 @@ if [[ $MODE == variant ]]; then
   NAME=${1:?variant needs a NAME}; shift
   LOG=$WS/$NAME.log
   C=(--config videosearch_r1/configs/toy_gpu.yaml "workspace=$WS" "sft.rows=$WS/data/$NAME.jsonl" "$@")
-  setsid nohup bash -c "set -e; vsr1 build sft synth ${C[*]@Q}
+  mkdir -p "$WS/runs"
+  setsid nohup bash -c "set -e; until [[ -f $WS/runs/toy-base/summary.json ]]; do sleep 10; done
+    vsr1 build sft synth ${C[*]@Q}
     vsr1 train sft synth --checkpoint $WS/runs/toy-base/policy ${C[*]@Q} run_name=$NAME-train
     vsr1 infer synth --split val --checkpoint $WS/runs/$NAME-train/final ${C[*]@Q} run_name=$NAME-val
     vsr1 infer synth --split test --checkpoint $WS/runs/$NAME-train/final ${C[*]@Q} run_name=$NAME-test" \
     > "$LOG" 2>&1 < /dev/null &
-  echo $! > "$WS/toy.pid"
-  echo "== variant $NAME in the background: $LOG"
-elif [[ $MODE == wait ]]; then
-  LOG=$(ls -t "$WS"/*.log 2>/dev/null | grep -v smoke | head -1)  # the toy's log, or the latest variant's
-  LOG=${LOG:-$WS/toy.log}
+  echo $! > "$WS/$NAME.pid"
+  echo "== variant $NAME in the background (after the toy's base): $LOG"
 fi
 T0=$(date +%s)
 
 collect() {
   local out=${OUT:-/tmp/out}
   mkdir -p "$out"
-  grep -v -E "it/s\]|s/it\]|video/s\]|step/s\]|\|[^|]*\| *[0-9]+/[0-9]+ \[" "$LOG" > "$out/toy_log.txt" 2>/dev/null
+  for f in "$WS"/*.log; do [[ $f == *smoke* ]] || { echo "##### $(basename "$f")"
+    grep -v -E "it/s\]|s/it\]|video/s\]|step/s\]|\|[^|]*\| *[0-9]+/[0-9]+ \[" "$f"; }; done > "$out/toy_log.txt" 2>/dev/null
   cp "$WS/runs/toy-report/result.json" "$out/" 2>/dev/null
   [[ -d $WS/runs ]] && (cd "$WS/runs" && tar czf "$out/toy_plots.tar.gz" toy-report/*.png toy-report/*.md toy-*/grpo_curves.png \
      toy-*/summary.json toy-*/config.yaml 2>/dev/null)
@@ -84,8 +86,14 @@ if [[ $MODE == start ]]; then
   echo $! > "$WS/toy.pid"
 fi
 # wait (both modes): until the run ends or LIMIT seconds from this call's start
-while kill -0 "$(cat "$WS/toy.pid" 2>/dev/null)" 2>/dev/null && (( $(date +%s) - T0 < LIMIT )); do sleep 5; done
+running() { local p; for p in "$WS"/*.pid; do kill -0 "$(cat "$p" 2>/dev/null)" 2>/dev/null && return 0; done; return 1; }
+while running && (( $(date +%s) - T0 < LIMIT )); do sleep 5; done
 collect
-grep -E "^==>|^ +\(|done in|failed|Error|error|^sft rows|^  (VER|turn 1|all turns|R1@)" "$LOG" | tail -30
-tail -c 1500 "$LOG" | tr '\r' '\n' | tail -5
-kill -0 "$(cat "$WS/toy.pid" 2>/dev/null)" 2>/dev/null && echo "STILL RUNNING" || echo "FINISHED"
+for f in "$WS"/*.log; do
+  [[ $f == *smoke* ]] && continue
+  echo "##### $(basename "$f")"
+  grep -E "^==>|^ +\(|done in|failed|Error|error|^sft rows|^  (VER|turn 1|all turns|R1@)" "$f" | tail -30
+  tail -c 1500 "$f" | tr '\r' '\n' | tail -3
+done
+for p in "$WS"/*.pid; do kill -0 "$(cat "$p" 2>/dev/null)" 2>/dev/null && echo "STILL RUNNING: $(basename "$p" .pid)"; done
+running || echo "FINISHED"
