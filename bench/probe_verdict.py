@@ -10,6 +10,10 @@ verdict after them only reads them). So it measures comparing a perfect descript
 
     python bench/probe_verdict.py --style restate --steps 600 --out probe_verdict_restate.json
     python bench/probe_verdict.py --style plain --steps 600 --out probe_verdict_plain.json
+    python bench/probe_verdict.py --style plain --decision-weight 20 --out probe_verdict_plain_w20.json
+
+--decision-weight W: the decision tokens weigh W times a trace token in the CE (a weighted mean): does the
+one-bit decision fail to be learned because ~1 of ~40 target tokens carries it?
 
 Measured 2026-12-01 on the 2-core CPU box: LOG.md (session 5: held-out partly the benchmark's test timelines;
 session 6: the clean rerun, bench/results/probe_verdict_{checklist,plain}_cpu_2026-12-01b.json and
@@ -101,16 +105,21 @@ def encode(tok, traces, rows) -> list[dict]:
     return out
 
 
-def batch(items, pad_id: int):
+def batch(items, pad_id: int, decision_weight: float = 1.0):
+    """ids, attention mask, labels (-100 outside the trace) and per-label weights (decision_weight at decisions)."""
     n = max(len(x["ids"]) for x in items)
     ids = torch.full((len(items), n), pad_id)
     mask = torch.zeros((len(items), n), dtype=torch.long)
     labels = torch.full((len(items), n), -100)
+    weights = torch.zeros((len(items), n))
     for i, x in enumerate(items):
         t = torch.tensor(x["ids"])
         ids[i, :len(t)], mask[i, :len(t)] = t, 1
         labels[i, x["start"]:len(t)] = t[x["start"]:]
-    return ids, mask, labels
+        weights[i, x["start"]:len(t)] = 1.0
+        for p, _, _ in x["decisions"]:
+            weights[i, p] = decision_weight
+    return ids, mask, labels, weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--families", type=int, default=300, help="train families of the default world (toy_gpu: 300)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--decision-weight", type=float, default=1.0, help="CE weight of the decision tokens")
     ap.add_argument("--world-seed-offset", type=int, default=31337,
                     help="the probe's world seed = synth.seed + this (0: the benchmark's own world, as measured on "
                          "2026-12-01, whose held-out pairs were its val + test timelines)")
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         hits = 0
         for s in range(0, len(items), 64):
             chunk = items[s:s + 64]
-            ids, mask, _ = batch(chunk, pad)
+            ids, mask, _, _ = batch(chunk, pad)
             logits = model(input_ids=ids, attention_mask=mask).logits
             for i, x in enumerate(chunk):
                 hits += all(logits[i, p - 1, right] > logits[i, p - 1, wrong] for p, right, wrong in x["decisions"])
@@ -174,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'step':>6} {'loss':>7} {'train verdict':>14} {'held-out verdict':>17} {'s':>6}")
     for step in range(1, a.steps + 1):
         chunk = rng.sample(train, a.batch)
-        ids, mask, labels = batch(chunk, pad)
+        ids, mask, labels, weights = batch(chunk, pad, a.decision_weight)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100,
+                             reduction="none")
+        w = weights[:, 1:].reshape(-1)
+        loss = (ce * w).sum() / w.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -107,6 +107,28 @@ def test_bad_grpo_settings_name_the_field():
         check_grpo_config(W.world().cfg("grpo.reward_weights.speed=1.0").grpo)
     with pytest.raises(ValueError, match="grpo.latent_objective"):
         check_grpo_config(W.world().cfg("grpo.latent_objective=ppo").grpo)
+    with pytest.raises(ValueError, match="grpo.corpus_size must be >= 0"):
+        check_grpo_config(W.world().cfg("grpo.corpus_size=-1").grpo)
+    with pytest.raises(ValueError, match="grpo.corpus_size .* in-process engine"):
+        check_grpo_config(W.world().cfg("grpo.corpus_size=8", "grpo.engine_url=http://127.0.0.1:1").grpo)
+
+
+def test_corpus_size_confines_the_rollouts_to_the_gts_chunk(tmp_path):
+    """grpo.corpus_size: every video a rollout is shown lies in its GT's chunk of the index; the key says so."""
+    from videosearch_r1.engine.search import chunk_scopes
+    from videosearch_r1.train.grpo import run_key, setup
+
+    cfg = _cfg(tmp_path, "grpo.corpus_size=4", "grpo.latent_objective=none", "grpo.kl_beta=0.0",
+               "grpo.max_new_tokens=4", "agent.max_turns=2")
+    run, _ = setup(cfg, "synth", "", tmp_path, engine=W.engine(), policy=_policy(False))
+    scopes = chunk_scopes(W.engine().ids, 4)
+    assert max(len(c) for c in scopes.values()) < len(W.engine().ids)
+    trajs = run.loop.run(run.queries[:4])
+    for t in trajs:
+        assert t.turns and {tr.video for tr in t.turns} <= scopes[t.gt_video]
+    plain = W.world().cfg("grpo.corpus_size=0")
+    assert run_key(cfg, [], 1, 2, "w")["grpo"] != run_key(plain, [], 1, 2, "w")["grpo"]
+    assert run_key(plain, [], 1, 2, "w")["grpo"] == run_key(W.world().cfg(), [], 1, 2, "w")["grpo"]
 
 
 def test_grpo_schedule_replaces_train_schedule_in_the_steps_and_the_run_key(tmp_path):
@@ -130,7 +152,7 @@ def test_verification_reward_in_the_run_key_only_when_it_is_not_the_old_mean():
 
     mean, every = W.world().cfg("grpo.verification_reward=mean"), W.world().cfg()
     old = digest({k: v for k, v in section(mean, "grpo", drop=("engine_url", "schedule")).items()
-                  if k != "verification_reward"})  # the key as it was computed before the field
+                  if k not in ("verification_reward", "corpus_size")})  # the key as computed before these fields
     assert run_key(mean, [], 1, 2, "w")["grpo"] == old != run_key(every, [], 1, 2, "w")["grpo"]
 
 

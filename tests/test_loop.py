@@ -27,9 +27,9 @@ class SpyEngine:
         self.refined.append((list(texts), np.array(soft), out))
         return out
 
-    def search(self, qvecs, k=1, exclude=None):
+    def search(self, qvecs, k=1, exclude=None, **kw):
         self.searched.append((np.array(qvecs), k))
-        return self.eng.search(qvecs, k=k, exclude=exclude)
+        return self.eng.search(qvecs, k=k, exclude=exclude, **kw)
 
     def rank_of(self, qvecs, targets):
         return self.eng.rank_of(qvecs, targets)
@@ -138,6 +138,24 @@ def test_zeroshot_and_refine_less_turns_walk_the_original_ranking(no_refine):
     assert [_videos(t) for t in trajs] == expect
     assert spy.refined == []
     assert all(t.latent_tokens == 0 and not any(tr.refined for tr in t.turns) for t in trajs)
+
+
+def test_scope_confines_every_search_to_the_querys_sub_corpus():
+    """loop.scope (GRPO's grpo.corpus_size): every video shown and ranked comes from the query's scope, in the
+    order of the original query's ranking within it (zeroshot)."""
+    sp, eng = W.split(), W.engine()
+    qs = sp.queries[:3]
+    pol = W.policy()
+    W.scripted(pol, lambda q, v, k: W.NOT_MATCH)
+    qv = eng.embed_queries([q.text for q in qs])
+    scopes = {q.qid: frozenset([q.video_id] + eng.search(qv[i:i + 1], k=6).ids[0][3:6]) for i, q in enumerate(qs)}
+    loop = _loop("agent.method=zeroshot", "agent.max_turns=3", policy=pol, ranked_k=4)
+    loop.scope = lambda q: scopes[q.qid]
+    trajs = loop.run(qs)
+    for i, (q, t) in enumerate(zip(qs, trajs)):
+        assert set(_videos(t)) <= scopes[q.qid] and len(t.turns) == 3
+        assert _videos(t) == eng.search(qv[i:i + 1], k=3, scope=[scopes[q.qid]]).ids[0]
+        assert {c[0] for c in t.candidates} <= scopes[q.qid]
 
 
 def _refine_run(mode, kv_cache=True, turns=3):

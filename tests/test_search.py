@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from videosearch_r1.engine import search as search_mod
-from videosearch_r1.engine.search import SearchEngine, UnknownIdError
+from videosearch_r1.engine.search import SearchEngine, UnknownIdError, chunk_scopes
 
 
 def _corpus(n=300, d=32, seed=0, clusters=12):
@@ -92,6 +92,40 @@ def test_exclude_almost_everything_and_short_ann():
     assert len(got.ids[0]) == 20 and not ex & set(got.ids[0])
     with pytest.raises(UnknownIdError, match="nope"):
         engine.search(q[:1], k=1, exclude=[{"nope"}])
+
+
+def test_scope_searches_only_the_sub_corpus_exactly():
+    """search(scope=...) equals brute force over the scope's vectors (exclude still applied); None = all."""
+    x, q, ids = _corpus(n=200, seed=5)
+    engine = SearchEngine.build(x, ids, factory="HNSW8", ef_search=4)  # the ANN is not used for a scope
+    rng = np.random.default_rng(0)
+    scopes = [set(rng.choice(ids, 30, replace=False).tolist()) for _ in range(len(q) - 1)] + [None]
+    exclude = [set(sorted(sc)[:2]) if sc else set() for sc in scopes]
+    res = engine.search(q, k=5, exclude=exclude, scope=scopes)
+    full = SearchEngine.build(x, ids).search(q[-1:], k=5)
+    assert res.ids[-1] == full.ids[0]  # no scope: the whole corpus
+    for b, sc in enumerate(scopes[:-1]):
+        rows = sorted(engine.row[v] for v in sc - exclude[b])
+        s = x[rows].astype(np.float64) @ q[b].astype(np.float64)
+        best = [ids[rows[i]] for i in np.argsort(-s, kind="stable")[:5]]
+        assert res.ids[b] == best and set(res.ids[b]) <= sc
+        np.testing.assert_allclose(res.scores[b], np.sort(s)[::-1][:5], rtol=1e-5, atol=1e-5)
+    small = engine.search(q[:1], k=5, scope=[{ids[0], ids[1]}])  # a scope smaller than k runs out
+    assert sorted(small.ids[0]) == ids[:2] and np.isneginf(small.scores[0, 2:]).all()
+    with pytest.raises(UnknownIdError, match="scope"):
+        engine.search(q[:1], k=1, scope=[{"nope"}])
+    with pytest.raises(ValueError, match="scope has 1 entries for 2"):
+        engine.search(q[:2], k=1, scope=[None])
+
+
+def test_chunk_scopes_cover_every_video_once():
+    ids = [f"f{i // 4:03d}v{i % 4}" for i in range(130)]  # 32.5 families of 4
+    sc = chunk_scopes(reversed(ids), 40)
+    chunks = {c for c in sc.values()}
+    assert sorted(v for c in chunks for v in c) == sorted(ids)  # a partition
+    assert sorted(len(c) for c in chunks) == [40, 40, 50]  # the 10-video tail joins the last chunk
+    assert all(v in sc[v] for v in ids) and sc["f000v0"] == frozenset(ids[:40])  # sorted: families together
+    assert len(set(chunk_scopes(ids, 1000).values())) == 1
 
 
 def test_rank_of_is_exact_including_ties():

@@ -349,6 +349,10 @@ class GRPOConfig:
     latent_weight: float = 0.3  # weight of the latent objective in the loss
     latent_sigma: float = 0.05  # std of the Gaussian latent action (soft-token units), "gaussian" / "both"
     max_queries: int = 0  # training queries used (0: all of the split)
+    corpus_size: int = 0  # > 0: a query's rollouts search only the chunk of this many videos that holds its GT
+    # (the split index's ids sorted, cut in consecutive chunks: the synthetic world's families stay together),
+    # so the engine's top-1 is right about as often as on an evaluation corpus of that size; the learned
+    # accept / reject balance follows it (docs/results.md, sixth run). 0: the whole split index.
     seed: int = 0  # rollout sampling, latent noise and query order
 
 

@@ -123,8 +123,16 @@ class AgentLoop:
         self.sampling: dict = {}  # extra Policy.generate kwargs (top_p, a seeded torch.Generator)
         self.recorder = None  # .on_generate(states, gen, clips) / .on_refine(states, mean, used, before, after)
         self.soft_noise: Optional[Callable[[np.ndarray], np.ndarray]] = None  # soft [B,N,He] -> the soft tokens used
+        # query -> the sub-corpus its searches are confined to (None: the whole index); GRPO's grpo.corpus_size.
+        # GT ranks (TurnRecord.rank_before, orig_rank) stay ranks over the whole index.
+        self.scope: Optional[Callable[[Any], Optional[frozenset]]] = None
 
     # ------------------------------------------------------------------ helpers
+    def _search(self, qvecs: np.ndarray, k: int, queries: list, exclude: Optional[list] = None):
+        """engine.search for these queries (their `scope` when set)."""
+        kw = {} if self.scope is None else {"scope": [self.scope(q) for q in queries]}
+        return self._timed("search", self.engine.search, qvecs, k=k, exclude=exclude, **kw)
+
     def _timed(self, name: str, fn, *args, **kw):
         t = time.perf_counter()
         try:
@@ -176,7 +184,7 @@ class AgentLoop:
             return []
         texts = [getattr(q, self.query_field) for q in queries]
         qv = self._timed("embed", self.engine.embed_queries, texts)
-        res = self._timed("search", self.engine.search, qv, k=1)
+        res = self._search(qv, 1, queries)
         videos = list(dict.fromkeys(ids[0] for ids in res.ids if ids))
         self._prefetch_order.append(videos)
         while len(self._prefetch_order) > PREFETCH_AHEAD:
@@ -233,7 +241,7 @@ class AgentLoop:
     def _retrieve(self, active: list[_State], turn: int) -> list[_State]:
         """Search every active query once (seen videos excluded); record the turn for those shown one."""
         qvecs = np.stack([s.qvec for s in active])
-        res = self._timed("search", self.engine.search, qvecs, k=1, exclude=[set(s.seen) for s in active])
+        res = self._search(qvecs, 1, [s.query for s in active], exclude=[set(s.seen) for s in active])
         ranks = self._ranks(qvecs, active)
         shown = []
         for i, s in enumerate(active):
@@ -424,6 +432,6 @@ class AgentLoop:
     def _ranked(self, states: list[_State]) -> None:
         """TVR ranked list: the matched moment, then unseen candidates of the final vector, then rejected."""
         qvecs = np.stack([s.qvec for s in states])
-        res = self._timed("search", self.engine.search, qvecs, k=self.ranked_k, exclude=[set(s.seen) for s in states])
+        res = self._search(qvecs, self.ranked_k, [s.query for s in states], exclude=[set(s.seen) for s in states])
         for i, s in enumerate(states):
             s.traj.candidates = [[v, None, None, float(sc)] for v, sc in zip(res.ids[i], res.scores[i].tolist())]

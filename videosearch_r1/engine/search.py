@@ -3,6 +3,7 @@
     engine = SearchEngine.load(cfg.index_dir("synth") / "test", embedder=Embedder.from_pretrained(...))
     q = engine.embed_queries(["a small red square jumps on a blue wall"])   # [B, D] float32
     res = engine.search(q, k=5, exclude=[{"vid3"}])                          # ids [B][k], scores [B, k]
+    res = engine.search(q, k=1, scope=[{"vid1", "vid2", "vid7"}])            # only within a sub-corpus (exact)
     ranks = engine.rank_of(q, ["vid7"])                                      # exact 1-based ranks
 
 The index is described by a FAISS factory string ("Flat" = exact inner product; "IVF64,Flat" with
@@ -135,6 +136,21 @@ class _TorchFlat:
             s = torch.from_numpy(q).to(self.device) @ self.x.T  # [B, N]
             d, i = torch.topk(s, k, dim=1)
         return d.float().cpu().numpy(), i.cpu().numpy().astype(np.int64)
+
+
+def chunk_scopes(ids, size: int) -> dict[str, frozenset]:
+    """Sub-corpora for `search(scope=...)` (grpo.corpus_size): video id -> the chunk of `size` videos it
+    belongs to (the ids sorted, cut in consecutive chunks; a last chunk shorter than size / 2 joins the one
+    before, so no query searches a near-empty corpus)."""
+    order = sorted(ids)
+    cuts = list(range(0, len(order), size))
+    if len(cuts) > 1 and len(order) - cuts[-1] < size / 2:
+        cuts.pop()
+    out = {}
+    for j, start in enumerate(cuts):
+        chunk = frozenset(order[start:cuts[j + 1] if j + 1 < len(cuts) else len(order)])
+        out.update({v: chunk for v in chunk})
+    return out
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -288,24 +304,38 @@ class SearchEngine:
         """Backend top-k: scores [B, k'] and rows [B, k'] (k' = min(k, N); faiss may return -1 rows)."""
         return self.backend.search(q, min(k, len(self.ids)))
 
-    def search(self, qvecs, k: int = 1, exclude: list[set[str]] | None = None) -> SearchResult:
+    def search(self, qvecs, k: int = 1, exclude: list[set[str]] | None = None,
+               scope: list[set[str] | None] | None = None) -> SearchResult:
         """Top-k videos per query, skipping each query's `exclude` set (k + |exclude| searched, filtered).
 
         Exactly k results come back whenever the corpus holds k non-excluded videos: an ANN that
         returns too few after filtering is completed by an exact search for that query.
+        `scope` (one entry per query, None = the whole corpus): search only those videos, exactly (every
+        inner product; a sub-corpus is small), ties in row order, e.g. GRPO rollouts over a corpus the size of
+        the evaluation's (grpo.corpus_size).
         """
         k = check_k(k)
         q = check_qvecs(qvecs, self.dim)
         ex_rows = self._exclude_rows(exclude, q.shape[0])
+        sc_rows = self._scope_rows(scope, q.shape[0])
         n = len(self.ids)
         scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)
         ids: list[list[str]] = []
         if n == 0:
             return SearchResult([[] for _ in range(q.shape[0])], scores)
         kk = k + max(len(e) for e in ex_rows)
-        d, i = self._raw_search(q, kk)
+        free = [b for b in range(q.shape[0]) if sc_rows[b] is None]
+        d = i = None
+        if free:
+            d, i = self._raw_search(q[free], kk)
+        at = {b: j for j, b in enumerate(free)}
         for b in range(q.shape[0]):
-            rows, vals = self._filter(i[b], d[b], ex_rows[b], k)
+            if sc_rows[b] is not None:
+                rows, vals = self._scoped(q[b], sc_rows[b], ex_rows[b], k)
+                ids.append([self.ids[r] for r in rows])
+                scores[b, :len(vals)] = vals
+                continue
+            rows, vals = self._filter(i[at[b]], d[at[b]], ex_rows[b], k)
             want = min(k, n - len(ex_rows[b]))
             if len(rows) < want:  # ANN came up short: finish this query exactly
                 ed, ei = self._exact_topk(q[b:b + 1], min(n, kk))
@@ -313,6 +343,28 @@ class SearchEngine:
             ids.append([self.ids[r] for r in rows])
             scores[b, :len(vals)] = vals
         return SearchResult(ids, scores)
+
+    def _scope_rows(self, scope, batch: int) -> list[np.ndarray | None]:
+        if scope is None:
+            return [None] * batch
+        if len(scope) != batch:
+            raise ValueError(f"scope has {len(scope)} entries for {batch} queries")
+        out = []
+        for i, sc in enumerate(scope):
+            if sc is None:
+                out.append(None)
+                continue
+            unknown = [v for v in sc if v not in self.row]
+            if unknown:
+                raise UnknownIdError(f"scope[{i}]: unknown video id(s) {sorted(unknown)[:5]}")
+            out.append(np.array(sorted(self.row[v] for v in sc), dtype=np.int64))
+        return out
+
+    def _scoped(self, q: np.ndarray, rows: np.ndarray, ex: set[int], k: int) -> tuple[list[int], list[float]]:
+        """Exact top-k of one query [D] over the index rows `rows` (sorted), `ex` skipped."""
+        s = self.vectors[rows] @ q  # [|scope|]
+        order = np.argsort(-s, kind="stable")
+        return self._filter(rows[order], s[order], ex, k)
 
     @staticmethod
     def _filter(rows: np.ndarray, vals: np.ndarray, ex: set[int], k: int) -> tuple[list[int], list[float]]:

@@ -14,8 +14,9 @@ loaded to compare its weights.
 Top to bottom (train/common.py holds the accelerate set-up, parameter groups, checkpoints and data order
 shared with SFT; train/trainer.py the policy preparation):
 1. queries: the grpo.split of DATASET (grpo.max_queries); the engine in-process (SearchEngine over the
-   split's index + the embedder) or a SearchClient to grpo.engine_url; the split index's video vectors
-   (retrieval reward, InfoNCE) and the frozen embedder are always local.
+   split's index + the embedder; with grpo.corpus_size each query searches only its GT's chunk of that many
+   videos) or a SearchClient to grpo.engine_url; the split index's video vectors (retrieval reward, InfoNCE)
+   and the frozen embedder are always local.
 2. the policy from --checkpoint (an SFT checkpoint; train.init_checkpoint otherwise), fresh SQR modules
    sized to the engine if it has none; a frozen copy of it is the KL reference (grpo.kl_beta > 0).
 3. per step (train.steps, or train.epochs passes over the queries): grpo.queries_per_step queries x
@@ -73,6 +74,11 @@ def check_grpo_config(g) -> None:
             raise ValueError(f"grpo.{name} must be one of {allowed}, got {value!r}")
     if g.latent_objective in ("gaussian", "both") and g.latent_sigma <= 0:
         raise ValueError(f"grpo.latent_sigma must be > 0 for the Gaussian latent objective, got {g.latent_sigma}")
+    if g.corpus_size < 0:
+        raise ValueError(f"grpo.corpus_size must be >= 0 (0: the whole split index), got {g.corpus_size}")
+    if g.corpus_size and g.engine_url:
+        raise ValueError("grpo.corpus_size confines searches to a sub-corpus, which needs the in-process engine: "
+                         f"leave grpo.engine_url empty (got {g.engine_url!r})")
     check_weights(g.reward_weights)
 
 
@@ -131,6 +137,7 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     from videosearch_r1.agent.loop import AgentLoop
     from videosearch_r1.agent.policy import Policy
     from videosearch_r1.config import ConfigError
+    from videosearch_r1.engine.search import chunk_scopes
     from videosearch_r1.models.qwen3vl import configure_processor
     from videosearch_r1.train.trainer import _prepare_policy
     from videosearch_r1.video.decode import load_clip
@@ -179,6 +186,9 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
     clip_fn = functools.lru_cache(maxsize=max(1, tc.clip_cache))(lambda v: load_clip(cfg, dataset, v))
     loop = AgentLoop(acfg, engine, roller, clip_fn=clip_fn, durations={v: r.duration for v, r in split.videos.items()},
                      query_field=cfg.dataset_cfg(dataset).query_field)
+    if g.corpus_size:
+        scopes = chunk_scopes(local.ids, g.corpus_size)
+        loop.scope = lambda q: scopes.get(q.video_id)  # a GT outside the index: the whole index
     check_distributed(acc, g)
     scorer = RetrievalScorer(local.vectors, local.ids, g.retrieval_tau, g.n_negatives)
     if embedder is not None:
@@ -268,10 +278,12 @@ def run_key(cfg, queries: list, processes: int, total: int, init_weights: str) -
     return {"queries_sha1": h.hexdigest(), "queries": len(queries), "queries_per_step": g.queries_per_step,
             "group_size": g.group_size, "seed": g.seed, "train_seed": cfg.train.seed, "processes": processes,
             "total_steps": total, "init_weights": init_weights, "lr": g.lr, "lr_sqr": g.lr_sqr,
-            # rewards, sampling, KL, objective (an unset stage schedule and the per-turn mean verification reward,
-            # what runs had before those settings existed, add nothing: older runs keep their key)
+            # rewards, sampling, KL, objective (an unset stage schedule, the per-turn mean verification reward and
+            # the whole index as corpus, what runs had before those settings existed, add nothing: older runs keep
+            # their key)
             "grpo": digest(section(cfg, "grpo", drop=("engine_url",) + (() if g.schedule else ("schedule",))
-                                   + (("verification_reward",) if g.verification_reward == "mean" else ()))),
+                                   + (("verification_reward",) if g.verification_reward == "mean" else ())
+                                   + (() if g.corpus_size else ("corpus_size",)))),
             "agent": digest(section(cfg, "agent", drop=("device", "profile_depths"))),
             "train": common.settings_key(cfg.train)}
 
