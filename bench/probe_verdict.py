@@ -13,7 +13,8 @@ verdict after them only reads them). So it measures comparing a perfect descript
     python bench/probe_verdict.py --style plain --decision-weight 20 --out probe_verdict_plain_w20.json
 
 --decision-weight W: the decision tokens weigh W times a trace token in the CE (a weighted mean): does the
-one-bit decision fail to be learned because ~1 of ~40 target tokens carries it?
+one-bit decision fail to be learned because ~1 of ~40 target tokens carries it? --layers N: a deeper
+language model (same width): is the comparison a matter of depth?
 
 Measured 2026-12-01 on the 2-core CPU box: LOG.md (session 5: held-out partly the benchmark's test timelines;
 session 6: the clean rerun, bench/results/probe_verdict_{checklist,plain}_cpu_2026-12-01b.json and
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", type=int, default=300, help="train families of the default world (toy_gpu: 300)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--decision-weight", type=float, default=1.0, help="CE weight of the decision tokens")
+    ap.add_argument("--layers", type=int, default=0, help="language-model layers (0: the small policy's 4)")
     ap.add_argument("--world-seed-offset", type=int, default=31337,
                     help="the probe's world seed = synth.seed + this (0: the benchmark's own world, as measured on "
                          "2026-12-01, whose held-out pairs were its val + test timelines)")
@@ -155,11 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = make_tiny_checkpoint(f"{tmp}/policy", kind="policy", size="small",
                                     extra_texts=[v.caption for f in world.families for v in f.videos])
         model = Qwen3VLForConditionalGeneration.from_pretrained(ckpt)
+        if a.layers:  # a deeper language model of the same width, from scratch like the default one
+            conf = model.config
+            conf.text_config.num_hidden_layers = a.layers
+            if getattr(conf.text_config, "layer_types", None):
+                conf.text_config.layer_types = [conf.text_config.layer_types[0]] * a.layers
+            model = Qwen3VLForConditionalGeneration(conf)
         tok = AutoTokenizer.from_pretrained(ckpt)
     train = encode(tok, traces, pairs(world, {"train"}, rng))
     held = encode(tok, traces, pairs(world, {"val", "test"}, rng))
+    lm = model.model.language_model
     print(f"probe verdict ({a.style}): {len(train)} train rows, {len(held)} held-out rows, "
-          f"mean length {sum(len(x['ids']) for x in train) / len(train):.0f} tokens", flush=True)
+          f"mean length {sum(len(x['ids']) for x in train) / len(train):.0f} tokens; language model "
+          f"{len(lm.layers)} layers, {sum(p.numel() for p in lm.parameters()) / 1e6:.1f} M parameters", flush=True)
     opt = torch.optim.AdamW(model.model.language_model.parameters(), lr=a.lr, weight_decay=0.01)
     pad = tok.pad_token_id
 

@@ -131,6 +131,29 @@ def test_engine_initialised_backbone_equals_the_engine(tmp_path):
     assert pol.refine_token_id == theirs["language_model.embed_tokens.weight"].shape[0]
 
 
+def test_extra_layers_start_as_the_identity(tmp_path):
+    """base.extra_layers: the added decoder layers change nothing until they train (same logits as the
+    engine-sized policy), and they do train (their zeroed projections get a gradient)."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from videosearch_r1.train.base import policy_from_engine
+
+    cfg = W.world().cfg()
+    plain = Qwen3VLForConditionalGeneration.from_pretrained(policy_from_engine(cfg.engine_model(), tmp_path / "a"))
+    deep = Qwen3VLForConditionalGeneration.from_pretrained(
+        policy_from_engine(cfg.engine_model(), tmp_path / "b", extra_layers=2))
+    n = len(plain.model.language_model.layers)
+    assert len(deep.model.language_model.layers) == n + 2
+    ids = torch.tensor([[5, 17, 33, 9, 21, 40]])
+    a, b = plain(input_ids=ids).logits, deep(input_ids=ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    b.logsumexp(-1).sum().backward()
+    top = deep.model.language_model.layers[n + 1]
+    assert top.mlp.down_proj.weight.grad.abs().sum() > 0 and top.self_attn.o_proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="base.extra_layers"):
+        policy_from_engine(cfg.engine_model(), tmp_path / "c", extra_layers=-1)
+
+
 def test_a_short_base_run_lowers_the_loss_and_exports_a_zs_checkpoint(tmp_path, capsys):
     """...and a held-out video that cannot be decoded is a counted skip in the summary, not a crash."""
     from videosearch_r1.agent.infer import load_engine, load_policy

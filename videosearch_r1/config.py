@@ -278,6 +278,7 @@ class BaseConfig:
 
     world_families: int = 300  # train families of the pretraining world (seed synth.seed + 104729, same preset)
     init: str = "engine"  # "engine": backbone copied from the trained engine (engine.model) | "scratch"
+    extra_layers: int = 0  # init="engine": decoder layers added above the engine's, starting as the identity
     size: str = "tiny"  # tiny-model size for init="scratch" ("small" on a GPU)
     tasks: dict[str, int] = field(  # rows per video of each task
         default_factory=lambda: dict(describe=1, caption=2, ground=2, attribute=3, confirm=2))

@@ -49,9 +49,11 @@ def engine_hidden(cfg) -> int:
     return int(AutoConfig.from_pretrained(path).text_config.hidden_size)
 
 
-def policy_from_engine(engine_path: str | Path, out: str | Path, seed: int = 0) -> Path:
+def policy_from_engine(engine_path: str | Path, out: str | Path, seed: int = 0, extra_layers: int = 0) -> Path:
     """Write a policy checkpoint whose backbone (vision tower, mergers, language model) is the engine's
-    Qwen3VLModel, lm_head tied to its token embeddings, and <REFINE> added; returns `out`."""
+    Qwen3VLModel, lm_head tied to its token embeddings, and <REFINE> added; returns `out`. `extra_layers`
+    (base.extra_layers) decoder layers are added on top of the engine's, each starting as the identity (its
+    attention output and MLP down projections zero), so the policy starts computing what the engine did."""
     from transformers import AutoModel, AutoProcessor, Qwen3VLForConditionalGeneration
 
     from videosearch_r1.agent.prompts import REFINE_TOKEN
@@ -61,12 +63,19 @@ def policy_from_engine(engine_path: str | Path, out: str | Path, seed: int = 0) 
         raise ValueError(f"{engine_path}: expected a qwen3_vl engine (Qwen3VLModel), got {type(engine).__name__}")
     config = engine.config
     config.tie_word_embeddings = True
+    n_engine = _deepen(config.text_config, extra_layers)
     torch.manual_seed(seed)
     model = Qwen3VLForConditionalGeneration(config)
     missing, unexpected = model.model.load_state_dict(engine.state_dict(), strict=False)
+    added = [k for k in missing if k.startswith("language_model.layers.") and int(k.split(".")[2]) >= n_engine]
+    missing = [k for k in missing if k not in added]
     if missing or unexpected:
         raise ValueError(f"{engine_path}: engine weights do not fit the policy: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+    with torch.no_grad():  # the added layers write nothing to the residual stream until they train
+        for layer in model.model.language_model.layers[n_engine:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
     model.tie_weights()
     processor = AutoProcessor.from_pretrained(engine_path)
     tok = processor.tokenizer
@@ -85,6 +94,18 @@ def policy_from_engine(engine_path: str | Path, out: str | Path, seed: int = 0) 
     return out
 
 
+def _deepen(text_config, extra: int) -> int:
+    """Add `extra` decoder layers to a text config (the kind of the last one); returns the old layer count."""
+    n = text_config.num_hidden_layers
+    if extra < 0:
+        raise ValueError(f"base.extra_layers must be >= 0, got {extra}")
+    text_config.num_hidden_layers = n + extra
+    kinds = getattr(text_config, "layer_types", None)
+    if kinds:
+        text_config.layer_types = list(kinds) + [kinds[-1]] * extra
+    return n
+
+
 def initial_policy(cfg, work: Path):
     """Step 2: the Policy to pretrain (fp32, CPU; the trainer moves it)."""
     from videosearch_r1.agent.policy import Policy
@@ -97,7 +118,7 @@ def initial_policy(cfg, work: Path):
         if not (Path(cfg.engine_model()) / "config.json").is_file():
             raise FileNotFoundError(f"no engine at {cfg.engine_model()} to start the base policy from: train one "
                                     f"with `vsr1 engine train`, set engine.model, or use base.init=scratch")
-        path = policy_from_engine(cfg.engine_model(), work, seed=cfg.train.seed)
+        path = policy_from_engine(cfg.engine_model(), work, seed=cfg.train.seed, extra_layers=bc.extra_layers)
     elif bc.init == "scratch":
         path = make_tiny_checkpoint(work, kind="policy", size=bc.size, seed=cfg.train.seed,
                                     video_cfg=cfg.video_cfg(DATASET))
