@@ -10,7 +10,10 @@
 # toy's base (runs/toy-base/summary.json), then builds its own SFT rows (sft.rows=<ws>/data/NAME.jsonl), runs
 # `vsr1 train sft` (run NAME-train) and `vsr1 infer` on val (NAME-val), then on test (NAME-test), beside the toy on
 # the same GPU (the tiny models leave it mostly idle); logged to <ws>/NAME.log. `wait` waits on the toy and every
-# variant (<ws>/*.pid) and collects them all.
+# variant (<ws>/*.pid) and collects them all. OWN_BASE=1: the variant first trains a base of its own (run NAME-base,
+# on the toy's base world, with its overrides, e.g. base.extra_layers=4) and starts its SFT from that. CONFIG=...:
+# another profile for the variant (a CPU smoke: `vsr1 toy --profile cpu workspace=workspace/toy-gpu`, then
+# CONFIG=videosearch_r1/configs/toy_cpu.yaml).
 # start: install the carried wheels (bench/device_setup.sh), smoke-run the whole chain with the cpu
 # profile on the GPU (workspace/toy-smoke; SKIP_SMOKE=1 skips it), then start `vsr1 toy --profile gpu`
 # (workspace/toy-gpu).
@@ -24,11 +27,18 @@ LOG=$WS/toy.log
 if [[ $MODE == variant ]]; then
   NAME=${1:?variant needs a NAME}; shift
   LOG=$WS/$NAME.log
-  C=(--config videosearch_r1/configs/toy_gpu.yaml "workspace=$WS" "sft.rows=$WS/data/$NAME.jsonl" "$@")
+  C=(--config "${CONFIG:-videosearch_r1/configs/toy_gpu.yaml}" "workspace=$WS" "sft.rows=$WS/data/$NAME.jsonl" "$@")
   mkdir -p "$WS/runs"
+  BASE=$WS/runs/toy-base/policy
+  OWN=""
+  if [[ -n ${OWN_BASE:-} ]]; then
+    BASE=$WS/runs/$NAME-base/policy
+    OWN="vsr1 train base ${C[*]@Q} run_name=$NAME-base"
+  fi
   setsid nohup bash -c "set -e; until [[ -f $WS/runs/toy-base/summary.json ]]; do sleep 10; done
+    $OWN
     vsr1 build sft synth ${C[*]@Q}
-    vsr1 train sft synth --checkpoint $WS/runs/toy-base/policy ${C[*]@Q} run_name=$NAME-train
+    vsr1 train sft synth --checkpoint $BASE ${C[*]@Q} run_name=$NAME-train
     vsr1 infer synth --split val --checkpoint $WS/runs/$NAME-train/final ${C[*]@Q} run_name=$NAME-val
     vsr1 infer synth --split test --checkpoint $WS/runs/$NAME-train/final ${C[*]@Q} run_name=$NAME-test" \
     > "$LOG" 2>&1 < /dev/null &

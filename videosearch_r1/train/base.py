@@ -15,7 +15,8 @@ contrastive engine learns fine-grained verification where a random one stays at 
    (train/base_data.py) written to <workspace>/data/synth-base/prepared/base_train.jsonl
 2. the initial policy (base.init): "engine" copies the trained engine's Qwen3VLModel (engine.model;
    same architecture, same tokenizer) into a Qwen3VLForConditionalGeneration (lm_head tied to the
-   token embeddings), adds <REFINE> (one new embedding row); "scratch" is a random tiny policy of
+   token embeddings), adds <REFINE> (one new embedding row) and base.extra_layers decoder layers on top
+   (starting as the identity: a deeper language model than the engine's); "scratch" is a random tiny policy of
    base.size. Fresh SQR modules sized to the engine (they do not train here: no InfoNCE term)
 3. train_policy (train/trainer.py) with token CE on the answers; base.steps / lr / lr_vision /
    batch_size / warmup replace the `train` section's, and the vision tower trains
