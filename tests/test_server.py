@@ -72,6 +72,9 @@ def test_client_matches_in_process(served):
         assert client.rank_of(q, targets) == engine.rank_of(q, targets)
         short = client.search(q[:1], k=3, exclude=[set(engine.ids[1:])])  # corpus runs out: -inf pad
         assert short.ids == [["vid0"]] and np.isneginf(short.scores[0, 1:]).all()
+        scope = [set(engine.ids[:20]), None, set(engine.ids[40:45])]  # grpo.corpus_size through `vsr1 serve`
+        a, b = client.search(q, k=3, exclude=ex, scope=scope), engine.search(q, k=3, exclude=ex, scope=scope)
+        assert a.ids == b.ids and np.array_equal(a.scores, b.scores) and set(a.ids[2]) <= scope[2]
 
 
 def _post(url, path, payload=None, content=None):
@@ -93,6 +96,8 @@ def test_bad_requests_get_clear_4xx(served):
         ("/search", {"qvecs": [[0.1] * d, [0.1]], "k": 1}, 400, "different lengths"),
         ("/search", {"qvecs": ok, "k": 1, "exclude": [["zzz"]]}, 404, "zzz"),
         ("/search", {"qvecs": ok, "k": 1, "exclude": [[], []]}, 400, "exclude has 2 entries"),
+        ("/search", {"qvecs": ok, "k": 1, "scope": [["zzz"]]}, 404, "scope"),
+        ("/search", {"qvecs": ok, "k": 1, "scope": [None, None]}, 400, "scope has 2 entries"),
         ("/search", {"qvecs": "hello", "k": 1}, 422, "qvecs"),
         ("/rank_of", {"qvecs": ok, "target_ids": ["nope"]}, 404, "nope"),
         ("/rank_of", {"qvecs": ok, "target_ids": []}, 400, "0 target ids"),

@@ -106,10 +106,13 @@ class SearchClient:
         out = self._call("POST", "/embed_refined", {"texts": list(texts), "soft": soft.tolist()})
         return np.asarray(out["vectors"], dtype=np.float32)
 
-    def search(self, qvecs, k: int = 1, exclude: list[set[str]] | None = None) -> SearchResult:
+    def search(self, qvecs, k: int = 1, exclude: list[set[str]] | None = None,
+               scope: list[set[str] | None] | None = None) -> SearchResult:
         q = check_qvecs(qvecs, self.dim)  # JSON cannot carry NaN: refuse it here, with the server's message
         payload = {"qvecs": q.tolist(), "k": k,
                    "exclude": None if exclude is None else [sorted(e or ()) for e in exclude]}
+        if scope is not None:  # only when given: a server from before scope existed still answers the rest
+            payload["scope"] = [None if c is None else sorted(c) for c in scope]
         out = self._call("POST", "/search", payload)
         scores = np.array([[-np.inf if v is None else v for v in row] for row in out["scores"]],
                           dtype=np.float32).reshape(len(out["ids"]), -1)

@@ -8,7 +8,8 @@ Endpoints (JSON; vectors are nested float lists, float32 values survive the roun
   GET  /ids                                      the corpus ids, row order
   POST /embed_queries  {texts}                   {"vectors": [B][D]}
   POST /embed_refined  {texts, soft: [B][N][He]} {"vectors": [B][D]}
-  POST /search         {qvecs: [B][D], k, exclude?: [B][ids]}  {"ids": [B][<=k], "scores": [B][k] (null = none)}
+  POST /search         {qvecs: [B][D], k, exclude?: [B][ids], scope?: [B][ids] | [B] nulls}
+                       -> {"ids": [B][<=k], "scores": [B][k] (null = none)}
   POST /rank_of        {qvecs: [B][D], target_ids: [B]}        {"ranks": [B]}
 Bad input gets a 4xx with a message naming the problem: 400 (shapes, dims, k, non-finite numbers,
 empty or blank texts, unparseable JSON), 413 (a body over serve.max_body_mb, refused from its
@@ -50,6 +51,7 @@ class Search(_Strict):
     qvecs: list[list[float]]  # [B, D]
     k: int = 1
     exclude: Optional[list[list[str]]] = None
+    scope: Optional[list[Optional[list[str]]]] = None  # per query: search only these videos (null: all)
 
 
 class RankOf(_Strict):
@@ -219,7 +221,8 @@ def create_app(engine: SearchEngine, max_batch: int = 256, max_k: int = 1000, ma
         q = vectors(req.qvecs)
         try:
             k = check_k(req.k, max_k)
-            res = engine.search(q, k=k, exclude=None if req.exclude is None else [set(e) for e in req.exclude])
+            res = engine.search(q, k=k, exclude=None if req.exclude is None else [set(e) for e in req.exclude],
+                                scope=None if req.scope is None else [None if c is None else set(c) for c in req.scope])
         except UnknownIdError as e:
             raise HTTPException(404, str(e)) from None
         except ValueError as e:

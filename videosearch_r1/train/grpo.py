@@ -14,9 +14,9 @@ loaded to compare its weights.
 Top to bottom (train/common.py holds the accelerate set-up, parameter groups, checkpoints and data order
 shared with SFT; train/trainer.py the policy preparation):
 1. queries: the grpo.split of DATASET (grpo.max_queries); the engine in-process (SearchEngine over the
-   split's index + the embedder; with grpo.corpus_size each query searches only its GT's chunk of that many
-   videos) or a SearchClient to grpo.engine_url; the split index's video vectors (retrieval reward, InfoNCE)
-   and the frozen embedder are always local.
+   split's index + the embedder) or a SearchClient to grpo.engine_url (with grpo.corpus_size each query
+   searches only its GT's chunk of that many videos); the split index's video vectors (retrieval reward,
+   InfoNCE) and the frozen embedder are always local.
 2. the policy from --checkpoint (an SFT checkpoint; train.init_checkpoint otherwise), fresh SQR modules
    sized to the engine if it has none; a frozen copy of it is the KL reference (grpo.kl_beta > 0).
 3. per step (train.steps, or train.epochs passes over the queries): grpo.queries_per_step queries x
@@ -76,9 +76,6 @@ def check_grpo_config(g) -> None:
         raise ValueError(f"grpo.latent_sigma must be > 0 for the Gaussian latent objective, got {g.latent_sigma}")
     if g.corpus_size < 0:
         raise ValueError(f"grpo.corpus_size must be >= 0 (0: the whole split index), got {g.corpus_size}")
-    if g.corpus_size and g.engine_url:
-        raise ValueError("grpo.corpus_size confines searches to a sub-corpus, which needs the in-process engine: "
-                         f"leave grpo.engine_url empty (got {g.engine_url!r})")
     check_weights(g.reward_weights)
 
 
