@@ -18,7 +18,9 @@ language model (same width): is the comparison a matter of depth?
 
 Measured 2026-12-01 on the 2-core CPU box: LOG.md (session 5: held-out partly the benchmark's test timelines;
 session 6: the clean rerun, bench/results/probe_verdict_{checklist,plain}_cpu_2026-12-01b.json and
-probe_verdict_query_first_cpu_2026-12-01.json).
+probe_verdict_query_first_cpu_2026-12-01.json; session 7: --decision-weight 20 changes nothing,
+probe_verdict_plain_w20_cpu_2026-12-01c.json; --layers 8 learns it, 86.0 % at 1,000 steps against 68.2 % for
+the 4-layer model, probe_verdict_plain_l8_cpu_2026-12-01c.json).
 """
 from __future__ import annotations
 
