@@ -292,13 +292,14 @@ class SearchEngine:
             return [set() for _ in range(batch)]
         if len(exclude) != batch:
             raise ValueError(f"exclude has {len(exclude)} entries for {batch} queries")
-        out = []
-        for i, ex in enumerate(exclude):
-            unknown = [v for v in (ex or ()) if v not in self.row]
-            if unknown:
-                raise UnknownIdError(f"exclude[{i}]: unknown video id(s) {sorted(unknown)[:5]}")
-            out.append({self.row[v] for v in (ex or ())})
-        return out
+        return [set(self._known_rows(ex or (), f"exclude[{i}]")) for i, ex in enumerate(exclude)]
+
+    def _known_rows(self, ids, where: str) -> list[int]:
+        """Index rows of `ids`; UnknownIdError naming `where` for an id the index does not hold."""
+        unknown = [v for v in ids if v not in self.row]
+        if unknown:
+            raise UnknownIdError(f"{where}: unknown video id(s) {sorted(unknown)[:5]}")
+        return [self.row[v] for v in ids]
 
     def _raw_search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Backend top-k: scores [B, k'] and rows [B, k'] (k' = min(k, N); faiss may return -1 rows)."""
@@ -349,16 +350,8 @@ class SearchEngine:
             return [None] * batch
         if len(scope) != batch:
             raise ValueError(f"scope has {len(scope)} entries for {batch} queries")
-        out = []
-        for i, sc in enumerate(scope):
-            if sc is None:
-                out.append(None)
-                continue
-            unknown = [v for v in sc if v not in self.row]
-            if unknown:
-                raise UnknownIdError(f"scope[{i}]: unknown video id(s) {sorted(unknown)[:5]}")
-            out.append(np.array(sorted(self.row[v] for v in sc), dtype=np.int64))
-        return out
+        return [None if sc is None else np.array(sorted(self._known_rows(sc, f"scope[{i}]")), dtype=np.int64)
+                for i, sc in enumerate(scope)]
 
     def _scoped(self, q: np.ndarray, rows: np.ndarray, ex: set[int], k: int) -> tuple[list[int], list[float]]:
         """Exact top-k of one query [D] over the index rows `rows` (sorted), `ex` skipped."""
