@@ -71,10 +71,11 @@ for p in sorted(ws.glob("runs/*/predictions.jsonl")):  # what the policy wrote: 
     whole = p.parent.name in ("toy-sft", "toy-sft-val") or not p.parent.name.startswith("toy-")  # SFT's and the
     # variants' queries, every one (the verdicts are read from them)
     rows = [json.loads(x) for x in p.read_text().splitlines()[:None if whole else 12] if x.strip()]
-    keep[str(p.relative_to(ws))] = [{"qid": r.get("qid"), "query": r.get("query"), "stop": r.get("stop_reason"),
-                                     "turns": [{k: t.get(k) for k in ("video", "gt_shown", "answer", "policy_answer", "span", "parse_error",
-                                                                       "text_tokens", "latent_tokens", "output")}
-                                               for t in r.get("turns", [])]} for r in rows]
+    keep[str(p.relative_to(ws))] = rows if whole else [  # whole runs keep every field: `vsr1 report` reads them back
+        {"qid": r.get("qid"), "query": r.get("query"), "stop": r.get("stop_reason"),
+         "turns": [{k: t.get(k) for k in ("turn", "video", "gt_shown", "answer", "policy_answer", "span", "parse_error",
+                                           "text_tokens", "latent_tokens", "output")} for t in r.get("turns", [])]}
+        for r in rows]
 (out / "toy_summaries.json").write_text(json.dumps(keep, indent=1, default=str))
 PY
 }

@@ -248,3 +248,14 @@ def test_report_plots_are_readable_with_one_turn_or_one_run(tmp_path):
         assert all(ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1 for ax in fig.axes)
         plt.close(fig)
     assert [p.name for p in plot_all(one, tmp_path)] == ["turns.png", "soft_tokens.png", "tokens.png"]
+
+
+def test_report_names_the_line_of_a_turn_without_its_fields(tmp_path, capsys):
+    rows = _rows(2)
+    rows[1]["turns"] = [{k: v for k, v in t.items() if k != "turn"} for t in rows[1]["turns"]]
+    path = tmp_path / "sqr" / "predictions.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report_main([str(path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:2" in err and "'turn'" in err

@@ -134,6 +134,17 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
                 mininterval=0.5 if sys.stderr.isatty() else 10.0)
 
 
+def decode_workers(cap: int = 16) -> int:
+    """Threads for decoding a corpus's videos: the CPU cores this process may use, at least 2, at most `cap`.
+    PyAV decodes and scales outside the GIL, so threads scale with cores; two threads left the GPU machine's 16
+    cores idle (indexing 3,600 small videos took ~120 s, ~30 videos/s)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 2
+    return max(2, min(cap, cores))
+
+
 def resolve_device(name: str = "auto") -> str:
     import torch
 

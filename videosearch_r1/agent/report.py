@@ -41,13 +41,18 @@ def run_label(path: Path, rows: list) -> tuple[str, str]:
     return f"{method} ({name})", method
 
 
-def per_turn(rows: list, ious, ks) -> dict[str, dict]:
-    """Paper metrics at each turn limit 1..T (T = the most turns any row took)."""
+def per_turn(rows: list, ious, ks, labels=None) -> dict[str, dict]:
+    """Paper metrics at each turn limit 1..T (T = the most turns any row took). A row whose turns cannot be
+    cut (a turn record without its fields) is an error naming its file:line (`labels`)."""
     t_max = max((len(r.get("turns") or []) for r in rows if isinstance(r, dict)), default=0)
     out = {}
     for limit in range(1, t_max + 1):
-        cut = [truncate_row(r, limit) if isinstance(r, dict) and isinstance(r.get("turns"), list) else r
-               for r in rows]
+        cut = []
+        for i, r in enumerate(rows):
+            try:
+                cut.append(truncate_row(r, limit) if isinstance(r, dict) and isinstance(r.get("turns"), list) else r)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{labels[i] if labels else f'row {i + 1}'}: {e}") from None
         p = evaluate_rows(cut, iou_thresholds=ious, ks=ks)["paper"]
         out[str(limit)] = {"vcmr_r1": p["vcmr_r1"], "vr_r1": p["vr_r1"], "ver_acc": p["ver_acc"],
                            "miou": p["miou"], "text_tokens_per_query": p["text_tokens_per_query"],
@@ -154,7 +159,7 @@ def analyse(run: dict, ious, ks) -> dict:
             "dropped_rows": run.get("dropped", 0)}
     return {"file": str(path), "label": label, "method": method, "n": result["n"], "query_set": qset,
             "counts": result["counts"], "paper": result["paper"], "tvr": result["tvr"],
-            "messages": result["messages"][:20], "per_turn": per_turn(rows, ious, ks),
+            "messages": result["messages"][:20], "per_turn": per_turn(rows, ious, ks, run["labels"]),
             "soft_tokens": soft_token_profile(rows), "tokens": token_stats(rows),
             "refinement": refinement_effect(rows)}
 

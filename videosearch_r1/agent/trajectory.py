@@ -120,7 +120,12 @@ class Trajectory:
     @classmethod
     def from_row(cls, row: dict) -> "Trajectory":
         names = set(TurnRecord.__dataclass_fields__)
-        turns = [TurnRecord(**{k: v for k, v in t.items() if k in names}) for t in row.get("turns", [])]
+        turns = []
+        for i, t in enumerate(row.get("turns", []), 1):
+            if not isinstance(t, dict) or "turn" not in t or "video" not in t:
+                raise ValueError(f"query {row.get('qid')!r}: turn {i} is not a turn record (needs the fields "
+                                 f"'turn' and 'video'; has {sorted(t) if isinstance(t, dict) else type(t).__name__})")
+            turns.append(TurnRecord(**{k: v for k, v in t.items() if k in names}))
         return cls(qid=str(row["qid"]), query=row.get("query", ""), gt_video=row.get("gt_video", ""),
                    gt_start=row.get("gt_start", 0.0), gt_end=row.get("gt_end", 0.0),
                    duration=row.get("duration", 0.0), method=row.get("method", ""), turns=turns,

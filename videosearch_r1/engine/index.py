@@ -184,7 +184,7 @@ def _embed_shard(cfg, dataset: str, vids: list[str], embedder, pool, bar) -> tup
 def embed_corpus(cfg, dataset: str, corpus: list[str], embedder, shard_dir: Path, summary: IndexSummary,
                  max_new_shards: int | None = None) -> tuple[np.ndarray, list[str]] | None:
     """Embed every missing shard; return (vectors [N, D], ids) when all shards exist, else None."""
-    from videosearch_r1.utils import atomic_path, atomic_write_json, progress
+    from videosearch_r1.utils import atomic_path, atomic_write_json, decode_workers, progress
 
     size = max(1, cfg.index.shard_size)
     n_shards = (len(corpus) + size - 1) // size
@@ -198,7 +198,7 @@ def embed_corpus(cfg, dataset: str, corpus: list[str], embedder, shard_dir: Path
     todo_set = set(todo)
     done_videos = sum(min(size, len(corpus) - s * size) for s in range(n_shards) if s not in todo_set)
     new = 0
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
         bar = progress(total=len(corpus), desc=f"embed {dataset}", unit="video")
         bar.update(done_videos)
         for s in todo:

@@ -137,10 +137,10 @@ def video_vectors(embedder, inputs: dict) -> torch.Tensor:
 def decode_all(cfg, dataset: str, video_ids: list[str]) -> tuple[dict, list[tuple[str, str]]]:
     """{video_id: Clip} for every decodable video (threads), plus (video_id, reason) skips."""
     from videosearch_r1.engine.index import load_clip_or_reason
-    from videosearch_r1.utils import progress
+    from videosearch_r1.utils import decode_workers, progress
 
     clips, skipped = {}, []
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=decode_workers()) as pool:
         futures = [pool.submit(load_clip_or_reason, cfg, dataset, v) for v in video_ids]
         for vid, fut in zip(video_ids, progress(futures, desc=f"decode {dataset}", unit="video")):
             clip, reason = fut.result()
