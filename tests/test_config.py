@@ -28,6 +28,8 @@ def test_yaml_then_overrides_win(tmp_path):
     ("index.use_gpu=maybe", "index.use_gpu: expected true/false"),
     ("agent.max_turns=2.5", "expected int"),
     ("noequals", "key.path=value"),
+    ("base.extra_layers=-1", "base.extra_layers: must be >= 0, got -1"),
+    ("grpo.corpus_size=-5", "grpo.corpus_size: must be >= 0"),
 ])
 def test_bad_overrides_name_the_field(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):

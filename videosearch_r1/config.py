@@ -278,7 +278,8 @@ class BaseConfig:
 
     world_families: int = 300  # train families of the pretraining world (seed synth.seed + 104729, same preset)
     init: str = "engine"  # "engine": backbone copied from the trained engine (engine.model) | "scratch"
-    extra_layers: int = 0  # init="engine": decoder layers added above the engine's, starting as the identity
+    extra_layers: int = field(default=0, metadata={"min": 0})  # init="engine": decoder layers added above the
+    # engine's, starting as the identity
     size: str = "tiny"  # tiny-model size for init="scratch" ("small" on a GPU)
     tasks: dict[str, int] = field(  # rows per video of each task
         default_factory=lambda: dict(describe=1, caption=2, ground=2, attribute=3, confirm=2))
@@ -350,7 +351,8 @@ class GRPOConfig:
     latent_weight: float = 0.3  # weight of the latent objective in the loss
     latent_sigma: float = 0.05  # std of the Gaussian latent action (soft-token units), "gaussian" / "both"
     max_queries: int = 0  # training queries used (0: all of the split)
-    corpus_size: int = 0  # > 0: a query's rollouts search only the chunk of this many videos that holds its GT
+    corpus_size: int = field(default=0, metadata={"min": 0})  # > 0: a query's rollouts search only the chunk of
+    # this many videos that holds its GT
     # (the split index's ids sorted, cut in consecutive chunks: the synthetic world's families stay together),
     # so the engine's top-1 is right about as often as on an evaluation corpus of that size; the learned
     # accept / reject balance follows it (docs/results.md, sixth run). 0: the whole split index.
@@ -517,6 +519,10 @@ def _build(cls, data: dict, where: str):
     if unknown:
         raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    for f in dataclasses.fields(cls):  # bounds declared on the field (metadata "min"), checked at load
+        low = f.metadata.get("min")
+        if low is not None and f.name in kwargs and kwargs[f.name] < low:
+            raise ConfigError(f"{where + '.' if where else ''}{f.name}: must be >= {low}, got {kwargs[f.name]!r}")
     return cls(**kwargs)
 
 
