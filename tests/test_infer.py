@@ -52,6 +52,12 @@ def test_infer_writes_rows_and_summary():
         assert r["final"]["video"] == r["turns"][-1]["video"]
         assert r["text_tokens"] == sum(t["text_tokens"] for t in r["turns"])
     assert summary["counts"]["generate_calls"] >= 3 and summary["timings_s"]["generate"] >= 0
+    wrong = [t for r in rows for t in r["turns"] if t["video"] is not None and t["video"] != r["gt_video"]]
+    by_diff = summary["wrong_shown_by_difference"]  # the synthetic world's wrong videos, by how they differ
+    assert wrong and by_diff["any"] == {"shown": len(wrong),
+                                        "rejected": sum(t["answer"] == "not_matched" for t in wrong)}
+    details = {"other_family", "colour", "size", "shape", "wall_colour", "texture", "companion", "target", "secondary"}
+    assert set(by_diff) - {"any"} <= details and all(v["shown"] <= len(wrong) for v in by_diff.values())
 
 
 def test_resume_after_kill_equals_uninterrupted_run():

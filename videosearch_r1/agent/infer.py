@@ -192,6 +192,9 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     rows = [r for r in read_jsonl_resumable(pred_path) if str(r.get("qid")) in wanted]
     result = evaluate_rows(rows, gt_queries=queries, iou_thresholds=cfg.eval.iou_thresholds, ks=cfg.eval.recall_ks)
     index_ids, index_skipped = _index_contents(cfg, engine)
+    from videosearch_r1.engine.channel import load_world
+
+    by_diff = verdicts_by_difference(load_world(cfg, dataset), rows) if cfg.agent.method != "engine" else None
     gt_missing = None if index_ids is None else sum(q.video_id not in index_ids for q in queries)
     summary = {
         "dataset": dataset, "split": split_name, "method": cfg.agent.method, "checkpoint": cfg.agent.checkpoint,
@@ -208,6 +211,7 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
                          "skipped_past_end": split.summary.skipped_past_end,
                          "skipped_bad": split.summary.skipped_bad, "zero_length": split.summary.zero_length},
         "metrics": result,
+        "wrong_shown_by_difference": by_diff,  # synthetic worlds: which wrong videos the verifier rejects
         "timings_s": {k: round(v, 4) for k, v in sorted(loop.timings.items())} if loop else {},
         "counts": dict(sorted(loop.counts.items())) if loop else {},
         "vision_cache": policy.vision_cache.stats() if getattr(policy, "vision_cache", None) is not None else None,
@@ -215,6 +219,9 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     }
     atomic_write_json(run_dir / "summary.json", summary)
     print(format_table(result), flush=True)
+    if by_diff:
+        print("  wrong videos shown, rejected / shown by how they differ from the GT: "
+              + ", ".join(f"{k} {v['rejected']}/{v['shown']}" for k, v in by_diff.items()), flush=True)
     if gt_missing is None:
         print("ground truth not in the index: unknown (no index contents to check)", flush=True)
     else:
@@ -222,6 +229,31 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
               f"index: {len(index_ids)} videos, {index_skipped} of the corpus skipped at indexing", flush=True)
     print(f"predictions: {pred_path}\nsummary: {run_dir / 'summary.json'}", flush=True)
     return summary
+
+
+def verdicts_by_difference(world: dict | None, rows: list) -> dict | None:
+    """Synthetic worlds: every turn that showed a wrong video, by how it differs from the row's GT ("other_family",
+    or each detail a sibling differs in: a turn can count under several) -> {"shown", "rejected"}; "any" counts each
+    turn once. The policy's own verdict (policy_answer) where agent.oracle_verifier replaced it. None: no world."""
+    from videosearch_r1.engine.channel import differences
+
+    if not world:
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        for t in r.get("turns") or []:
+            video = t.get("video") if isinstance(t, dict) else None
+            if video is None or video == r.get("gt_video"):
+                continue
+            diff = differences(world, str(r.get("gt_video")), str(video))
+            if diff is None:
+                continue
+            verdict = t.get("policy_answer") or t.get("answer")
+            for k in ["any", *diff]:
+                c = out.setdefault(k, {"shown": 0, "rejected": 0})
+                c["shown"] += 1
+                c["rejected"] += verdict == "not_matched"
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] != "any", -kv[1]["shown"])))
 
 
 def _index_contents(cfg: Config, engine) -> tuple[set[str] | None, int | None]:

@@ -80,25 +80,32 @@ def _details(v: dict) -> dict:
             "secondary": [s["action"] for i, s in enumerate(segs) if i != v["main"]]}
 
 
+def differences(world: dict, a: str, b: str) -> list[str] | None:
+    """How synthetic video `b` differs from `a`: ["other_family"], or the details a sibling differs in (possibly
+    several); None when either is not in the world."""
+    videos = world["videos"]
+    if a not in videos or b not in videos:
+        return None
+    va, vb = videos[a], videos[b]
+    if (va["split"], va["family"]) != (vb["split"], vb["family"]):
+        return ["other_family"]
+    da, db = _details(va), _details(vb)
+    return [k for k in da if da[k] != db[k]]
+
+
 def confusions(world: dict | None, gt_ids: list[str], top_ids: list[str]) -> dict | None:
     """For a synthetic world: wrong top-1 videos counted as "other family" or, for a sibling of the same
     family, by each detail in which it differs from the ground truth (a pair can count for two)."""
     if not world:
         return None
-    videos = world["videos"]
     out: dict[str, int] = {"wrong_top1": 0, "other_family": 0}
     for gt, top in zip(gt_ids, top_ids):
-        if gt == top or gt not in videos or top not in videos:
+        diff = None if gt == top else differences(world, gt, top)
+        if diff is None:
             continue
         out["wrong_top1"] += 1
-        a, b = videos[gt], videos[top]
-        if (a["split"], a["family"]) != (b["split"], b["family"]):
-            out["other_family"] += 1
-            continue
-        da, db = _details(a), _details(b)
-        for k in da:
-            if da[k] != db[k]:
-                out[k] = out.get(k, 0) + 1
+        for k in diff:
+            out[k] = out.get(k, 0) + 1
     return out
 
 
