@@ -76,7 +76,7 @@ def _position(tok, text: str, at: int, ids: list[int]) -> int | None:
 
 def encode(tok, traces, rows) -> list[dict]:
     """Token ids of "Query: q\\n" + trace, the loss start (trace tokens) and the decisions: [(position, right
-    token, wrong token)]: the verdict's first token, or for the checklist every same / differs and seen / not
+    token, wrong token, the no-difference token)]: the verdict's first token, or for the checklist every same / differs and seen / not
     seen (the verdict then only reads them)."""
     def head(word: str) -> int:  # the first non-space token of " word" (as it follows ": " in a trace)
         return next(i for i in tok.encode(" " + word, add_special_tokens=False) if tok.decode([i]).strip())
@@ -89,20 +89,21 @@ def encode(tok, traces, rows) -> list[dict]:
         ids = tok.encode(text, add_special_tokens=False)
         start = len(tok.encode(f"Query: {q.fig_desc}\nTrace:", add_special_tokens=False))
         decisions = []
-        if traces.style_name in ("checklist", "query_first"):
+        if traces.style_name in ("checklist", "details", "query_first"):
             for rx, pair in CHOICES:
                 for m in rx.finditer(text):
                     pos = _position(tok, text, m.start(1), ids)
                     word = m.group(1).split()[0]
                     other = pair[1] if word == pair[0] else pair[0]
-                    if pos is not None:
-                        decisions.append((pos, first[word], first[other]))
+                    if pos is not None:  # the last field: the token that says "no difference here"
+                        decisions.append((pos, first[word], first[other], first[pair[0]]))
         else:
             at = text.find(VERDICT[label])
             pos = _position(tok, text, at, ids) if at >= 0 else None
             if pos is not None:
                 other = VERDICT["not_matched" if label == "matched" else "matched"].split()[0]
-                decisions.append((pos, ids[pos], head(other)))
+                match_tok = ids[pos] if label == "matched" else head(other)
+                decisions.append((pos, ids[pos], head(other), match_tok))
         if decisions:
             out.append({"ids": ids, "start": start, "decisions": decisions, "label": label})
     return out
@@ -120,7 +121,7 @@ def batch(items, pad_id: int, decision_weight: float = 1.0):
         ids[i, :len(t)], mask[i, :len(t)] = t, 1
         labels[i, x["start"]:len(t)] = t[x["start"]:]
         weights[i, x["start"]:len(t)] = 1.0
-        for p, _, _ in x["decisions"]:
+        for p, *_ in x["decisions"]:
             weights[i, p] = decision_weight
     return ids, mask, labels, weights
 
@@ -175,25 +176,30 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.model.language_model.parameters(), lr=a.lr, weight_decay=0.01)
     pad = tok.pad_token_id
 
-    if any(right == wrong for x in train for _, right, wrong in x["decisions"]):
+    if any(right == wrong for x in train for _, right, wrong, _ in x["decisions"]):
         raise SystemExit("a decision's two answers share their first token")
 
     @torch.no_grad()
-    def verdict_acc(items) -> float:
-        """Share of rows whose every decision prefers the right token to the wrong one (teacher-forced)."""
+    def verdict_acc(items) -> tuple[float, float]:
+        """(share of rows whose every decision prefers the right token to the wrong one, share of rows whose
+        implied verdict is right: matched iff every decision prefers its no-difference token), teacher-forced.
+        The second compares styles with different numbers of checks on what the verdict reads."""
         model.eval()
-        hits = 0
+        hits = implied = 0
         for s in range(0, len(items), 64):
             chunk = items[s:s + 64]
             ids, mask, _, _ = batch(chunk, pad)
             logits = model(input_ids=ids, attention_mask=mask).logits
             for i, x in enumerate(chunk):
-                hits += all(logits[i, p - 1, right] > logits[i, p - 1, wrong] for p, right, wrong in x["decisions"])
+                prefer = [(right if logits[i, p - 1, right] > logits[i, p - 1, wrong] else wrong, right, same)
+                          for p, right, wrong, same in x["decisions"]]
+                hits += all(got == right for got, right, _ in prefer)
+                implied += all(got == same for got, _, same in prefer) == (x["label"] == "matched")
         model.train()
-        return 100.0 * hits / len(items)
+        return 100.0 * hits / len(items), 100.0 * implied / len(items)
 
     rows, t0 = [], time.time()
-    print(f"{'step':>6} {'loss':>7} {'train verdict':>14} {'held-out verdict':>17} {'s':>6}")
+    print(f"{'step':>6} {'loss':>7} {'train verdict':>14} {'held-out verdict':>17} {'implied verdict':>16} {'s':>6}")
     for step in range(1, a.steps + 1):
         chunk = rng.sample(train, a.batch)
         ids, mask, labels, weights = batch(chunk, pad, a.decision_weight)
@@ -206,12 +212,13 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         opt.step()
         if step % a.eval_every == 0 or step == a.steps:
-            rows.append({"step": step, "loss": round(float(loss.detach()), 4),
-                         "train_verdict": round(verdict_acc(train[:400]), 1), "heldout_verdict": round(verdict_acc(held), 1),
+            (tr, _), (ho, ho_implied) = verdict_acc(train[:400]), verdict_acc(held)
+            rows.append({"step": step, "loss": round(float(loss.detach()), 4), "train_verdict": round(tr, 1),
+                         "heldout_verdict": round(ho, 1), "heldout_implied_verdict": round(ho_implied, 1),
                          "seconds": round(time.time() - t0, 1)})
             r = rows[-1]
             print(f"{step:>6} {r['loss']:>7.3f} {r['train_verdict']:>13.1f}% {r['heldout_verdict']:>16.1f}% "
-                  f"{r['seconds']:>6.0f}", flush=True)
+                  f"{r['heldout_implied_verdict']:>15.1f}% {r['seconds']:>6.0f}", flush=True)
     if a.out:
         atomic_write_json(a.out, {"args": vars(a), "train_rows": len(train), "heldout_rows": len(held), "rows": rows})
     return 0

@@ -262,6 +262,19 @@ def test_restated_traces_put_the_query_between_what_is_seen_and_the_verdict():
         else:
             assert ": differs" in check or ": not seen." in check
             assert "It does not match the query" in check
+    # details: the checklist with the object's size, colour and shape checked one word against one word
+    for label, shown in (("matched", q.video_id), ("not_matched", other)):
+        think, _ = SynthTraces(path, "details").trace(q, shown, label)
+        checklist, _ = SynthTraces(path, "checklist").trace(q, shown, label)
+        check = think[think.index(" Check: ") + len(" Check: "):]
+        items = re.findall(r"(\w+) ([^;:]+) / ([^;:]+): (same|differs)", check)
+        assert [name for name, *_ in items] == ["size", "colour", "shape", "beside", "wall"], items
+        assert all((seen == asked) == (verdict == "same") for _, seen, asked, verdict in items)
+        seen_obj = " ".join(seen for _, seen, _, _ in items[:3])
+        asked_obj = " ".join(asked for _, _, asked, _ in items[:3])
+        assert f"object {seen_obj} / {asked_obj}: " in checklist  # the checklist's object item, split
+        assert think.split(" Check: ")[0] == checklist.split(" Check: ")[0]  # what is seen: unchanged
+        assert ("differs" not in check.split(" From ")[0] and ": not seen." not in check) == (label == "matched")
     # query_first: the query restated before anything is seen, then the decisions alone
     for label, shown, verdict in (("matched", q.video_id, "as the query asks"),
                                   ("not_matched", other, "It does not match the query")):

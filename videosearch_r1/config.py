@@ -305,7 +305,8 @@ class SFTConfig:
     matched_share: float = 0.5  # target share of matched rows when balancing
     max_queries: int = 0  # training queries used (0: all)
     trace_style: str = "restate"  # synthetic traces: "restate" (seen, the query restated alike, verdict) | "checklist"
-    # (seen, each detail seen / asked: same or differs, verdict) | "plain" (seen, verdict) | "query_first" (the query
+    # (seen, each detail seen / asked: same or differs, verdict) | "details" (the checklist with size, colour and shape
+    # checked apart) | "plain" (seen, verdict) | "query_first" (the query
     # restated, seen, each detail same or differs, verdict)
     teacher: str = ""  # real datasets: teacher VLM for reasoning traces ("none": template traces)
     teacher_batch_size: int = 8

@@ -167,7 +167,7 @@ def negatives_for(q, shown: str, hard: dict, corpus: list[str], n: int, rng, ind
 
 
 # ----------------------------------------------------------------------------- synthetic traces
-TRACE_STYLES = ("restate", "checklist", "plain", "query_first")
+TRACE_STYLES = ("restate", "checklist", "details", "plain", "query_first")
 
 
 class SynthTraces:
@@ -179,7 +179,9 @@ class SynthTraces:
     ("a small yellow diamond") followed by "as the query asks" for a query about an orange one (LOG.md);
     "checklist" lists each detail seen next to the one asked for, with same / differs, then whether the
     queried event is seen (the comparison made local; the gpu toy profile's choice, bench/probe_verdict.py);
-    the fifth GPU run's checklist policy then copied the seen detail into the asked one. "query_first" restates
+    the fifth GPU run's checklist policy then copied the seen detail into the asked one. "details" is the checklist
+    with the object split into size, colour and shape (one word against one word each): the seventh run's
+    checklist policy wrote "large red hexagon / large red cross: same" (bench/probe_verdict.py). "query_first" restates
     the query BEFORE anything is seen ("The query asks for ... I see ... Check: object same; beside same;
     wall differs; event seen."), so the asked details can only be read out of the query, and the check holds
     the decisions alone."""
@@ -223,7 +225,8 @@ class SynthTraces:
         """What goes between what is seen and the verdict (sft.trace_style): "plain" nothing; "restate" the
         query in the words and order of `describe` (object with its colour at the queried moment, companion,
         wall, the queried event and its context); "checklist" each detail seen next to the one asked for,
-        with same / differs, and whether the queried event is seen; "query_first" the same decisions without
+        with same / differs, and whether the queried event is seen ("details": size, colour and shape apart);
+        "query_first" the same decisions without
         the details (the query was restated before what is seen: `lead`). gt / shown: _spec tuples."""
         from videosearch_r1.synth.world import phrase, wall_phrase
 
@@ -232,10 +235,12 @@ class SynthTraces:
         (thing, wall, comp, segs), (s_thing, s_wall, s_comp, _) = gt, shown
         if self.style_name == "restate":
             return " " + self.restated(gt, want_colour, k, context)
-        pairs = [("object", f"{s_thing.size} {have_colour} {s_thing.shape}", f"{thing.size} {want_colour} {thing.shape}"),
-                 ("beside", f"{s_comp.colour} {s_comp.shape}" if s_comp else "nothing",
-                  f"{comp.colour} {comp.shape}" if comp else "nothing"),
-                 ("wall", wall_phrase(s_wall), wall_phrase(wall))]
+        pairs = [("size", s_thing.size, thing.size), ("colour", have_colour, want_colour),
+                 ("shape", s_thing.shape, thing.shape)] if self.style_name == "details" else \
+            [("object", f"{s_thing.size} {have_colour} {s_thing.shape}", f"{thing.size} {want_colour} {thing.shape}")]
+        pairs += [("beside", f"{s_comp.colour} {s_comp.shape}" if s_comp else "nothing",
+                   f"{comp.colour} {comp.shape}" if comp else "nothing"),
+                  ("wall", wall_phrase(s_wall), wall_phrase(wall))]
         event = "not seen" if event_problem else "seen"
         if self.style_name == "query_first":  # both sides were written before: the decisions only
             return " Check: " + "; ".join(f"{name} {'same' if a == b else 'differs'}" for name, a, b in pairs) \
