@@ -164,3 +164,21 @@ def test_queries_whose_video_is_not_in_the_index_are_counted(capsys):
     empty = SearchEngine(np.zeros((0, full.dim), np.float32), [], embedder=full.embedder)
     with pytest.raises(ValueError, match="holds no videos"):
         run_infer(W.world().cfg(f"run_name={_name('empty')}", "agent.method=engine"), engine=empty)
+
+
+def test_verdicts_by_difference_counts_the_policys_own_verdict_under_an_oracle():
+    from videosearch_r1.agent.infer import verdicts_by_difference
+    from videosearch_r1.engine.channel import load_world
+
+    world = load_world(W.world().cfg(), "synth")
+    fam = next(iter({(v["split"], v["family"]) for v in world["videos"].values()}))
+    a, b = sorted(k for k, v in world["videos"].items() if (v["split"], v["family"]) == fam)[:2]
+    other = next(k for k, v in world["videos"].items() if (v["split"], v["family"]) != fam)
+    turns = [{"video": b, "answer": "not_matched", "policy_answer": "matched"},
+             {"video": other, "answer": "not_matched", "policy_answer": None},
+             {"video": a, "answer": "matched", "policy_answer": "matched"}]  # the GT: not counted
+    rows = [{"gt_video": a, "turns": turns}]
+    plain, oracle = verdicts_by_difference(world, rows), verdicts_by_difference(world, rows, oracle=True)
+    assert plain["any"] == {"shown": 2, "rejected": 2} and oracle["any"] == {"shown": 2, "rejected": 0}
+    assert oracle["other_family"] == {"shown": 1, "rejected": 0} and len(plain) >= 3  # + the sibling's details
+    assert verdicts_by_difference(None, rows) is None

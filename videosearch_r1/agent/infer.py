@@ -194,7 +194,8 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     index_ids, index_skipped = _index_contents(cfg, engine)
     from videosearch_r1.engine.channel import load_world
 
-    by_diff = verdicts_by_difference(load_world(cfg, dataset), rows) if cfg.agent.method != "engine" else None
+    by_diff = verdicts_by_difference(load_world(cfg, dataset), rows, cfg.agent.oracle_verifier) \
+        if cfg.agent.method != "engine" else None
     gt_missing = None if index_ids is None else sum(q.video_id not in index_ids for q in queries)
     summary = {
         "dataset": dataset, "split": split_name, "method": cfg.agent.method, "checkpoint": cfg.agent.checkpoint,
@@ -231,10 +232,11 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     return summary
 
 
-def verdicts_by_difference(world: dict | None, rows: list) -> dict | None:
+def verdicts_by_difference(world: dict | None, rows: list, oracle: bool = False) -> dict | None:
     """Synthetic worlds: every turn that showed a wrong video, by how it differs from the row's GT ("other_family",
     or each detail a sibling differs in: a turn can count under several) -> {"shown", "rejected"}; "any" counts each
-    turn once. The policy's own verdict (policy_answer) where agent.oracle_verifier replaced it. None: no world."""
+    turn once. `oracle` (agent.oracle_verifier: `answer` is the truth): the policy's own verdict, policy_answer,
+    is counted instead. None: no world."""
     from videosearch_r1.engine.channel import differences
 
     if not world:
@@ -248,7 +250,7 @@ def verdicts_by_difference(world: dict | None, rows: list) -> dict | None:
             diff = differences(world, str(r.get("gt_video")), str(video))
             if diff is None:
                 continue
-            verdict = t.get("policy_answer") or t.get("answer")
+            verdict = t.get("policy_answer") if oracle else t.get("answer")
             for k in ["any", *diff]:
                 c = out.setdefault(k, {"shown": 0, "rejected": 0})
                 c["shown"] += 1
