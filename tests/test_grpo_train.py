@@ -1,5 +1,6 @@
 """`vsr1 train grpo` on the tiny synthetic world: steps log every reward and KL/entropy, parameters
 (policy and SQR) move, and a killed run resumes to exactly the uninterrupted run."""
+import dataclasses
 import json
 
 import pytest
@@ -107,8 +108,10 @@ def test_bad_grpo_settings_name_the_field():
         check_grpo_config(W.world().cfg("grpo.reward_weights.speed=1.0").grpo)
     with pytest.raises(ValueError, match="grpo.latent_objective"):
         check_grpo_config(W.world().cfg("grpo.latent_objective=ppo").grpo)
-    with pytest.raises(ValueError, match="grpo.corpus_size must be >= 0"):
-        check_grpo_config(W.world().cfg("grpo.corpus_size=-1").grpo)
+    with pytest.raises(ValueError, match="grpo.corpus_size: must be >= 0"):  # refused when the config loads
+        W.world().cfg("grpo.corpus_size=-1")
+    with pytest.raises(ValueError, match="grpo.corpus_size must be >= 0"):  # and by the trainer's own check
+        check_grpo_config(dataclasses.replace(W.world().cfg().grpo, corpus_size=-1))
 
 
 def test_corpus_size_confines_the_rollouts_to_the_gts_chunk(tmp_path):
