@@ -20,7 +20,10 @@ Measured 2026-12-01 on the 2-core CPU box: LOG.md (session 5: held-out partly th
 session 6: the clean rerun, bench/results/probe_verdict_{checklist,plain}_cpu_2026-12-01b.json and
 probe_verdict_query_first_cpu_2026-12-01.json; session 7: --decision-weight 20 changes nothing,
 probe_verdict_plain_w20_cpu_2026-12-01c.json; --layers 8 learns it, 86.0 % at 1,000 steps against 68.2 % for
-the 4-layer model, probe_verdict_plain_l8_cpu_2026-12-01c.json).
+the 4-layer model, probe_verdict_plain_l8_cpu_2026-12-01c.json; session 8: `--style details` against the checklist
+at 8 layers, implied verdict 91.9 vs 82.0 % at 750 steps, probe_verdict_{details,checklist}_l8_cpu_2026-12-01d.json).
+Columns: every decision right (held-out) and the implied verdict (matched iff every decision prefers its
+no-difference token), which compares styles with different numbers of checks.
 """
 from __future__ import annotations
 
@@ -76,8 +79,8 @@ def _position(tok, text: str, at: int, ids: list[int]) -> int | None:
 
 def encode(tok, traces, rows) -> list[dict]:
     """Token ids of "Query: q\\n" + trace, the loss start (trace tokens) and the decisions: [(position, right
-    token, wrong token, the no-difference token)]: the verdict's first token, or for the checklist every same / differs and seen / not
-    seen (the verdict then only reads them)."""
+    token, wrong token, the no-difference token)]: the verdict's first token, or for the checklist styles every
+    same / differs and seen / not seen (the verdict then only reads them)."""
     def head(word: str) -> int:  # the first non-space token of " word" (as it follows ": " in a trace)
         return next(i for i in tok.encode(" " + word, add_special_tokens=False) if tok.decode([i]).strip())
 
