@@ -278,8 +278,7 @@ class BaseConfig:
 
     world_families: int = 300  # train families of the pretraining world (seed synth.seed + 104729, same preset)
     init: str = "engine"  # "engine": backbone copied from the trained engine (engine.model) | "scratch"
-    extra_layers: int = field(default=0, metadata={"min": 0})  # init="engine": decoder layers added above the
-    # engine's, starting as the identity
+    extra_layers: int = field(default=0, metadata={"min": 0})  # init="engine": layers above the engine's (identity)
     size: str = "tiny"  # tiny-model size for init="scratch" ("small" on a GPU)
     tasks: dict[str, int] = field(  # rows per video of each task
         default_factory=lambda: dict(describe=1, caption=2, ground=2, attribute=3, confirm=2))
@@ -352,10 +351,9 @@ class GRPOConfig:
     latent_weight: float = 0.3  # weight of the latent objective in the loss
     latent_sigma: float = 0.05  # std of the Gaussian latent action (soft-token units), "gaussian" / "both"
     max_queries: int = 0  # training queries used (0: all of the split)
-    corpus_size: int = field(default=0, metadata={"min": 0})  # > 0: a query's rollouts search only the chunk of
-    # this many videos that holds its GT
-    # (the split index's ids sorted, cut in consecutive chunks: the synthetic world's families stay together),
-    # so the engine's top-1 is right about as often as on an evaluation corpus of that size; the learned
+    corpus_size: int = field(default=0, metadata={"min": 0})  # > 0: a query's rollouts search only its GT's chunk
+    # of this many videos (the split index's ids sorted, cut in consecutive chunks: the synthetic world's families
+    # stay together), so the engine's top-1 is right about as often as on an evaluation corpus of that size; the learned
     # accept / reject balance follows it (docs/results.md, sixth run). 0: the whole split index.
     seed: int = 0  # rollout sampling, latent noise and query order
 
