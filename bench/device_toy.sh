@@ -6,6 +6,7 @@
 #   device run (carry [".wheels"]):  bash bench/device_toy.sh start [SECONDS] [overrides...]
 #   device run (right after):        bash bench/device_toy.sh wait [SECONDS]
 #   same lease, any time after start: bash bench/device_toy.sh variant SECONDS NAME [overrides...]
+#   a later lease, from a packed engine + SFT (bench/toy_carry.sh): bash bench/device_toy.sh resume [SECONDS]
 # variant: another SFT recipe from the toy's base policy (e.g. sft.trace_style=query_first): it waits for the
 # toy's base (runs/toy-base/summary.json), then builds its own SFT rows (sft.rows=<ws>/data/NAME.jsonl), runs
 # `vsr1 train sft` (run NAME-train) and `vsr1 infer` on val (NAME-val), then on test (NAME-test), beside the toy on
@@ -19,7 +20,7 @@
 # (workspace/toy-gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-MODE=${1:?usage: device_toy.sh start|wait|variant [SECONDS] [NAME] [overrides...]}
+MODE=${1:?usage: device_toy.sh start|wait|resume|variant [SECONDS] [NAME] [overrides...]}
 LIMIT=${2:-540}
 shift $(( $# >= 2 ? 2 : 1 ))
 WS=$PWD/workspace/toy-gpu
@@ -96,7 +97,16 @@ if [[ $MODE == start ]]; then
   setsid nohup vsr1 toy --profile gpu workspace=$WS "$@" > "$LOG" 2>&1 < /dev/null &  # setsid: survives the call's end
   echo $! > "$WS/toy.pid"
 fi
-# wait (both modes): until the run ends or LIMIT seconds from this call's start
+if [[ $MODE == resume ]]; then  # a later lease: GRPO on from what bench/toy_carry.sh packed (its header)
+  [[ -n ${SKIP_SETUP:-} ]] || bash bench/device_setup.sh || exit 1  # SKIP_SETUP=1 PROFILE=cpu: a CPU rehearsal
+  WS=$WS bash bench/toy_carry.sh unpack || exit 1
+  C=(--config "videosearch_r1/configs/toy_${PROFILE:-gpu}.yaml" "workspace=$WS" "$@")
+  echo "== world from its seed, then the toy from GRPO on, in the background: $LOG"
+  setsid nohup bash -c "set -e; vsr1 synth ${C[*]@Q}; vsr1 toy --profile ${PROFILE:-gpu} --from-step grpo ${C[*]@Q}" \
+    >> "$LOG" 2>&1 < /dev/null &
+  echo $! > "$WS/toy.pid"
+fi
+# wait (every mode): until the runs end or LIMIT seconds from this call's start
 running() { local p; for p in "$WS"/*.pid; do kill -0 "$(cat "$p" 2>/dev/null)" 2>/dev/null && return 0; done; return 1; }
 while running && (( $(date +%s) - T0 < LIMIT )); do sleep 5; done
 collect

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Carry a GPU toy run's trained parts from one lease of the lent machine to the next. A lease is 30 minutes and
+# the chain before GRPO (world, engine, indexes, base, SFT, their evaluations) takes ~1,650 s of it, so GRPO gets a
+# lease of its own: this one packs what GRPO starts from, the next one unpacks it and runs the toy from GRPO on.
+#
+#   device run (same lease, once the toy's SFT is done): bash bench/toy_carry.sh pack engine sft evals
+#       -> $OUT/toy_<group>.tgz.partNN (parts of 16,000,000 bytes; a call returns at most 8 files)
+#   here:  bash bench/toy_carry.sh keep <files_at>      (-> .toyckpt/<group>/, git-ignored)
+#   next lease, one call per group (a call carries at most 64 MiB; the machine keeps /tmp between calls):
+#       device run (carry [".toyckpt/engine"]):      bash bench/toy_carry.sh stash
+#       device run (carry [".toyckpt/sft", ".toyckpt/evals"]): bash bench/toy_carry.sh stash
+#       device run (carry [".wheels"]): rm -rf /tmp/w && cp -a . /tmp/w && cd /tmp/w && bash bench/device_toy.sh resume 300
+#   (device_toy.sh resume: unpack the stash into the toy's workspace, regenerate the world from its seed with
+#   `vsr1 synth`, then `vsr1 toy --profile gpu --from-step grpo` in the background; `wait` as after `start`.)
+# groups: engine = models/synth-engine + indexes/ (the index vectors GRPO searches); sft = runs/toy-sft-train
+# (final/ without its optimizer state, summary.json, config.yaml); evals = the toy's evaluation runs before GRPO
+# (summary, predictions, config: the final report's other rows).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WS=${WS:-$PWD/workspace/toy-gpu}
+STASH=${STASH:-/tmp/toyckpt}
+PART=${PART:-16000000}  # bytes a part (a returned file may be 16 MiB)
+MODE=${1:?usage: toy_carry.sh pack GROUP... | keep DIR | stash | unpack}
+shift
+
+paths() {  # the workspace paths of a group (relative to $WS)
+  case $1 in
+    engine) echo models/synth-engine indexes ;;
+    sft) echo runs/toy-sft-train/final runs/toy-sft-train/summary.json runs/toy-sft-train/config.yaml ;;
+    evals) (cd "$WS" && ls -d runs/toy-engine runs/toy-zs runs/toy-sft runs/toy-sft-val runs/toy-sft-nosqr \
+              runs/toy-sft-oracle runs/toy-sft-nosqr-oracle 2>/dev/null || true) ;;  # those that exist
+    *) echo "toy_carry: unknown group '$1' (engine, sft, evals)" >&2; return 1 ;;
+  esac
+}
+
+case $MODE in
+  pack)
+    out=${OUT:-/tmp/out}; mkdir -p "$out"
+    for g in "$@"; do
+      p=$(paths "$g") || exit 2
+      [[ -n $p ]] || { echo "toy_carry: $g: nothing under $WS yet" >&2; exit 1; }
+      for x in $p; do [[ -e $WS/$x ]] || { echo "toy_carry: $g: $WS/$x does not exist (not trained yet?)" >&2; exit 1; }; done
+      [[ $g == sft && ! -f $WS/runs/toy-sft-train/summary.json ]] && { echo "toy_carry: SFT not finished" >&2; exit 1; }
+      # shellcheck disable=SC2086
+      tar czf - -C "$WS" --exclude=trainer_state.pt --exclude='checkpoint-*' $p | split -b $PART -d - "$out/toy_$g.tgz.part"
+      echo "packed $g: $(cat "$out"/toy_"$g".tgz.part* | wc -c) bytes in $(ls "$out"/toy_"$g".tgz.part* | wc -l) part(s)"
+    done
+    n=$(ls "$out" | wc -l)
+    (( n > 8 )) && echo "WARNING: $n files under \$OUT, a call returns 8: pack fewer groups per call"
+    exit 0 ;;
+  keep)  # here: the returned parts -> .toyckpt/<group>/
+    src=${1:?keep needs the folder the parts came back to}
+    for f in "$src"/toy_*.tgz.part*; do
+      g=$(basename "$f"); g=${g#toy_}; g=${g%%.tgz.part*}
+      mkdir -p ".toyckpt/$g" && cp "$f" ".toyckpt/$g/"
+    done
+    du -sh .toyckpt/* ;;
+  stash)  # on the machine: the carried parts -> $STASH (outside the copied working tree)
+    mkdir -p "$STASH"
+    found=0
+    for f in .toyckpt/*/toy_*.tgz.part*; do [[ -f $f ]] && cp "$f" "$STASH/" && found=1; done
+    (( found )) || { echo "toy_carry: nothing carried under .toyckpt/" >&2; exit 1; }
+    ls -la "$STASH" ;;
+  unpack)  # on the machine: $STASH -> the workspace (engine and sft are required)
+    mkdir -p "$WS"
+    for g in engine sft evals; do
+      if ! ls "$STASH"/toy_"$g".tgz.part* > /dev/null 2>&1; then
+        [[ $g == evals ]] && { echo "toy_carry: no evals stashed (the report will lack those rows)"; continue; }
+        echo "toy_carry: no $g parts in $STASH" >&2; exit 1
+      fi
+      cat "$STASH"/toy_"$g".tgz.part* | tar xzf - -C "$WS" || { echo "toy_carry: $g parts do not unpack" >&2; exit 1; }
+      echo "unpacked $g"
+    done ;;
+  *) echo "toy_carry: unknown mode $MODE" >&2; exit 2 ;;
+esac

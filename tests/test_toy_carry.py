@@ -1,0 +1,85 @@
+"""bench/toy_carry.sh: a GPU toy's engine, indexes, SFT checkpoint and evaluations packed into the parts a lease
+returns, kept here, stashed on the next machine and unpacked into a fresh workspace byte for byte (optimizer
+state and intermediate checkpoints left behind). The GRPO-from-the-unpacked-workspace run itself is the toy's
+`--from-step grpo` (tests/test_toy.py); LOG.md records the whole chain rehearsed with the cpu profile."""
+import filecmp
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _carry(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run the script from a copy of bench/ under `cwd` (it works relative to its repository root)."""
+    return subprocess.run(["bash", str(cwd / "bench" / "toy_carry.sh"), *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **env}, timeout=120)
+
+
+def _workspace(ws: Path) -> None:
+    rng = os.urandom
+    files = {
+        "models/synth-engine/model.safetensors": rng(70_000), "models/synth-engine/config.json": b"{}",
+        "indexes/synth-train-x/vectors.npy": rng(5_000),
+        "runs/toy-sft-train/final/model.safetensors": rng(90_000), "runs/toy-sft-train/final/sqr.safetensors": rng(9),
+        "runs/toy-sft-train/final/trainer_state.pt": rng(50_000),  # the optimizer: not carried
+        "runs/toy-sft-train/checkpoint-100/model.safetensors": rng(10),  # intermediate: not carried
+        "runs/toy-sft-train/summary.json": b'{"complete": true}', "runs/toy-sft-train/config.yaml": b"seed: 0\n",
+        "runs/toy-sft-train/metrics.jsonl": b"{}\n",  # not needed by GRPO
+        "runs/toy-sft/summary.json": b"{}", "runs/toy-sft/predictions.jsonl": b"{}\n",
+        "runs/toy-engine/summary.json": b"{}",
+    }
+    for rel, data in files.items():
+        (ws / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ws / rel).write_bytes(data)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    r = tmp_path / "repo"
+    (r / "bench").mkdir(parents=True)
+    shutil.copy(REPO / "bench" / "toy_carry.sh", r / "bench")
+    return r
+
+
+def test_pack_keep_stash_unpack_round_trip(repo: Path, tmp_path: Path):
+    ws, out, stash, fresh = (tmp_path / d for d in ("ws", "out", "stash", "fresh"))
+    _workspace(ws)
+    r = _carry(repo, "pack", "engine", "sft", "evals", WS=str(ws), OUT=str(out), PART="40000")
+    assert r.returncode == 0, r.stderr
+    parts = sorted(p.name for p in out.iterdir())
+    assert len([p for p in parts if p.startswith("toy_sft.tgz.part")]) >= 2  # split into parts of PART bytes
+    assert all(p.stat().st_size <= 40000 for p in out.iterdir())
+    assert _carry(repo, "keep", str(out)).returncode == 0  # here: the returned files -> .toyckpt/<group>/
+    assert sorted(p.name for p in (repo / ".toyckpt").iterdir()) == ["engine", "evals", "sft"]
+    r = _carry(repo, "stash", STASH=str(stash))  # the next machine: the carried parts -> the stash
+    assert r.returncode == 0, r.stderr
+    r = _carry(repo, "unpack", WS=str(fresh), STASH=str(stash))
+    assert r.returncode == 0, r.stderr
+    for rel in ("models/synth-engine/model.safetensors", "indexes/synth-train-x/vectors.npy",
+                "runs/toy-sft-train/final/model.safetensors", "runs/toy-sft-train/final/sqr.safetensors",
+                "runs/toy-sft-train/summary.json", "runs/toy-sft/predictions.jsonl", "runs/toy-engine/summary.json"):
+        assert filecmp.cmp(ws / rel, fresh / rel, shallow=False), rel
+    for rel in ("runs/toy-sft-train/final/trainer_state.pt", "runs/toy-sft-train/checkpoint-100",
+                "runs/toy-sft-train/metrics.jsonl"):
+        assert not (fresh / rel).exists(), rel
+
+
+def test_refusals_name_what_is_missing(repo: Path, tmp_path: Path):
+    ws, out = tmp_path / "ws", tmp_path / "out"
+    _workspace(ws)
+    (ws / "runs/toy-sft-train/summary.json").unlink()  # SFT still running
+    r = _carry(repo, "pack", "sft", WS=str(ws), OUT=str(out))
+    assert r.returncode != 0 and "summary.json" in r.stderr
+    r = _carry(repo, "pack", "grpo", WS=str(ws), OUT=str(out))
+    assert r.returncode != 0 and "unknown group 'grpo'" in r.stderr
+    shutil.rmtree(ws / "models")
+    r = _carry(repo, "pack", "engine", WS=str(ws), OUT=str(out))
+    assert r.returncode != 0 and "models/synth-engine does not exist" in r.stderr
+    r = _carry(repo, "unpack", WS=str(tmp_path / "fresh"), STASH=str(tmp_path / "empty"))
+    assert r.returncode != 0 and "no engine parts" in r.stderr
+    r = _carry(repo, "stash", STASH=str(tmp_path / "s"))
+    assert r.returncode != 0 and "nothing carried" in r.stderr
