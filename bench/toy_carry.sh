@@ -12,7 +12,9 @@
 #       device run (carry [".wheels"]): rm -rf /tmp/w && cp -a . /tmp/w && cd /tmp/w && bash bench/device_toy.sh resume 300
 #   (device_toy.sh resume: unpack the stash into the toy's workspace, regenerate the world from its seed with
 #   `vsr1 synth`, then `vsr1 toy --profile gpu --from-step grpo` in the background; `wait` as after `start`.)
-# groups: engine = models/synth-engine + indexes/ (the index vectors GRPO searches); sft = runs/toy-sft-train
+#   (from a base instead, e.g. an SFT recipe of its own: `vsr1 synth` + `vsr1 toy --from-step sft-data`.)
+# groups: engine = models/synth-engine + indexes/ (the index vectors GRPO searches); base = runs/toy-base (the
+# exported policy, summary.json, config.yaml); sft = runs/toy-sft-train
 # (final/ without its optimizer state, summary.json, config.yaml); evals = the toy's evaluation runs before GRPO
 # (summary, predictions, config: the final report's other rows).
 set -uo pipefail
@@ -26,10 +28,12 @@ shift
 paths() {  # the workspace paths of a group (relative to $WS)
   case $1 in
     engine) echo models/synth-engine indexes ;;
+    base) echo runs/toy-base/policy runs/toy-base/summary.json runs/toy-base/config.yaml ;;
     sft) echo runs/toy-sft-train/final runs/toy-sft-train/summary.json runs/toy-sft-train/config.yaml ;;
-    evals) (cd "$WS" && ls -d runs/toy-engine runs/toy-zs runs/toy-sft runs/toy-sft-val runs/toy-sft-nosqr \
-              runs/toy-sft-oracle runs/toy-sft-nosqr-oracle 2>/dev/null || true) ;;  # those that exist
-    *) echo "toy_carry: unknown group '$1' (engine, sft, evals)" >&2; return 1 ;;
+    evals) for r in toy-engine toy-zs toy-sft toy-sft-val toy-sft-nosqr toy-sft-oracle toy-sft-nosqr-oracle; do
+             [[ -f $WS/runs/$r/summary.json ]] && echo "runs/$r"  # the finished ones
+           done; true ;;
+    *) echo "toy_carry: unknown group '$1' (engine, base, sft, evals)" >&2; return 1 ;;
   esac
 }
 
@@ -39,8 +43,9 @@ case $MODE in
     for g in "$@"; do
       p=$(paths "$g") || exit 2
       [[ -n $p ]] || { echo "toy_carry: $g: nothing under $WS yet" >&2; exit 1; }
-      for x in $p; do [[ -e $WS/$x ]] || { echo "toy_carry: $g: $WS/$x does not exist (not trained yet?)" >&2; exit 1; }; done
-      [[ $g == sft && ! -f $WS/runs/toy-sft-train/summary.json ]] && { echo "toy_carry: SFT not finished" >&2; exit 1; }
+      for x in $p; do  # a run's summary.json is written last: its absence means the run has not finished
+        [[ -e $WS/$x ]] || { echo "toy_carry: $g: $WS/$x does not exist (not finished yet?)" >&2; exit 1; }
+      done
       # shellcheck disable=SC2086
       tar czf - -C "$WS" --exclude=trainer_state.pt --exclude='checkpoint-*' $p | split -b $PART -d - "$out/toy_$g.tgz.part"
       echo "packed $g: $(cat "$out"/toy_"$g".tgz.part* | wc -c) bytes in $(ls "$out"/toy_"$g".tgz.part* | wc -l) part(s)"
@@ -61,11 +66,11 @@ case $MODE in
     for f in .toyckpt/*/toy_*.tgz.part*; do [[ -f $f ]] && cp "$f" "$STASH/" && found=1; done
     (( found )) || { echo "toy_carry: nothing carried under .toyckpt/" >&2; exit 1; }
     ls -la "$STASH" ;;
-  unpack)  # on the machine: $STASH -> the workspace (engine and sft are required)
+  unpack)  # on the machine: $STASH -> the workspace (the engine is required; base, sft, evals when stashed)
     mkdir -p "$WS"
-    for g in engine sft evals; do
+    for g in engine base sft evals; do
       if ! ls "$STASH"/toy_"$g".tgz.part* > /dev/null 2>&1; then
-        [[ $g == evals ]] && { echo "toy_carry: no evals stashed (the report will lack those rows)"; continue; }
+        [[ $g != engine ]] && { echo "toy_carry: no $g stashed"; continue; }
         echo "toy_carry: no $g parts in $STASH" >&2; exit 1
       fi
       cat "$STASH"/toy_"$g".tgz.part* | tar xzf - -C "$WS" || { echo "toy_carry: $g parts do not unpack" >&2; exit 1; }

@@ -31,6 +31,9 @@ def _workspace(ws: Path) -> None:
         "runs/toy-sft-train/metrics.jsonl": b"{}\n",  # not needed by GRPO
         "runs/toy-sft/summary.json": b"{}", "runs/toy-sft/predictions.jsonl": b"{}\n",
         "runs/toy-engine/summary.json": b"{}",
+        "runs/toy-sft-oracle/predictions.jsonl": b"{}\n",  # still running (no summary.json): not carried
+        "runs/toy-base/policy/model.safetensors": os.urandom(30_000), "runs/toy-base/summary.json": b"{}",
+        "runs/toy-base/config.yaml": b"seed: 0\n", "runs/toy-base/final/trainer_state.pt": os.urandom(9),
     }
     for rel, data in files.items():
         (ws / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -48,23 +51,24 @@ def repo(tmp_path: Path) -> Path:
 def test_pack_keep_stash_unpack_round_trip(repo: Path, tmp_path: Path):
     ws, out, stash, fresh = (tmp_path / d for d in ("ws", "out", "stash", "fresh"))
     _workspace(ws)
-    r = _carry(repo, "pack", "engine", "sft", "evals", WS=str(ws), OUT=str(out), PART="40000")
+    r = _carry(repo, "pack", "engine", "base", "sft", "evals", WS=str(ws), OUT=str(out), PART="40000")
     assert r.returncode == 0, r.stderr
     parts = sorted(p.name for p in out.iterdir())
     assert len([p for p in parts if p.startswith("toy_sft.tgz.part")]) >= 2  # split into parts of PART bytes
     assert all(p.stat().st_size <= 40000 for p in out.iterdir())
     assert _carry(repo, "keep", str(out)).returncode == 0  # here: the returned files -> .toyckpt/<group>/
-    assert sorted(p.name for p in (repo / ".toyckpt").iterdir()) == ["engine", "evals", "sft"]
+    assert sorted(p.name for p in (repo / ".toyckpt").iterdir()) == ["base", "engine", "evals", "sft"]
     r = _carry(repo, "stash", STASH=str(stash))  # the next machine: the carried parts -> the stash
     assert r.returncode == 0, r.stderr
     r = _carry(repo, "unpack", WS=str(fresh), STASH=str(stash))
     assert r.returncode == 0, r.stderr
     for rel in ("models/synth-engine/model.safetensors", "indexes/synth-train-x/vectors.npy",
                 "runs/toy-sft-train/final/model.safetensors", "runs/toy-sft-train/final/sqr.safetensors",
-                "runs/toy-sft-train/summary.json", "runs/toy-sft/predictions.jsonl", "runs/toy-engine/summary.json"):
+                "runs/toy-sft-train/summary.json", "runs/toy-sft/predictions.jsonl", "runs/toy-engine/summary.json",
+                "runs/toy-base/policy/model.safetensors", "runs/toy-base/summary.json"):
         assert filecmp.cmp(ws / rel, fresh / rel, shallow=False), rel
     for rel in ("runs/toy-sft-train/final/trainer_state.pt", "runs/toy-sft-train/checkpoint-100",
-                "runs/toy-sft-train/metrics.jsonl"):
+                "runs/toy-sft-train/metrics.jsonl", "runs/toy-base/final", "runs/toy-sft-oracle"):
         assert not (fresh / rel).exists(), rel
 
 
@@ -73,12 +77,15 @@ def test_refusals_name_what_is_missing(repo: Path, tmp_path: Path):
     _workspace(ws)
     (ws / "runs/toy-sft-train/summary.json").unlink()  # SFT still running
     r = _carry(repo, "pack", "sft", WS=str(ws), OUT=str(out))
-    assert r.returncode != 0 and "summary.json" in r.stderr
+    assert r.returncode != 0 and "toy-sft-train/summary.json does not exist" in r.stderr
     r = _carry(repo, "pack", "grpo", WS=str(ws), OUT=str(out))
     assert r.returncode != 0 and "unknown group 'grpo'" in r.stderr
     shutil.rmtree(ws / "models")
     r = _carry(repo, "pack", "engine", WS=str(ws), OUT=str(out))
     assert r.returncode != 0 and "models/synth-engine does not exist" in r.stderr
+    (ws / "runs/toy-base/summary.json").unlink()
+    r = _carry(repo, "pack", "base", WS=str(ws), OUT=str(out))
+    assert r.returncode != 0 and "toy-base/summary.json does not exist" in r.stderr
     r = _carry(repo, "unpack", WS=str(tmp_path / "fresh"), STASH=str(tmp_path / "empty"))
     assert r.returncode != 0 and "no engine parts" in r.stderr
     r = _carry(repo, "stash", STASH=str(tmp_path / "s"))
