@@ -79,3 +79,39 @@ def test_from_step_skips_earlier_steps_and_a_failure_names_the_step(tmp_path, mo
     assert [a[-1] for a in seen if a[0] == "infer"] == ["run_name=toy-grpo", "run_name=toy-grpo-val",
                                                         "run_name=toy-grpo-oracle"]  # the others came before
     assert str(Path(toy.profile_config("cpu"))) in seen[0]
+
+
+def test_overlap_runs_paired_steps_beside_and_joins_before_what_needs_them(tmp_path, monkeypatch):
+    """toy.overlap: index + channel run in a child process beside the base, and are done before the SFT rows."""
+    log = tmp_path / "toy-beside-base.log"
+    fg = []
+
+    def foreground(argv):  # the in-process steps; the SFT rows read the indexes, so the lane must be done by then
+        fg.append((argv[-1], log.read_text().count(" s)\n") if log.exists() else 0))
+        return 0
+
+    monkeypatch.setattr(cli, "main", foreground)
+    ok = ["--help"]  # a real child `vsr1` process that succeeds at once
+    todo = [("engine", "E", ok + ["e"]), ("index", "I1", ok), ("index", "I2", ok), ("channel", "C", ok),
+            ("base", "B", ok + ["b"]), ("sft-data", "S", ok + ["s"])]
+    times = toy.run_plan(todo, overlap=True, log_dir=tmp_path)
+    assert set(times) == {"E", "I1", "I2", "C", "B", "S"}
+    assert [a for a, _ in fg] == ["e", "b", "s"]  # the lane's steps never ran in this process
+    assert fg[-1][1] == 3  # all three lane steps had finished when the SFT rows started
+    assert [x for x in log.read_text().splitlines() if x.startswith("==>")] == [
+        "==> I1: vsr1 --help", "==> I2: vsr1 --help", "==> C: vsr1 --help"]
+    fg.clear()
+    assert set(toy.run_plan(todo, overlap=False, log_dir=tmp_path / "seq")) == set(times)
+    assert [a for a, _ in fg] == ["e", "--help", "--help", "--help", "b", "s"]  # without overlap: in order, here
+    assert not (tmp_path / "seq").exists()
+
+
+def test_overlap_a_failed_lane_step_stops_the_toy_with_its_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "main", lambda argv: 0)
+    bad = ["report", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r")]
+    todo = [("infer", "evaluate toy-sft", bad), ("infer", "evaluate toy-zs", ["--help"]), ("grpo", "G", ["g"]),
+            ("report", "R", ["r"])]
+    with pytest.raises(SystemExit, match=r"step 'evaluate toy-sft' failed \(log .*toy-beside-grpo.log"):
+        toy.run_plan(todo, overlap=True, log_dir=tmp_path)
+    text = (tmp_path / "toy-beside-grpo.log").read_text()
+    assert "no such prediction file" in text and "evaluate toy-zs" not in text  # the lane stopped at the failure

@@ -404,6 +404,7 @@ class ToyConfig:
     videos_per_split: int = 10  # `vsr1 toy --dataset D`: videos per split of the real dataset (that exist and decode)
     seed: int = 0  # `--dataset D`: the fixed order videos are tried in (data/toyset.py)
     video: Optional[VideoConfig] = None  # `--dataset D`: frame sampling of the toy copy (None: the dataset's own)
+    overlap: bool = False  # indexes + channel beside the base, evaluations before GRPO beside GRPO (child processes)
 
 
 # --------------------------------------------------------------------------------------- root

@@ -24,6 +24,10 @@ so rerunning the command after a kill continues where it stopped):
    (the runs that do not need GRPO are evaluated first: a run stopped during GRPO still has them)
 10. report    vsr1 report RUN ... --out <workspace>/runs/toy-report   one table, result.json, plots
 
+toy.overlap (the gpu profile sets it): steps that share no outputs run side by side, each lane in child `vsr1`
+processes logged to <workspace>/toy-beside-<step>.log: the indexes and the channel check beside the base, the
+evaluations before GRPO beside GRPO; a lane is joined (its failure stops the toy, named) before the next step.
+
 Run names are fixed (`toy-*`), so the runs land in <workspace>/runs/toy-*/ (training runs toy-base,
 toy-sft-train, toy-grpo-train; evaluations EVAL_RUNS). The profiles are plain config files
 (videosearch_r1/configs/toy_{cpu,gpu}.yaml); `--config FILE` replaces the profile.
@@ -49,7 +53,9 @@ unless sft.teacher is set. Frames are sampled as toy.video (the cpu profile: sma
 """
 from __future__ import annotations
 
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -189,6 +195,81 @@ def _engine_decision(cfg, name: str, forced: bool) -> tuple[bool, str]:
     return (True, "forced by --from-step engine") if forced else engine_needs_training(cfg)
 
 
+# toy.overlap: these steps run in a process of their own beside the step they are paired with (they share no
+# outputs): the indexes and the channel check beside the base, the evaluations before GRPO beside GRPO
+BESIDE = {"index": "base", "channel": "base", "infer": "grpo"}
+
+
+class Lane:
+    """Steps run one after another in child `vsr1` processes (output to `log`), on a thread of their own."""
+
+    def __init__(self, steps: list[tuple[str, str, list[str]]], log: Path, who: str):
+        self.steps, self.log, self.who = steps, log, who
+        self.times: dict[str, float] = {}
+        self.failed: str | None = None
+        self.proc = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with open(self.log, "a") as out:
+            for _, title, argv in self.steps:
+                out.write(f"\n==> {title}: vsr1 {' '.join(argv)}\n")
+                out.flush()
+                t = time.time()
+                self.proc = subprocess.Popen([sys.executable, "-m", "videosearch_r1.cli", *argv], stdout=out,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                if self.proc.wait() != 0:
+                    self.failed = title
+                    return
+                self.times[title] = time.time() - t
+                out.write(f"    ({self.times[title]:.1f} s)\n")
+
+    def start(self) -> "Lane":
+        for _, title, argv in self.steps:
+            print(f"\n==> {title} (beside the next steps, log {self.log}): vsr1 {' '.join(argv)}", flush=True)
+        self.thread.start()
+        return self
+
+    def join(self) -> dict[str, float]:
+        self.thread.join()
+        if self.failed:
+            raise SystemExit(f"vsr1 {self.who}: step '{self.failed}' failed (log {self.log}; rerun to resume)")
+        for title, dt in self.times.items():
+            print(f"    ({dt:.1f} s, beside: {title})", flush=True)
+        return self.times
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+
+def run_plan(todo: list[tuple[str, str, list[str]]], overlap: bool, log_dir: Path, who: str = "toy") -> dict:
+    """Run the plan's steps in order ({title: seconds}); with `overlap`, each run of consecutive BESIDE steps goes
+    to a Lane started where it stands, and is joined before the first later step it is not paired with."""
+    times, lane, partner, i = {}, None, None, 0
+    try:
+        while i < len(todo):
+            step = todo[i][0]
+            if lane is not None and step != partner:
+                times.update(lane.join())
+                lane = None
+            if overlap and lane is None and step in BESIDE:
+                j, partner = i, BESIDE[step]
+                while j < len(todo) and BESIDE.get(todo[j][0]) == partner:
+                    j += 1
+                log_dir.mkdir(parents=True, exist_ok=True)
+                lane, i = Lane(todo[i:j], log_dir / f"{who}-beside-{partner}.log", who).start(), j
+                continue
+            times[todo[i][1]] = cli.run_step(todo[i][1], todo[i][2], who)
+            i += 1
+        if lane is not None:
+            times.update(lane.join())
+    finally:
+        if lane is not None:
+            lane.stop()
+    return times
+
+
 def run_dataset(args, profile: str) -> int:
     """`vsr1 toy --dataset D`: the data step (data/toyset.py), then dataset_plan's steps."""
     from videosearch_r1.config import ConfigError
@@ -217,9 +298,8 @@ def run_dataset(args, profile: str) -> int:
         print(f"\nengine: {why}", flush=True)
     common = ["--config", str(config), *args.overrides]
     todo = dataset_plan(name, cfg.runs_dir(), common, cfg.toy.grpo_steps, cfg.toy.grpo_warmup, train_engine)
-    for step, title, step_argv in todo:
-        if REAL_STEPS.index(step) >= first:
-            times[title] = cli.run_step(title, step_argv, "toy")
+    times.update(run_plan([t for t in todo if REAL_STEPS.index(t[0]) >= first], cfg.toy.overlap,
+                          Path(cfg.workspace).expanduser()))
     print(f"\nvsr1 toy --dataset {args.dataset} ({profile}) done in {time.time() - t0:.0f} s: workspace "
           f"{cfg.workspace}, report {cfg.runs_dir() / f'{name}-report'}", flush=True)
     if chosen is not None:
@@ -264,11 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = cfg.runs_dir()
     todo = plan(runs, common, cfg.toy.grpo_steps, cfg.toy.grpo_warmup)
     first = STEPS.index(args.from_step or STEPS[0])
-    t0, times = time.time(), {}
-    for step, title, step_argv in todo:
-        if STEPS.index(step) < first:
-            continue
-        times[title] = cli.run_step(title, step_argv, "toy")
+    t0 = time.time()
+    times = run_plan([t for t in todo if STEPS.index(t[0]) >= first], cfg.toy.overlap, Path(cfg.workspace).expanduser())
     print(f"\nvsr1 toy ({profile}) done in {time.time() - t0:.0f} s: workspace {cfg.workspace}", flush=True)
     for title, dt in times.items():
         print(f"  {dt:7.1f} s  {title}", flush=True)
