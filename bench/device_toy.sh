@@ -113,7 +113,7 @@ collect
 for f in "$WS"/*.log; do
   [[ $f == *smoke* ]] && continue
   echo "##### $(basename "$f")"
-  grep -E "^==>|^ +\(|done in|failed|Error|error|^sft rows|^  (VER|turn 1|all turns|R1@|wrong videos)" "$f" | tail -30
+  grep -E "^==>|^ +\(|done in|failed|Error|error|^sft rows|^  (VER|turn 1|all turns|R1@|wrong videos|written checks)" "$f" | tail -30
   tail -c 1500 "$f" | tr '\r' '\n' | tail -3
 done
 for p in "$WS"/*.pid; do kill -0 "$(cat "$p" 2>/dev/null)" 2>/dev/null && echo "STILL RUNNING: $(basename "$p" .pid)"; done

@@ -17,14 +17,18 @@ def _name(tag):
     return f"{tag}-{uuid.uuid4().hex[:8]}"
 
 
+CHECKED = ("<think>I see a red circle. Check: colour red / blue: same; shape circle / circle: same; event spins: not "
+           "seen. It does not match the query: it never spins.</think> <answer>not_matched</answer> <REFINE>")
+
+
 def _script(q, v, k):
     """Depends on the query text and the turn only (never on the ground truth): a mix of stop reasons."""
     kind = len(q) % 3
     if kind == 0:
         return W.GARBAGE  # malformed at turn 1
-    if kind == 1 and k == 1:
-        return W.MATCH.format(s="1.0", e="4.0")  # matched at turn 2
-    return W.NOT_MATCH  # max_turns
+    if kind == 1:
+        return W.MATCH.format(s="1.0", e="4.0") if k == 1 else W.NOT_MATCH  # matched at turn 2
+    return CHECKED  # max_turns, with a checklist trace whose colour check contradicts its two sides
 
 
 def _run(run_name, max_batches=None, **over):
@@ -58,6 +62,13 @@ def test_infer_writes_rows_and_summary():
                                         "rejected": sum(t["answer"] == "not_matched" for t in wrong)}
     details = {"other_family", "colour", "size", "shape", "wall_colour", "texture", "companion", "target", "secondary"}
     assert set(by_diff) - {"any"} <= details and all(v["shown"] <= len(wrong) for v in by_diff.values())
+    checked = [(r, t) for r in rows for t in r["turns"] if t["output"] == CHECKED]
+    tc, n = summary["trace_checks"], len(checked)  # what the checks wrote, read back
+    others = sum(t["output"] not in (None, CHECKED) for r in rows for t in r["turns"])  # generated, no checks
+    assert n and others and tc["turns"] == n and tc["unparsed"] == others
+    assert tc["items"] == {"colour": {"agree": 0, "contradict": n}, "shape": {"agree": n, "contradict": 0}}
+    on_gt = sum(t["video"] == r["gt_video"] for r, t in checked)
+    assert tc["event"] == {"gt": {"seen": 0, "not_seen": on_gt}, "wrong": {"seen": 0, "not_seen": n - on_gt}}
 
 
 def test_resume_after_kill_equals_uninterrupted_run():

@@ -193,9 +193,11 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     result = evaluate_rows(rows, gt_queries=queries, iou_thresholds=cfg.eval.iou_thresholds, ks=cfg.eval.recall_ks)
     index_ids, index_skipped = _index_contents(cfg, engine)
     from videosearch_r1.engine.channel import load_world
+    from videosearch_r1.eval.traces import format_trace_checks, trace_checks
 
     by_diff = verdicts_by_difference(load_world(cfg, dataset), rows, cfg.agent.oracle_verifier) \
         if cfg.agent.method != "engine" else None
+    checks = trace_checks(rows)
     gt_missing = None if index_ids is None else sum(q.video_id not in index_ids for q in queries)
     summary = {
         "dataset": dataset, "split": split_name, "method": cfg.agent.method, "checkpoint": cfg.agent.checkpoint,
@@ -213,6 +215,7 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
                          "skipped_bad": split.summary.skipped_bad, "zero_length": split.summary.zero_length},
         "metrics": result,
         "wrong_shown_by_difference": by_diff,  # synthetic worlds: which wrong videos the verifier rejects
+        "trace_checks": checks,  # checklist traces: checks contradicting their own two sides, the event check
         "timings_s": {k: round(v, 4) for k, v in sorted(loop.timings.items())} if loop else {},
         "counts": dict(sorted(loop.counts.items())) if loop else {},
         "vision_cache": policy.vision_cache.stats() if getattr(policy, "vision_cache", None) is not None else None,
@@ -223,6 +226,8 @@ def run_infer(cfg: Config, limit: int | None = None, engine=None, policy=None,
     if by_diff:
         print("  wrong videos shown, rejected / shown by how they differ from the GT: "
               + ", ".join(f"{k} {v['rejected']}/{v['shown']}" for k, v in by_diff.items()), flush=True)
+    if checks:
+        print(format_trace_checks(checks), flush=True)
     if gt_missing is None:
         print("ground truth not in the index: unknown (no index contents to check)", flush=True)
     else:
