@@ -291,6 +291,8 @@ class AgentLoop:
                           max_new_tokens=self.acfg.max_new_tokens, temperature=self.acfg.temperature,
                           method=grammar, keep_state=keep, reserve=self.acfg.n_latents, **self.sampling)
         self.counts["generate_calls"] += 1
+        self.counts["generate_rows"] += len(ok)
+        self.counts["decode_steps"] += max((len(x) for x in gen.ids), default=0)  # the batch runs to its longest row
         if self.recorder is not None:
             self.recorder.on_generate([s for s, _ in ok], gen, [c for _, c in ok])
         out = []
