@@ -3,6 +3,7 @@
     bash bench/device_setup.sh && python bench/bench_verify.py --device cuda --out bench/results/bench_verify_h200_2026-12-01.json
         # one H200, carry [".wheels"] (transformers 5.24: the new prefill passes mm_encoder_outputs); < 6 min
     python bench/bench_verify.py --smoke                                  # tiny shapes on CPU, < 60 s
+    python bench/bench_verify.py --device cuda --paths new,blocks --budget-s 200   # issue 18: compiled blocks
 
 A turn = prefill (vision tower + prompt) + 128 greedy tokens (ignore_eos), at Qwen3-VL-2B shapes with random
 bf16 weights (bench_agent.build_policy), the reference's budget: 64 frames at 448x448 (32 temporal patches x
@@ -13,7 +14,10 @@ the prefill:
 - new: `prefill.bucketed_prefill` (agent.prefill_tokens=65536, agent.vision_cache_mb=2048): rows of equal
   length per forward, no compute on padding, the distinct videos through the vision tower once, together in
   one call (since 2026-12-01; before, one call per video). The cache is emptied before every timed run, so
-  only repeats inside the batch hit (a cold cache per turn).
+  only repeats inside the batch hit (a cold cache per turn);
+- blocks (`--paths new,blocks`, issue 18's next step): new + every RMSNorm and MLP torch.compile'd
+  (agent.compile_blocks, models/qwen3vl.compile_blocks): the prefill's elementwise kernels fused.
+`--paths` picks which run side by side (default old,new); each is compared with the first.
 Scenarios (in this order; `--budget-s` stops starting new ones, so a short device slot still writes JSON):
 - same: every row its own video, 64 frames (equal lengths): batches --batches (1, 8, 32, 64);
 - grpo: batch 32 = 4 queries x 8 identical prompts (a GRPO group's first turn: same query, same top-1);
@@ -133,15 +137,18 @@ def kv_bytes_per_token(policy) -> int:
 
 
 # ------------------------------------------------------------------------------------ paths
-PATHS = ("old", "new")
+PATHS = ("old", "new", "blocks")  # blocks: new + the norms and MLPs torch.compile'd (agent.compile_blocks)
 
 
 def use_path(policy, path: str) -> None:
+    from videosearch_r1.models.qwen3vl import compile_blocks
+
     a = AgentConfig()
     if path == "old":
         policy.set_prefill(0)
     else:
         policy.set_prefill(a.prefill_tokens, a.vision_cache_mb)
+    compile_blocks(policy.model, on=path == "blocks")
 
 
 def run_row(policy, args, scenario: str, path: str, inputs: dict, keys: list[str]) -> dict:
@@ -169,7 +176,7 @@ def run_row(policy, args, scenario: str, path: str, inputs: dict, keys: list[str
         return policy.generate_ids(inputs, args.new_tokens, ignore_eos=True, video_keys=keys)
 
     # the vision tower's share of the prefill: old = all videos in one call, new = the distinct videos in one call
-    vis_plan = policy._plan(keys) if path == "new" else PrefillPlan()
+    vis_plan = policy._plan(keys) if path != "old" else PrefillPlan()
     big = b >= 8 and args.device.startswith("cuda")
     reps = 1 if big else args.reps
     with torch.no_grad():
@@ -271,13 +278,13 @@ def bench_inputs(policy, args, batch: int) -> dict:
 
 
 def profile_prefill(policy, args, top: int = 15) -> list[dict]:
-    """torch.profiler over one new-path prefill at batch 1: the ops with the most device self time (where the
-    prefill's time goes; the next step of issue 18 starts from this list)."""
+    """torch.profiler over one bucketed prefill at batch 1 on the last --paths path (new or blocks): the ops with
+    the most device self time (where the prefill's time goes; the next step of issue 18 starts from this list)."""
     from torch.profiler import ProfilerActivity, profile
 
     from videosearch_r1.agent.prefill import bucketed_prefill
 
-    use_path(policy, "new")
+    use_path(policy, args.paths[-1] if args.paths[-1] != "old" else "new")
     inputs, keys = turn_inputs(policy, [args.frames], [0], args.side, args.text_tokens)
     pos = policy.positions(inputs)
     cuda = args.device.startswith("cuda")
@@ -321,6 +328,7 @@ def parse_args(argv):
     ap.add_argument("--budget-s", type=float, default=240.0, help="no new scenario starts after this many seconds")
     ap.add_argument("--no-compile", dest="compile", action="store_false", help="decode step not compiled")
     ap.add_argument("--no-profile", dest="profile", action="store_false", help="skip the batch-1 prefill profile")
+    ap.add_argument("--paths", default="old,new", help=f"prefill paths side by side, the first the baseline ({PATHS})")
     args = ap.parse_args(argv)
     if args.smoke:
         args.device = "cpu" if not torch.cuda.is_available() else args.device
@@ -328,6 +336,9 @@ def parse_args(argv):
         args.batches, args.reps, args.warmup, args.input_batch = "1,4", 1, 1, 2
         args.scenario_batch, args.group = 4, 2
     args.batches = [int(x) for x in str(args.batches).split(",") if x]
+    args.paths = [x for x in str(args.paths).split(",") if x]
+    if len(args.paths) < 2 or not set(args.paths) <= set(PATHS):
+        ap.error(f"--paths {','.join(args.paths)}: two or more of {', '.join(PATHS)}")
     if args.group < 1 or args.scenario_batch % args.group:
         ap.error(f"--scenario-batch {args.scenario_batch} must be a multiple of --group {args.group}")
     args.dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -356,7 +367,7 @@ def main(argv=None) -> int:
             skipped.append(f"{scenario} b{len(video_of_row)}")
             continue
         inputs, keys = turn_inputs(policy, frames, video_of_row, args.side, args.text_tokens, text_of_row=text_of_row)
-        for path in PATHS:
+        for path in args.paths:
             try:
                 rows.append(run_row(policy, args, scenario, path, inputs, keys))
             except Exception as e:  # noqa: BLE001  (one failed row never costs the run its table)
@@ -380,20 +391,21 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001  (the profile is a diagnostic: never lose the table for it)
             print(f"profile failed: {type(e).__name__}: {str(e)[:200]}")
     ok = [r for r in rows if not r.get("failed")]
-    print(f"\n{'scenario':<8}{'batch':>6}{'videos':>7}{'pad %':>7} | {'turns/s old':>11}{'new':>8}{'x':>6} | "
-          f"{'MFU old':>8}{'new':>7} | {'ms/tok old':>10}{'new':>7}{'floor':>7}{'+KV':>7}")
-    for r in ok:
-        if r["path"] != "old":
-            continue
-        n = next((x for x in ok if x["path"] == "new" and x["scenario"] == r["scenario"] and x["batch"] == r["batch"]), None)
-        if n is None:
-            continue
-        print(f"{r['scenario']:<8}{r['batch']:>6}{r['distinct_videos']:>7}{100 * r['padding_share']:>7.1f} | "
-              f"{r['turns_per_s']:>11.2f}{n['turns_per_s']:>8.2f}{n['turns_per_s'] / r['turns_per_s']:>6.2f} | "
-              f"{100 * r['prefill_mfu']:>7.1f}%{100 * n['prefill_mfu']:>6.1f}% | "
-              f"{r['decode_ms_per_token']:>10.2f}{n['decode_ms_per_token']:>7.2f}{r['floor_ms']:>7.2f}"
-              f"{n['kv_floor_ms']:>7.2f}")
-    summary = {p: best(ok, p) for p in PATHS}
+    base = args.paths[0]
+    for other in args.paths[1:]:  # each path against the first, row by row
+        print(f"\n{'scenario':<8}{'batch':>6}{'videos':>7}{'pad %':>7} | {'turns/s ' + base:>14}{other:>8}{'x':>6} | "
+              f"{'MFU ' + base:>10}{other:>8} | {'ms/tok ' + base:>13}{other:>8}{'floor':>7}{'+KV':>7}")
+        for r in ok:
+            n = next((x for x in ok if x["path"] == other and x["scenario"] == r["scenario"] and x["batch"] == r["batch"]),
+                     None)
+            if r["path"] != base or n is None:
+                continue
+            print(f"{r['scenario']:<8}{r['batch']:>6}{r['distinct_videos']:>7}{100 * r['padding_share']:>7.1f} | "
+                  f"{r['turns_per_s']:>14.2f}{n['turns_per_s']:>8.2f}{n['turns_per_s'] / r['turns_per_s']:>6.2f} | "
+                  f"{100 * r['prefill_mfu']:>9.1f}%{100 * n['prefill_mfu']:>7.1f}% | "
+                  f"{r['decode_ms_per_token']:>13.2f}{n['decode_ms_per_token']:>8.2f}{r['floor_ms']:>7.2f}"
+                  f"{n['kv_floor_ms']:>7.2f}")
+    summary = {p: best(ok, p) for p in args.paths}
     for p, r in summary.items():
         if r:
             print(f"best batch, {p}: {r['batch']} -> {r['turns_per_s']:.2f} turns/s")

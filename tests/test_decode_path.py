@@ -113,3 +113,31 @@ def test_unread_agent_fields_are_gone(field):
 
     with pytest.raises(ConfigError, match=field):
         load_config(None, [f"agent.{field}=32"])
+
+
+def test_compiled_blocks_equal_eager_and_switch_back(tmp_path):
+    """agent.compile_blocks: the norms and MLPs run torch.compile'd (traced here with the aot_eager backend: the
+    same dynamo graphs as inductor, no kernel codegen), with the same prefill logits and greedy ids as eager, at
+    two prompt lengths (dynamic shapes); off puts every eager forward back; the policy only compiles on CUDA."""
+    from videosearch_r1.models.qwen3vl import compile_blocks
+
+    ckpt = make_tiny_checkpoint(tmp_path / "p", kind="policy", video_cfg=VCFG)
+    pol = liven(Policy.from_pretrained(ckpt))
+    mods = [m for m in pol.model.modules() if type(m).__name__.endswith(("RMSNorm", "MLP"))]
+    assert {type(m).__name__ for m in mods} >= {"Qwen3VLTextRMSNorm", "Qwen3VLTextMLP", "Qwen3VLVisionMLP"}
+    eager = {id(m): m.forward for m in mods}
+    runs = {}
+    for on in (False, True):
+        assert compile_blocks(pol.model, on=on, backend="aot_eager") == (len(mods) if on else 0)
+        for n in (2, 3):
+            inputs = pol.build_inputs(QUERIES[:n], CLIPS[:n])
+            with torch.no_grad():
+                logits = pol.model(**inputs).logits
+            runs[on, n] = (logits, pol.generate(QUERIES[:n], CLIPS[:n], max_new_tokens=8).ids)
+    for n in (2, 3):
+        torch.testing.assert_close(runs[True, n][0], runs[False, n][0], rtol=1e-4, atol=1e-4)
+        assert runs[True, n][1] == runs[False, n][1]
+    assert all(m.forward is not eager[id(m)] for m in mods)
+    assert compile_blocks(pol.model, on=False) == 0 and all(m.forward == eager[id(m)] for m in mods)
+    pol.set_decode(blocks=True)  # CPU: the eager forwards stay
+    assert all(m.forward == eager[id(m)] for m in mods)

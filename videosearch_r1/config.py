@@ -218,6 +218,7 @@ class AgentConfig:
     decode_attention: str = "auto"  # decode-step attention: "auto" (matmul on CUDA, sdpa on CPU) | "sdpa" | "matmul"
     decode_compile: bool = True  # torch.compile the decode step (CUDA only; once per process, eager if it fails)
     cuda_graph: bool = True  # capture the decode step as a CUDA graph (CUDA only)
+    compile_blocks: bool = False  # norms + MLPs torch.compile'd (CUDA; qwen3vl.compile_blocks): off until measured
     prefill_tokens: int = 65536  # verification prefill: rows of equal length bucketed, <= this many tokens per forward (0: one padded HF forward)
     vision_cache_mb: int = 2048  # visual-token cache (MiB on the policy's device): a video shown again is not re-encoded (0: off)
     prefetch: bool = True  # `vsr1 infer`: decode the next batch's first-turn clips in background threads while this batch runs
@@ -397,8 +398,7 @@ class BuildConfig:
 
 @dataclass
 class ToyConfig:
-    """`vsr1 toy`: per-stage step counts where stages share `train` (SFT and GRPO both read train.steps)."""
-
+    """`vsr1 toy`: step counts where stages share `train` (SFT and GRPO read train.steps), real copies, overlap."""
     grpo_steps: int = 4  # optimizer steps of the toy's GRPO stage (passed as train.steps to that stage)
     grpo_warmup: int = 0  # warm-up steps of the toy's GRPO stage (train.warmup there; SFT keeps train.warmup)
     videos_per_split: int = 10  # `vsr1 toy --dataset D`: videos per split of the real dataset (that exist and decode)

@@ -36,7 +36,7 @@ from videosearch_r1.utils import (append_jsonl, atomic_write_json, command_parse
 
 # config fields that must match to resume a run -> fields of them that may differ (they only regroup the
 # work or say how a build ran)
-_RESUME_KEYS = {"dataset": (), "split": (), "agent": ("batch_size",), "engine.model": (),
+_RESUME_KEYS = {"dataset": (), "split": (), "agent": ("batch_size", "compile_blocks"), "engine.model": (),
                 "engine.instruction": (), "engine.soft_insert": (), "engine.dim": (),
                 "engine.max_query_tokens": (), "video": (), "datasets": (),
                 "synth": ("workers", "sheet_families"), "index": ("shard_size", "hard_negatives")}
@@ -121,7 +121,7 @@ def load_policy(cfg: Config, engine):
     policy = Policy.from_pretrained(a.checkpoint, device=a.device, dtype=a.dtype,
                                     reference_layout=a.reference_layout, embedder_hidden=he, seed=cfg.seed)
     configure_processor(policy.processor, cfg.video_cfg(cfg.dataset))  # the dataset's video budget
-    opts = policy.set_decode(a.decode_attention, a.decode_compile, a.cuda_graph)
+    opts = policy.set_decode(a.decode_attention, a.decode_compile, a.cuda_graph, a.compile_blocks)
     policy.set_prefill(a.prefill_tokens, a.vision_cache_mb)
     print(f"policy decode path on {policy.device}: {opts.name}", flush=True)
     if a.method == "sqr" and policy.sqr_config.soft_insert != cfg.engine.soft_insert:

@@ -166,11 +166,17 @@ class Policy:
         self.set_decode()
         self.set_prefill()
 
-    def set_decode(self, attention: str = "auto", compile: bool = True, cuda_graph: bool = True) -> DecodeOptions:
+    def set_decode(self, attention: str = "auto", compile: bool = True, cuda_graph: bool = True,
+                   blocks: bool = False) -> DecodeOptions:
         """Pick the decode path for the policy's current device (decode.decode_options_for): on CUDA by
         default matmul attention + CUDA graph + torch.compile, on CPU eager SDPA steps. `vsr1 infer` passes
-        agent.decode_attention / agent.decode_compile / agent.cuda_graph; call again after moving the model."""
+        agent.decode_attention / agent.decode_compile / agent.cuda_graph / agent.compile_blocks (blocks: the
+        norms and MLPs torch.compile'd for prefill and decode, CUDA only: qwen3vl.compile_blocks); call again
+        after moving the model."""
+        from videosearch_r1.models.qwen3vl import compile_blocks
+
         self.decode_options = decode_options_for(self.device, attention, compile, cuda_graph)
+        compile_blocks(self.model, on=bool(blocks) and self.device.type == "cuda")
         return self.decode_options
 
     def set_prefill(self, tokens: int = AgentConfig.prefill_tokens, vision_cache_mb: int = AgentConfig.vision_cache_mb,

@@ -275,6 +275,33 @@ def enable_linear_patch_embed(model) -> int:
     return len(mods)
 
 
+# ---------------------------------------------------------------------------------- compiled blocks (inference)
+def compile_blocks(model, on: bool = True, backend: str = "inductor") -> int:
+    """Inference on CUDA (agent.compile_blocks, bench/bench_verify.py path `blocks`): every RMSNorm and MLP of the
+    text model and the vision tower runs torch.compile'd (dynamic shapes: one compile for every prompt length),
+    so inductor fuses what eager runs as separate kernels (the norm's float32 upcast, square, mean, rsqrt, scale
+    and cast back; the SwiGLU / GELU products): about a quarter of a 2B-shaped prefill's device time was such
+    elementwise work (docs/benchmarks.md). on=False puts the eager forwards back (the compiled ones are kept for
+    the next switch). Not for a model being trained or deep-copied. Returns how many modules run compiled now."""
+    import torch
+
+    n = 0
+    for m in model.modules():
+        kind = type(m).__name__
+        if not (kind.endswith("RMSNorm") or kind.endswith("MLP")):
+            continue
+        if on:
+            if not hasattr(m, "_vsr1_eager_forward"):
+                m._vsr1_eager_forward = m.forward
+            if not hasattr(m, "_vsr1_compiled_forward"):
+                m._vsr1_compiled_forward = torch.compile(m._vsr1_eager_forward, dynamic=True, backend=backend)
+            m.forward = m._vsr1_compiled_forward
+            n += 1
+        elif hasattr(m, "_vsr1_eager_forward"):
+            m.forward = m._vsr1_eager_forward
+    return n
+
+
 # ---------------------------------------------------------------------------------- the fast step
 def guard_sdpa_backward() -> bool:
     """Before training on CUDA: turn the cuDNN SDPA backend off for this process (the flash / memory-efficient

@@ -167,7 +167,8 @@ def setup(cfg, dataset: str, checkpoint: str, out_dir: Path, engine=None, policy
         ref.to(acc.device)
     roller = rollout_policy(policy, g.rollout_dtype, acc.device)
     if hasattr(roller, "set_decode"):  # the decode path for the device the policy now lives on
-        roller.set_decode(cfg.agent.decode_attention, cfg.agent.decode_compile, cfg.agent.cuda_graph)
+        roller.set_decode(cfg.agent.decode_attention, cfg.agent.decode_compile, cfg.agent.cuda_graph,
+                          cfg.agent.compile_blocks and roller is not policy)  # never the trained model
     resume = common.latest_checkpoint(out_dir)
     order, stage_tc, total = _schedule(cfg, len(queries), acc.num_processes, acc.process_index)
     key = run_key(cfg, queries, acc.num_processes, total, init_weights)
@@ -282,7 +283,7 @@ def run_key(cfg, queries: list, processes: int, total: int, init_weights: str) -
             "grpo": digest(section(cfg, "grpo", drop=("engine_url",) + (() if g.schedule else ("schedule",))
                                    + (("verification_reward",) if g.verification_reward == "mean" else ())
                                    + (() if g.corpus_size else ("corpus_size",)))),
-            "agent": digest(section(cfg, "agent", drop=("device", "profile_depths"))),
+            "agent": digest(section(cfg, "agent", drop=("device", "profile_depths", "compile_blocks"))),  # speed only
             "train": common.settings_key(cfg.train)}
 
 
