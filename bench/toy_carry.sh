@@ -4,7 +4,8 @@
 # lease of its own: this one packs what GRPO starts from, the next one unpacks it and runs the toy from GRPO on.
 #
 #   device run (same lease, once the toy's SFT is done): bash bench/toy_carry.sh pack engine sft evals
-#       -> $OUT/toy_<group>.tgz.partNN (parts of 16,000,000 bytes; a call returns at most 8 files)
+#       -> $OUT/toy_<group>.tgz.partNN (parts of 16,000,000 bytes; a call returns at most 8 files);
+#       WAIT=600 bash bench/toy_carry.sh pack engine sft: first wait (up to 600 s in all) for those runs to finish
 #   here:  bash bench/toy_carry.sh keep <files_at>      (-> .toyckpt/<group>/, git-ignored)
 #   next lease, one call per group (a call carries at most 64 MiB; the machine keeps /tmp between calls):
 #       device run (carry [".toyckpt/engine"]):      bash bench/toy_carry.sh stash
@@ -37,10 +38,24 @@ paths() {  # the workspace paths of a group (relative to $WS)
   esac
 }
 
+ready() {  # whether a group's runs have finished (WAIT=S: pack waits up to S seconds for them)
+  local r
+  case $1 in
+    engine) for r in train test val; do compgen -G "$WS/indexes/synth/*/$r/meta.json" > /dev/null || return 1; done ;;
+    base) [[ -f $WS/runs/toy-base/summary.json ]] ;;
+    sft) [[ -f $WS/runs/toy-sft-train/summary.json ]] ;;
+    evals) for r in toy-engine toy-zs toy-sft toy-sft-val toy-sft-nosqr toy-sft-oracle toy-sft-nosqr-oracle; do
+             [[ -f $WS/runs/$r/summary.json ]] || return 1
+           done ;;
+  esac
+}
+
 case $MODE in
   pack)
     out=${OUT:-/tmp/out}; mkdir -p "$out"
+    t0=$(date +%s)
     for g in "$@"; do
+      while ! ready "$g" && (( $(date +%s) - t0 < ${WAIT:-0} )); do sleep 5; done
       p=$(paths "$g") || exit 2
       [[ -n $p ]] || { echo "toy_carry: $g: nothing under $WS yet" >&2; exit 1; }
       for x in $p; do  # a run's summary.json is written last: its absence means the run has not finished

@@ -90,3 +90,19 @@ def test_refusals_name_what_is_missing(repo: Path, tmp_path: Path):
     assert r.returncode != 0 and "no engine parts" in r.stderr
     r = _carry(repo, "stash", STASH=str(tmp_path / "s"))
     assert r.returncode != 0 and "nothing carried" in r.stderr
+
+
+def test_pack_waits_for_a_run_to_finish(repo: Path, tmp_path: Path):
+    """WAIT=S: pack polls until the group's runs have finished (here SFT's summary.json appears ~1 s later)."""
+    import threading
+    import time
+
+    ws, out = tmp_path / "ws", tmp_path / "out"
+    _workspace(ws)
+    summary = ws / "runs/toy-sft-train/summary.json"
+    summary.unlink()
+    threading.Timer(1.0, lambda: summary.write_text('{"complete": true}')).start()
+    t = time.time()
+    r = _carry(repo, "pack", "sft", WS=str(ws), OUT=str(out), WAIT="60")
+    assert r.returncode == 0, r.stderr
+    assert 1.0 <= time.time() - t < 30 and (out / "toy_sft.tgz.part00").is_file()
