@@ -67,6 +67,7 @@ def test_grpo_steps_log_rewards_and_move_parameters(tmp_path):
         assert stages["generate"] > 0 and stages["rollout"] > 0 and sum(stages.values()) <= x["rollout_s"]
         n = x["rollout_counts"]  # a turn per generated row; each call decodes at least one step
         assert n["generate_rows"] == x["turns"] and n["decode_steps"] >= n["generate_calls"] >= 1
+        assert x["rollout_new_graphs"] == 0  # CPU: eager decode steps, nothing compiled
     assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-6) and lines[1]["kl"] > 0  # the policy left the reference
     now = {"lm": pol.model.model.language_model.layers[0].mlp.up_proj.weight, "readout": pol.sqr.readout[0].weight,
            "to_embedder": pol.sqr.to_embedder[1].weight}

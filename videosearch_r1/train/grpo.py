@@ -27,7 +27,8 @@ shared with SFT; train/trainer.py the policy preparation):
    grpo.lr_sqr with train's schedule and clipping.
 4. <out_dir>/metrics.jsonl (one line a step): reward/<name> per reward function, reward/total, kl,
    entropy, clip_frac, latent losses, turns, tokens, rollout_s (rollout_stage_s: its seconds by loop stage;
-   rollout_counts: generate calls, rows, decode steps) / logprob_s / update_s, tokens_per_s;
+   rollout_counts: generate calls, rows, decode steps; rollout_new_graphs: torch.compile graphs made) /
+   logprob_s / update_s, tokens_per_s;
    checkpoint-N/ and final/ (load with `vsr1 infer DATASET --checkpoint <out_dir>/final`), summary.json.
    Curves: <out_dir>/grpo_curves.png at the end of a run (`python -m videosearch_r1.train.grpo_report
    <out_dir>/metrics.jsonl` redraws them, e.g. mid-run).
@@ -50,7 +51,7 @@ import torch
 
 from videosearch_r1.train import common
 from videosearch_r1.train.grpo_loss import ADV_SCALES, AGGREGATIONS, group_advantages
-from videosearch_r1.train.grpo_rollout import RetrievalScorer, reward_columns, rollout
+from videosearch_r1.train.grpo_rollout import LoopDelta, RetrievalScorer, reward_columns, rollout
 from videosearch_r1.train.grpo_step import (LATENT_OBJECTIVES, GRPOModule, Knobs, batch_logprobs, collate_turns,
                                             micro_loss)
 from videosearch_r1.train.rewards import RETRIEVAL_MODES, VERIFICATION_MODES, check_weights, score
@@ -469,13 +470,9 @@ def train_step(run: Run, state) -> dict | None:
     """One whole step: rollout, rewards, update; its metrics line (None when nothing was generated)."""
     factor = common.lr_factor(state.step, run.total, stage_train(run.cfg))
     common.set_lr(run.opt, factor)
-    t0, before, counts = time.perf_counter(), collections.Counter(run.loop.timings), collections.Counter(run.loop.counts)
+    t0, probe = time.perf_counter(), LoopDelta(run.loop)
     trajs, clips = rollout_step(run, state)
     t1 = time.perf_counter()
-    stages = collections.Counter(run.loop.timings)
-    stages.subtract(before)  # the rollout's seconds by loop stage (clips, generate, embed, search, rollout, ...)
-    calls = collections.Counter(run.loop.counts)
-    calls.subtract(counts)  # generate calls, their rows and decode steps (a batch decodes to its longest row)
     if not common.all_reduce(run.acc, {"any": float(any(t.turns for t in trajs))}, "min")["any"]:  # all ranks skip
         state.skipped["empty_step"] = state.skipped.get("empty_step", 0) + 1
         return None
@@ -490,9 +487,8 @@ def train_step(run: Run, state) -> dict | None:
     else:
         state.nonfinite_run = 0
     stats.update(upd)
+    stats.update(probe.metrics())  # where the rollout's time went: rollout_stage_s, rollout_counts, new graphs
     stats.update({"lr": run.cfg.grpo.lr * factor, "rollout_s": round(t1 - t0, 4),
-                  "rollout_stage_s": {k: round(v, 4) for k, v in sorted(stages.items()) if v > 0},
-                  "rollout_counts": {k: v for k, v in sorted(calls.items()) if v > 0},
                   "turns_per_trajectory": float(np.mean([len(r.turns) for r in recs])),
                   "found": float(np.mean([r.stop_reason == "matched" and r.turns[-1].gt_shown for r in recs])),
                   "stop_reasons": dict(sorted(collections.Counter(r.stop_reason for r in recs).items()))})

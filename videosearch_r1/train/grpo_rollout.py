@@ -24,6 +24,7 @@ for the vector each turn searched with (p_before) and the one its refinement pro
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -190,3 +191,27 @@ def reward_columns(trajs: list[RolloutTrajectory], durations: Optional[dict[str,
         "p_before": [[0.0 if p is None else p for p in t.p_before] for t in trajs],
         "p_after": [list(t.p_after) for t in trajs],
     }
+
+
+class LoopDelta:
+    """What one rollout adds to the agent loop's stage timings and counters and to torch.compile's graphs (the
+    GRPO metrics' rollout_stage_s, rollout_counts and rollout_new_graphs: where a step's rollout time went)."""
+
+    def __init__(self, loop):
+        self.loop, self.timings, self.counts = loop, Counter(loop.timings), Counter(loop.counts)
+        self.graphs = compiled_graphs()
+
+    def metrics(self) -> dict:
+        stages, calls = Counter(self.loop.timings), Counter(self.loop.counts)
+        stages.subtract(self.timings)  # seconds by loop stage (clips, generate, embed, search, rollout, ...)
+        calls.subtract(self.counts)  # generate calls, their rows and decode steps (a batch decodes to its longest row)
+        return {"rollout_stage_s": {k: round(v, 4) for k, v in sorted(stages.items()) if v > 0},
+                "rollout_counts": {k: v for k, v in sorted(calls.items()) if v > 0},
+                "rollout_new_graphs": compiled_graphs() - self.graphs}
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far (a recompiling step shows up as a rise)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
