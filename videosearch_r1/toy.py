@@ -208,11 +208,15 @@ class Lane:
         self.times: dict[str, float] = {}
         self.failed: str | None = None
         self.proc = None
+        self.stopped = False
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         with open(self.log, "a") as out:
             for _, title, argv in self.steps:
+                if self.stopped:  # the toy is stopping (a foreground step failed): start nothing more
+                    self.failed = title
+                    return
                 out.write(f"\n==> {title}: vsr1 {' '.join(argv)}\n")
                 out.flush()
                 t = time.time()
@@ -239,6 +243,7 @@ class Lane:
         return self.times
 
     def stop(self) -> None:
+        self.stopped = True
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
 
