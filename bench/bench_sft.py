@@ -12,6 +12,7 @@ the LLM + merger (ViT frozen, as the reference's SFT), batch --batch:
 - ours: train.trainer.PolicyModule (what `vsr1 train sft` runs): qwen3vl.prepare_model (one SDPA call
         per chunk length in the ViT, the patch embedding as a matmul), rope_positions, lm_head + CE on the
         assistant positions only; with --sqr also the 8-latent SQR rollout with grad (KV-cached)
+- blocks: ours with every RMSNorm and MLP torch.compile'd (qwen3vl.compile_blocks; `--variants ours,blocks`)
 each with and without gradient checkpointing. Reports step time (median after warm-up), tokens/s,
 peak memory, and MFU = model FLOPs / (time x peak): LLM 6·N·T + causal attention, merger 6·N·T_vis,
 frozen ViT forward 2·N·P (+ its attention); "LLM-only vs 800 TF/s" is environment.md §7's definition
@@ -168,9 +169,13 @@ def measure(shapes, variant: str, ckpt: bool, args) -> dict:
             mod.__dict__.pop("forward", None)
     else:
         prepare_model(model)
+    if variant == "blocks":  # ours + every RMSNorm and MLP torch.compile'd (issue 14's MFU; not yet a train knob)
+        from videosearch_r1.models.qwen3vl import compile_blocks
+
+        compile_blocks(model)
     opt = train_setup(policy, ckpt, cuda=dev == "cuda")
     batch = make_batch(shapes, args.batch, dev, dtype)
-    run = step_fn(policy, variant, batch, opt, args.sqr and variant == "ours")
+    run = step_fn(policy, variant, batch, opt, args.sqr and variant != "hf")
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -188,7 +193,7 @@ def measure(shapes, variant: str, ckpt: bool, args) -> dict:
     sec = statistics.median(times)
     total, llm = flops(policy, batch)
     tokens = batch["input_ids"].numel()
-    out = {"variant": variant, "grad_ckpt": ckpt, "sqr": bool(args.sqr and variant == "ours"), "batch": args.batch,
+    out = {"variant": variant, "grad_ckpt": ckpt, "sqr": bool(args.sqr and variant != "hf"), "batch": args.batch,
            "tokens": tokens, "step_s": sec, "tokens_per_s": tokens / sec, "tflops": total / sec / 1e12,
            "mfu": total / sec / args.peak, "mfu_llm_800": llm / sec / 800e12,
            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
@@ -207,7 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--sqr", action="store_true", help="ours also runs the 8-latent SQR rollout with grad")
     ap.add_argument("--peak", type=float, default=989e12, help="dense bf16 peak FLOP/s (H100/H200 SXM: 989e12)")
-    ap.add_argument("--variants", default="hf,ours", help="comma list of hf, ours")
+    ap.add_argument("--variants", default="hf,ours", help="comma list of hf, ours, blocks (ours + compiled norms/MLPs)")
     ap.add_argument("--ckpt", default="1,0", help="grad checkpointing settings to run, e.g. 1,0")
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
