@@ -102,7 +102,8 @@ if [[ $MODE == resume ]]; then  # a later lease: GRPO on from what bench/toy_car
   WS=$WS bash bench/toy_carry.sh unpack || exit 1
   C=(--config "videosearch_r1/configs/toy_${PROFILE:-gpu}.yaml" "workspace=$WS" "$@")
   echo "== world from its seed, then the toy from GRPO on, in the background: $LOG"
-  setsid nohup bash -c "set -e; vsr1 synth ${C[*]@Q}; vsr1 toy --profile ${PROFILE:-gpu} --from-step grpo ${C[*]@Q}" \
+  setsid nohup bash -c "set -e; vsr1 synth ${C[*]@Q}; WS=${WS@Q} bash bench/toy_carry.sh verify
+    vsr1 toy --profile ${PROFILE:-gpu} --from-step grpo ${C[*]@Q}" \
     >> "$LOG" 2>&1 < /dev/null &
   echo $! > "$WS/toy.pid"
 fi

@@ -12,7 +12,9 @@
 #       device run (carry [".toyckpt/sft", ".toyckpt/evals"]): bash bench/toy_carry.sh stash
 #       device run (carry [".wheels"]): rm -rf /tmp/w && cp -a . /tmp/w && cd /tmp/w && bash bench/device_toy.sh resume 300
 #   (device_toy.sh resume: unpack the stash into the toy's workspace, regenerate the world from its seed with
-#   `vsr1 synth`, then `vsr1 toy --profile gpu --from-step grpo` in the background; `wait` as after `start`.)
+#   `vsr1 synth`, `verify` it against the packed world's checksums (a different world.json stops the resume; a
+#   video that differs byte-wise is a warning), then `vsr1 toy --profile gpu --from-step grpo` in the background;
+#   `wait` as after `start`.)
 #   (from a base instead, e.g. an SFT recipe of its own: `vsr1 synth` + `vsr1 toy --from-step sft-data`.)
 # groups: engine = models/synth-engine + indexes/ (the index vectors GRPO searches); base = runs/toy-base (the
 # exported policy, summary.json, config.yaml); sft = runs/toy-sft-train
@@ -23,12 +25,13 @@ cd "$(dirname "$0")/.."
 WS=${WS:-$PWD/workspace/toy-gpu}
 STASH=${STASH:-/tmp/toyckpt}
 PART=${PART:-16000000}  # bytes a part (a returned file may be 16 MiB)
-MODE=${1:?usage: toy_carry.sh pack GROUP... | keep DIR | stash | unpack}
+MODE=${1:?usage: toy_carry.sh pack GROUP... | keep DIR | stash | unpack | verify}
 shift
 
 paths() {  # the workspace paths of a group (relative to $WS)
   case $1 in
-    engine) echo models/synth-engine indexes ;;
+    engine) echo models/synth-engine indexes  # + the world's checksums (verify) when there is a world
+            [[ -f $WS/carried/world.md5 ]] && echo carried/world.md5; true ;;
     base) echo runs/toy-base/policy runs/toy-base/summary.json runs/toy-base/config.yaml ;;
     sft) echo runs/toy-sft-train/final runs/toy-sft-train/summary.json runs/toy-sft-train/config.yaml ;;
     evals) for r in toy-engine toy-zs toy-sft toy-sft-val toy-sft-nosqr toy-sft-oracle toy-sft-nosqr-oracle; do
@@ -56,6 +59,10 @@ case $MODE in
     t0=$(date +%s)
     for g in "$@"; do
       while ! ready "$g" && (( $(date +%s) - t0 < ${WAIT:-0} )); do sleep 5; done
+      if [[ $g == engine && -f $WS/data/synth/raw/world.json ]]; then  # what the index was built on, to verify later
+        mkdir -p "$WS/carried"
+        (cd "$WS/data/synth/raw" && md5sum world.json videos/*.mp4) > "$WS/carried/world.md5"
+      fi
       p=$(paths "$g") || exit 2
       [[ -n $p ]] || { echo "toy_carry: $g: nothing under $WS yet" >&2; exit 1; }
       for x in $p; do  # a run's summary.json is written last: its absence means the run has not finished
@@ -91,5 +98,18 @@ case $MODE in
       cat "$STASH"/toy_"$g".tgz.part* | tar xzf - -C "$WS" || { echo "toy_carry: $g parts do not unpack" >&2; exit 1; }
       echo "unpacked $g"
     done ;;
+  verify)  # on the machine, after `vsr1 synth`: the regenerated world against the packed one's checksums
+    sums=$WS/carried/world.md5
+    [[ -f $sums ]] || { echo "toy_carry: no $sums (packed without a world): not verified"; exit 0; }
+    bad=$(cd "$WS/data/synth/raw" && md5sum -c --quiet "$sums" 2>/dev/null | grep -c FAILED)
+    if (cd "$WS/data/synth/raw" && ! md5sum -c --status <(grep " world.json$" "$sums")); then
+      echo "toy_carry: the regenerated world.json differs from the packed one: the carried index and runs do not fit" >&2
+      exit 1
+    fi
+    if (( bad > 0 )); then
+      echo "toy_carry: WARNING: $bad regenerated video file(s) differ byte-wise from the packed world's (same spec)"
+    else
+      echo "toy_carry: the regenerated world equals the packed one ($(wc -l < "$sums") files)"
+    fi ;;
   *) echo "toy_carry: unknown mode $MODE" >&2; exit 2 ;;
 esac
