@@ -259,3 +259,18 @@ def test_report_names_the_line_of_a_turn_without_its_fields(tmp_path, capsys):
     assert report_main([str(path), "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err
     assert f"{path}:2" in err and "'turn'" in err
+
+
+def test_report_reads_back_the_written_checks(tmp_path, capsys):
+    """Synthetic checklist traces: the report prints what the checks wrote (and writes it into result.json)."""
+    checked = ("<think>I see a red circle. Check: colour red / blue: same; event spins: seen. From 1.0 to 2.0 s it "
+               "spins, as the query asks.</think> <answer>matched</answer>")
+    rows = [_row(0), _row(1)]
+    for t in rows[0]["turns"]:
+        t["output"] = checked
+    a = _write_run(tmp_path, "a", rows)
+    assert report_main([str(a), "--out", str(tmp_path / "rep"), "--no-plots"]) == 0
+    assert "written checks contradicting their two sides: colour 1/1; event 'not seen' on the GT 0/1" in \
+        capsys.readouterr().out
+    res = json.loads((tmp_path / "rep" / "result.json").read_text())
+    assert res["runs"][0]["trace_checks"]["items"] == {"colour": {"agree": 0, "contradict": 1}}

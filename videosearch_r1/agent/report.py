@@ -29,6 +29,7 @@ from pathlib import Path
 from videosearch_r1.agent.trajectory import truncate_row
 from videosearch_r1.config import ConfigError, load_config
 from videosearch_r1.eval.evaluate import evaluate_rows, read_predictions
+from videosearch_r1.eval.traces import format_trace_checks, trace_checks
 from videosearch_r1.utils import atomic_path, atomic_write_json, command_parser
 
 
@@ -161,7 +162,7 @@ def analyse(run: dict, ious, ks) -> dict:
             "counts": result["counts"], "paper": result["paper"], "tvr": result["tvr"],
             "messages": result["messages"][:20], "per_turn": per_turn(rows, ious, ks, run["labels"]),
             "soft_tokens": soft_token_profile(rows), "tokens": token_stats(rows),
-            "refinement": refinement_effect(rows)}
+            "refinement": refinement_effect(rows), "trace_checks": trace_checks(rows)}
 
 
 def query_set_notes(loaded: list[dict], common: set[str], restricted: bool) -> list[str]:
@@ -227,6 +228,8 @@ def format_table(runs: list[dict], notes: list[str] = ()) -> str:
             lines.append(f"  refinement where the GT was not shown ({e['n']} turns): its corpus rank improved {e['improved']}, "
                          f"same {e['same']}, worse {e['worse']}; median {e['median_before']:g} -> {e['median_after']:g}; "
                          f"at rank 1 {e['r1_before']:.1f} % -> {e['r1_after']:.1f} %")
+        if r.get("trace_checks"):  # synthetic checklist traces: the written checks, read back
+            lines.append(format_trace_checks(r["trace_checks"]))
     lines.append("rates in %; R1@t = VCMR R@1 at IoU t (matched final answer on the GT video); "
                  "acc/rej(t1) = turn 1: GT video accepted / wrong video rejected; "
                  "refine tok = tokens per refinement (SQR latents / HQR rewrite); qset = hash of the sorted qids")

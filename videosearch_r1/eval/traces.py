@@ -40,6 +40,8 @@ def trace_checks(rows: list[dict]) -> dict | None:
     event = {"gt": {"seen": 0, "not_seen": 0}, "wrong": {"seen": 0, "not_seen": 0}}
     parsed = unparsed = 0
     for r in rows:
+        if not isinstance(r, dict):  # an unreadable row (the evaluator counts it)
+            continue
         for t in r.get("turns") or []:
             if not isinstance(t, dict) or t.get("output") is None:
                 continue
