@@ -75,11 +75,13 @@ case $MODE in
     n=$(ls "$out" | wc -l)
     (( n > 8 )) && echo "WARNING: $n files under \$OUT, a call returns 8: pack fewer groups per call"
     exit 0 ;;
-  keep)  # here: the returned parts -> .toyckpt/<group>/
+  keep)  # here: the returned parts -> .toyckpt/<group>/ (a group's older parts are replaced, never mixed in)
     src=${1:?keep needs the folder the parts came back to}
-    for f in "$src"/toy_*.tgz.part*; do
-      g=$(basename "$f"); g=${g#toy_}; g=${g%%.tgz.part*}
-      mkdir -p ".toyckpt/$g" && cp "$f" ".toyckpt/$g/"
+    groups=$(for f in "$src"/toy_*.tgz.part*; do [[ -f $f ]] || continue; g=$(basename "$f"); g=${g#toy_}
+             echo "${g%%.tgz.part*}"; done | sort -u)
+    [[ -n $groups ]] || { echo "toy_carry: no toy_*.tgz.part* files in $src" >&2; exit 1; }
+    for g in $groups; do
+      rm -rf ".toyckpt/$g" && mkdir -p ".toyckpt/$g" && cp "$src"/toy_"$g".tgz.part* ".toyckpt/$g/"
     done
     du -sh .toyckpt/* ;;
   stash)  # on the machine: the carried parts -> $STASH (outside the copied working tree)

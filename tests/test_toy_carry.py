@@ -56,7 +56,11 @@ def test_pack_keep_stash_unpack_round_trip(repo: Path, tmp_path: Path):
     parts = sorted(p.name for p in out.iterdir())
     assert len([p for p in parts if p.startswith("toy_sft.tgz.part")]) >= 2  # split into parts of PART bytes
     assert all(p.stat().st_size <= 40000 for p in out.iterdir())
+    stale = repo / ".toyckpt" / "sft" / "toy_sft.tgz.part09"  # a part left from an earlier, longer pack
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
     assert _carry(repo, "keep", str(out)).returncode == 0  # here: the returned files -> .toyckpt/<group>/
+    assert not stale.exists()  # replaced, not mixed into the new parts
     assert sorted(p.name for p in (repo / ".toyckpt").iterdir()) == ["base", "engine", "evals", "sft"]
     r = _carry(repo, "stash", STASH=str(stash))  # the next machine: the carried parts -> the stash
     assert r.returncode == 0, r.stderr
@@ -90,6 +94,8 @@ def test_refusals_name_what_is_missing(repo: Path, tmp_path: Path):
     assert r.returncode != 0 and "no engine parts" in r.stderr
     r = _carry(repo, "stash", STASH=str(tmp_path / "s"))
     assert r.returncode != 0 and "nothing carried" in r.stderr
+    r = _carry(repo, "keep", str(tmp_path / "empty"))
+    assert r.returncode != 0 and "no toy_*.tgz.part* files" in r.stderr
 
 
 def test_pack_waits_for_a_run_to_finish(repo: Path, tmp_path: Path):
