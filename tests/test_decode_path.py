@@ -60,17 +60,23 @@ def test_policy_default_path_equals_hf_generate(policy, hf_ids):
     assert res.ids.tolist() == hf_ids
 
 
-def test_compiled_step_equals_hf_generate(policy, hf_ids):
+@pytest.mark.parametrize("blocks", [False, True])
+def test_compiled_step_equals_hf_generate(policy, hf_ids, blocks):
     """The compiled step (a real dynamo trace of the step over the static cache; aot_eager backend, so no
-    C++/Triton build on CPU) gives HF's ids."""
+    C++/Triton build on CPU) gives HF's ids, also with the norms and MLPs compiled on their own
+    (agent.compile_blocks: compiled functions inside the compiled step)."""
+    from videosearch_r1.models.qwen3vl import compile_blocks
+
     saved, opts = dict(decode._COMPILED), policy.decode_options
     decode._COMPILED.clear()
     decode._COMPILED["step"] = torch.compile(decode._step_logits, backend="aot_eager")
     policy.decode_options = DecodeOptions(cuda_graph=False, attention="matmul", compile=True)
     try:
+        assert (compile_blocks(policy.model, on=blocks, backend="aot_eager") > 0) == blocks
         gen = policy.generate(QUERIES, CLIPS, max_new_tokens=NEW, ignore_eos=True)
         assert "failed" not in decode._COMPILED
     finally:
+        compile_blocks(policy.model, on=False)
         decode._COMPILED.clear()
         decode._COMPILED.update(saved)
         policy.decode_options = opts
