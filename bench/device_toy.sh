@@ -7,7 +7,6 @@
 #   device run (right after):        bash bench/device_toy.sh wait [SECONDS]
 #   same lease, any time after start: bash bench/device_toy.sh variant SECONDS NAME [overrides...]
 #   a later lease, from a packed engine + SFT (bench/toy_carry.sh): bash bench/device_toy.sh resume [SECONDS]
-#     (FROM_STEP=infer: also the evaluations the packed lease did not finish; they need the base stashed too)
 # variant: another SFT recipe from the toy's base policy (e.g. sft.trace_style=query_first): it waits for the
 # toy's base (runs/toy-base/summary.json), then builds its own SFT rows (sft.rows=<ws>/data/NAME.jsonl), runs
 # `vsr1 train sft` (run NAME-train) and `vsr1 infer` on val (NAME-val), then on test (NAME-test), beside the toy on
@@ -104,7 +103,7 @@ if [[ $MODE == resume ]]; then  # a later lease: GRPO on from what bench/toy_car
   C=(--config "videosearch_r1/configs/toy_${PROFILE:-gpu}.yaml" "workspace=$WS" "$@")
   echo "== world from its seed, then the toy from GRPO on, in the background: $LOG"
   setsid nohup bash -c "set -e; vsr1 synth ${C[*]@Q}; WS=${WS@Q} bash bench/toy_carry.sh verify
-    vsr1 toy --profile ${PROFILE:-gpu} --from-step ${FROM_STEP:-grpo} ${C[*]@Q}" \
+    vsr1 toy --profile ${PROFILE:-gpu} --from-step grpo ${C[*]@Q}" \
     >> "$LOG" 2>&1 < /dev/null &
   echo $! > "$WS/toy.pid"
 fi
