@@ -16,6 +16,9 @@
 #   video that differs byte-wise is a warning), then `vsr1 toy --profile gpu --from-step grpo` in the background;
 #   `wait` as after `start`.)
 #   (from a base instead, e.g. an SFT recipe of its own: `vsr1 synth` + `vsr1 toy --from-step sft-data`.)
+#   The carried SFT is weights only (no trainer_state.pt), so its fingerprint differs from the packed lease's:
+#   an evaluation made there from it cannot be resumed here (`vsr1 infer` refuses: "different policy_weights").
+#   Carry the finished evaluations; one left unfinished is rerun here under another run_name.
 # groups: engine = models/synth-engine + indexes/ (the index vectors GRPO searches); base = runs/toy-base (the
 # exported policy, summary.json, config.yaml); sft = runs/toy-sft-train
 # (final/ without its optimizer state, summary.json, config.yaml); evals = the toy's evaluation runs before GRPO
