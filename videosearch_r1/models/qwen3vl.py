@@ -277,12 +277,14 @@ def enable_linear_patch_embed(model) -> int:
 
 # ---------------------------------------------------------------------------------- compiled blocks (inference)
 def compile_blocks(model, on: bool = True, backend: str = "inductor") -> int:
-    """Inference on CUDA (agent.compile_blocks, bench/bench_verify.py path `blocks`): every RMSNorm and MLP of the
-    text model and the vision tower runs torch.compile'd (dynamic shapes: one compile for every prompt length),
-    so inductor fuses what eager runs as separate kernels (the norm's float32 upcast, square, mean, rsqrt, scale
-    and cast back; the SwiGLU / GELU products): about a quarter of a 2B-shaped prefill's device time was such
-    elementwise work (docs/benchmarks.md). on=False puts the eager forwards back (the compiled ones are kept for
-    the next switch). Not for a model being trained or deep-copied. Returns how many modules run compiled now."""
+    """Every RMSNorm and MLP of the text model and the vision tower runs torch.compile'd (dynamic shapes: one
+    compile for every prompt length), so inductor fuses what eager runs as separate kernels (the norm's float32
+    upcast, square, mean, rsqrt, scale and cast back; the SwiGLU / GELU products): about a quarter of a 2B-shaped
+    prefill's device time was such elementwise work (docs/benchmarks.md). Used by inference on CUDA
+    (agent.compile_blocks: `vsr1 infer`, the GRPO rollout copy; bench_verify's `blocks` path) and measured for
+    training steps in bench_sft's `blocks` variant (not a trainer setting). on=False puts the eager forwards back
+    (the compiled ones are kept for the next switch). Compile before copying, never after: a deep copy would keep
+    calling the original modules' compiled forwards. Returns how many modules run compiled now."""
     import torch
 
     n = 0
