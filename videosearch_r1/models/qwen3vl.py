@@ -283,8 +283,8 @@ def compile_blocks(model, on: bool = True, backend: str = "inductor") -> int:
     prefill's device time was such elementwise work (docs/benchmarks.md). Used by inference on CUDA
     (agent.compile_blocks: `vsr1 infer`, the GRPO rollout copy; bench_verify's `blocks` path) and measured for
     training steps in bench_sft's `blocks` variant (not a trainer setting). on=False puts the eager forwards back
-    (the compiled ones are kept for the next switch). Compile before copying, never after: a deep copy would keep
-    calling the original modules' compiled forwards. Returns how many modules run compiled now."""
+    (the compiled ones are kept for the next switch). Copy a model before this, never after: a deep copy would
+    keep calling the original modules' compiled forwards. Returns how many modules run compiled now."""
     import torch
 
     n = 0
