@@ -136,8 +136,9 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
 
 def decode_workers(cap: int = 16) -> int:
     """Threads for decoding a corpus's videos: the CPU cores this process may use, at least 2, at most `cap`.
-    PyAV decodes and scales outside the GIL, so threads scale with cores; two threads left the GPU machine's 16
-    cores idle (indexing 3,600 small videos took ~120 s, ~30 videos/s)."""
+    PyAV decodes and scales outside the GIL. Measured on the H200 host (16 cores), indexing 3,600 small videos:
+    122 s with 2 threads, 135 s with 16 (LOG.md, session 9): that index is not bound by decode threads, so this
+    is a ceiling for larger clips, not a measured speed-up."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
